@@ -1,0 +1,55 @@
+# kube-haproxy: kube-proxy with --proxy-mode=haproxy.
+# `make help` lists the targets.
+
+SHELL := /usr/bin/env bash
+GO ?= go
+OUT := _output
+BIN := $(OUT)/bin
+export KH_BIN_DIR := $(abspath $(BIN))
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets.
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## Install the system packages tests need (Debian: haproxy, nftables, ...).
+	hack/install-deps.sh
+
+.PHONY: build
+build: ## Build the patched kube-proxy, kube-apiserver and etcd into _output/bin.
+	hack/build.sh
+
+.PHONY: unit
+unit: ## Unit tests (no root, no binaries).
+	$(GO) test ./proxier/... ./hack/...
+
+.PHONY: test
+test: ## Everything CI runs: unit tests, patched upstream tests, integration tests.
+	hack/test.sh
+
+.PHONY: fuzz
+fuzz: ## Fuzz the config renderer for a while (FUZZTIME=30s).
+	$(GO) test ./proxier/haproxycfg -run '^$$' -fuzz FuzzRender -fuzztime $${FUZZTIME:-30s}
+
+.PHONY: verify
+verify: ## gofmt, go vet, staticcheck, and that the patch series applies.
+	hack/verify.sh
+
+.PHONY: update
+update: ## Regenerate go.mod replaces from the pinned upstream.
+	hack/update-gomod.sh
+
+.PHONY: local-up
+local-up: ## Start a local cluster (etcd, kube-apiserver, nodes as netns, HAProxy).
+	hack/local-up.sh
+
+.PHONY: local-down
+local-down: ## Remove everything local-up created.
+	hack/local-down.sh
+
+.PHONY: clean
+clean: ## Remove build output and staged trees.
+	rm -rf $(OUT) staging

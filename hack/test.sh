@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command of README.md and CI: unit tests, then the tests that need
+# the patched binaries, real HAProxy and network namespaces.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "${KH_ROOT}"
+
+echo "== unit tests"
+go test ./proxier/... 

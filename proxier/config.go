@@ -1,0 +1,127 @@
+package proxier
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/kubernetes/pkg/proxy/healthcheck"
+)
+
+// Scope says which Services this proxier serves and where their IPs live
+// (see docs/design.md, "Three deployments").
+type Scope string
+
+const (
+	// ScopeNode: one proxier and HAProxy per node, like kube-proxy. ClusterIPs
+	// are made local on the node, NodePorts bind on node addresses.
+	ScopeNode Scope = "node"
+	// ScopeCluster: one central proxier + HAProxy for the whole cluster. Nodes
+	// route the ClusterIP range (a ClusterIP pool) to it.
+	ScopeCluster Scope = "cluster"
+	// ScopeExternal ("only fetch"): outside the cluster, next to a stock
+	// kube-proxy; serves only Services labelled for it or of its
+	// loadBalancerClass.
+	ScopeExternal Scope = "external"
+)
+
+// Defaults for Config fields left empty.
+const (
+	DefaultHAProxyPath       = "/usr/sbin/haproxy"
+	DefaultStateDir          = "/var/run/kube-haproxy"
+	DefaultServiceProxyName  = "haproxy"
+	DefaultLoadBalancerClass = "kube-haproxy.io/haproxy"
+)
+
+// Config is everything the proxier needs from its caller (kube-proxy's
+// createProxier, or a test). It mirrors the `haproxy:` section of
+// KubeProxyConfiguration plus what kube-proxy already knows.
+type Config struct {
+	// Scope is node, cluster or external.
+	Scope Scope
+	// HAProxyPath is the haproxy binary.
+	HAProxyPath string
+	// StateDir holds haproxy.cfg, the sockets and the pid file.
+	StateDir string
+	// MasterSocket is the master CLI socket; default StateDir/master.sock.
+	MasterSocket string
+	// RuntimeSocket is the runtime API (stats) socket; default StateDir/haproxy.sock.
+	RuntimeSocket string
+	// ManageProcess: the proxier starts and supervises HAProxy. When false,
+	// HAProxy runs elsewhere (e.g. its own container) and only the sockets
+	// and config file are shared.
+	ManageProcess bool
+
+	// ServiceProxyName is the service.kubernetes.io/service-proxy-name value
+	// served in scope external.
+	ServiceProxyName string
+	// LoadBalancerClass is the spec.loadBalancerClass served in scope external.
+	LoadBalancerClass string
+
+	NodeName          string
+	NodeIPs           map[v1.IPFamily]net.IP
+	NodePortAddresses []string
+	SyncPeriod        time.Duration
+	MinSyncPeriod     time.Duration
+	Recorder          events.EventRecorder
+	HealthzServer     *healthcheck.ProxyHealthServer
+	// InitOnly: prepare the host and return without serving.
+	InitOnly bool
+}
+
+// SetDefaults fills empty fields with their defaults.
+func (c *Config) SetDefaults() {
+	if c.Scope == "" {
+		c.Scope = ScopeNode
+	}
+	if c.HAProxyPath == "" {
+		c.HAProxyPath = DefaultHAProxyPath
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.MasterSocket == "" {
+		c.MasterSocket = filepath.Join(c.StateDir, "master.sock")
+	}
+	if c.RuntimeSocket == "" {
+		c.RuntimeSocket = filepath.Join(c.StateDir, "haproxy.sock")
+	}
+	if c.ServiceProxyName == "" {
+		c.ServiceProxyName = DefaultServiceProxyName
+	}
+	if c.LoadBalancerClass == "" {
+		c.LoadBalancerClass = DefaultLoadBalancerClass
+	}
+	if c.SyncPeriod == 0 {
+		c.SyncPeriod = 30 * time.Second
+	}
+	if c.MinSyncPeriod == 0 {
+		c.MinSyncPeriod = time.Second
+	}
+}
+
+// Validate reports the first problem with a defaulted Config, naming the field.
+func (c *Config) Validate() error {
+	switch c.Scope {
+	case ScopeNode, ScopeCluster, ScopeExternal:
+	default:
+		return fmt.Errorf("haproxy.scope: %q is not one of node, cluster, external", c.Scope)
+	}
+	for field, p := range map[string]string{
+		"haproxy.binaryPath":    c.HAProxyPath,
+		"haproxy.stateDir":      c.StateDir,
+		"haproxy.masterSocket":  c.MasterSocket,
+		"haproxy.runtimeSocket": c.RuntimeSocket,
+	} {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("%s: %q must be an absolute path", field, p)
+		}
+	}
+	if c.MinSyncPeriod > c.SyncPeriod {
+		return fmt.Errorf("minSyncPeriod %v must not exceed syncPeriod %v", c.MinSyncPeriod, c.SyncPeriod)
+	}
+	return nil
+}
