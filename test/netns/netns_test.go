@@ -100,4 +100,3 @@ func TestSweepStaleRemovesNamespacesOfDeadRuns(t *testing.T) {
 	assert.NotContains(t, after, stale)
 	assert.Contains(t, after, live.Name)
 }
-

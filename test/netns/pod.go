@@ -184,4 +184,3 @@ func (n *Namespace) TCPAccepts(addr string, timeout time.Duration) error {
 	}
 	return c.Close()
 }
-
