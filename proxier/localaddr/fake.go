@@ -92,8 +92,10 @@ func (f *Fake) RouteDel(route *netlink.Route) error {
 			continue
 		}
 		// As in the kernel, the optional fields of the request narrow the
-		// match when set.
-		if (route.Type != 0 && r.Type != route.Type) ||
+		// match when set. IPv4 also matches the scope unless the request
+		// says "nowhere" (netlink sends universe, 0, when it is unset).
+		if (family(route) == netlink.FAMILY_V4 && route.Scope != netlink.SCOPE_NOWHERE && r.Scope != route.Scope) ||
+			(route.Type != 0 && r.Type != route.Type) ||
 			(route.Protocol != 0 && r.Protocol != route.Protocol) ||
 			(route.LinkIndex != 0 && r.LinkIndex != route.LinkIndex) {
 			continue

@@ -236,10 +236,13 @@ func (m *Manager) Cleanup() error {
 func (m *Manager) del(p netip.Prefix) error {
 	// Table, type and protocol are all part of the match: the kernel only
 	// deletes a route of ours, never a same-prefix route of somebody else.
+	// The scope must be given too: IPv4 matches it unless it is "nowhere",
+	// and netlink sends 0 (universe) when unset.
 	r := &netlink.Route{
 		Dst:      ipNet(p),
 		Table:    unix.RT_TABLE_LOCAL,
 		Type:     unix.RTN_LOCAL,
+		Scope:    netlink.SCOPE_HOST,
 		Protocol: m.protocol,
 	}
 	if err := m.nl.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {

@@ -207,7 +207,9 @@ func TestFakeBehavesLikeTheKernel(t *testing.T) {
 	routes, err := fake.RouteListFiltered(netlink.FAMILY_V4, nil, 0)
 	require.NoError(t, err)
 	assert.Empty(t, routes, "without a table filter only the main table is listed")
-	require.NoError(t, fake.RouteDel(&netlink.Route{Dst: ipNet(p), Table: unix.RT_TABLE_LOCAL}))
+	assert.ErrorIs(t, fake.RouteDel(&netlink.Route{Dst: ipNet(p), Table: unix.RT_TABLE_LOCAL}), unix.ESRCH,
+		"an IPv4 delete without the route's scope matches nothing")
+	require.NoError(t, fake.RouteDel(&netlink.Route{Dst: ipNet(p), Table: unix.RT_TABLE_LOCAL, Scope: netlink.SCOPE_NOWHERE}))
 	assert.Empty(t, fake.LocalRoutes())
 	_, err = fake.LinkByName("eth0")
 	assert.Error(t, err)
