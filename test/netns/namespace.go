@@ -145,6 +145,21 @@ func (n *Namespace) Listen(network, addr string) (net.Listener, error) {
 	return l, err
 }
 
+// ListenPacket opens a packet listener (UDP) inside the namespace, closed
+// after the test.
+func (n *Namespace) ListenPacket(network, addr string) (net.PacketConn, error) {
+	var c net.PacketConn
+	err := n.Do(func() error {
+		var err error
+		c, err = net.ListenPacket(network, addr)
+		return err
+	})
+	if err == nil {
+		n.kit.t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
 // HTTPClient returns a client whose connections start inside the
 // namespace. Keep-alives are off: each request is a new connection, so it
 // is balanced, filtered and counted like a new client.
