@@ -150,7 +150,7 @@ func (m *Manager) Owned() ([]netip.Prefix, error) {
 // local through a foreign route, and every IP not already covered by a CIDR
 // or a foreign local route. Sorted, no duplicates.
 func (m *Manager) plan(d Desired, foreign []netip.Prefix) []netip.Prefix {
-	var want []netip.Prefix
+	want := []netip.Prefix{}
 	for _, c := range d.CIDRs {
 		c = c.Masked()
 		if !m.inFamily(c.Addr()) || within(c, foreign) {
@@ -167,6 +167,17 @@ func (m *Manager) plan(d Desired, foreign []netip.Prefix) []netip.Prefix {
 	}
 	sortPrefixes(want)
 	return slices.Compact(want)
+}
+
+// Plan returns the prefixes our routes would cover after Reconcile(d),
+// without changing anything: a firewall can learn them before they become
+// local.
+func (m *Manager) Plan(d Desired) ([]netip.Prefix, error) {
+	_, foreign, err := m.localRoutes()
+	if err != nil {
+		return nil, err
+	}
+	return m.plan(d, foreign), nil
 }
 
 // Reconcile adds the local routes d needs and removes the ones of ours it

@@ -145,9 +145,11 @@ func TestReconcile(t *testing.T) {
 			m := New(fake, tc.family)
 			var got []netip.Prefix
 			for _, d := range tc.steps {
-				var err error
+				planned, err := m.Plan(d)
+				require.NoError(t, err)
 				got, err = m.Reconcile(d)
 				require.NoError(t, err)
+				assert.Equal(t, planned, got, "Plan foretells Reconcile")
 			}
 			assert.Equal(t, tc.wantRoutes, fake.LocalRoutes())
 			assert.Equal(t, tc.wantOwned, got, "Reconcile result")
