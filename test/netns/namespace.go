@@ -25,9 +25,13 @@ type Namespace struct {
 
 	kit    *Kit
 	handle netns.NsHandle
-	mu     sync.Mutex
-	nl     *netlink.Handle
+	// adopted namespaces were not created by the Kit and outlive it.
+	adopted bool
+	mu      sync.Mutex
+	nl      *netlink.Handle
 }
+
+func netnsFromName(name string) (netns.NsHandle, error) { return netns.GetFromName(name) }
 
 // IP runs `ip -n <ns> args...` and fails the test on error.
 func (n *Namespace) IP(args ...string) string {

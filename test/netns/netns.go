@@ -189,6 +189,9 @@ func (k *Kit) Cleanup() {
 			n.nl.Close()
 		}
 		n.handle.Close()
+		if n.adopted {
+			continue
+		}
 		if err := removeNamespace(n.Name); err != nil {
 			k.t.Errorf("cleanup: %v", err)
 		}
