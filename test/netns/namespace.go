@@ -70,9 +70,25 @@ func (n *Namespace) Start(name string, args ...string) *Proc {
 	return n.kit.start(n, name, nil, args...)
 }
 
+// AddAddr puts addr on link. IPv6 addresses skip duplicate address
+// detection, so they are usable at once rather than after a second or two
+// as "tentative".
+func (n *Namespace) AddAddr(link string, addr netip.Prefix) {
+	n.kit.t.Helper()
+	args := []string{"addr", "add", addr.String(), "dev", link}
+	if addr.Addr().Is6() {
+		args = append(args, "nodad")
+	}
+	n.IP(args...)
+}
+
 // DefaultRoute sets the namespace's default route via gw.
 func (n *Namespace) DefaultRoute(gw netip.Addr) {
 	n.kit.t.Helper()
+	if gw.Is6() {
+		n.IP("-6", "route", "replace", "default", "via", gw.String())
+		return
+	}
 	n.IP("route", "replace", "default", "via", gw.String())
 }
 

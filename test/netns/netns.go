@@ -140,7 +140,7 @@ func (k *Kit) Bridge(ns *Namespace, name string, addr netip.Prefix) {
 	ns.IP("link", "add", name, "type", "bridge")
 	ns.IP("link", "set", name, "up")
 	if addr.IsValid() {
-		ns.IP("addr", "add", addr.String(), "dev", name)
+		ns.AddAddr(name, addr)
 	}
 }
 
@@ -155,7 +155,7 @@ func (k *Kit) Link(a *Namespace, aIf string, aAddr netip.Prefix, b *Namespace, b
 		addr netip.Prefix
 	}{{a, aIf, aAddr}, {b, bIf, bAddr}} {
 		if end.addr.IsValid() {
-			end.ns.IP("addr", "add", end.addr.String(), "dev", end.name)
+			end.ns.AddAddr(end.name, end.addr)
 		}
 		end.ns.IP("link", "set", end.name, "up")
 	}

@@ -243,3 +243,81 @@ func TestAnyIPRouteLetsHAProxyBindAndCleanupLeavesNothing(t *testing.T) {
 	tables := c.node.MustExec("nft", "list", "tables")
 	assert.NotContains(t, tables, serviceguard.TableName)
 }
+
+// TestIPv6ServiceIPs is the same story for IPv6: an AnyIP route makes the
+// ServiceCIDR local for packets, HAProxy binds a ClusterIP on no interface
+// with `transparent` (IPv6 bind(2) needs it; see proxier/README.md), and
+// the ip6 guard rejects a wildcard host listener on Service IPs.
+func TestIPv6ServiceIPs(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	c.node.AddAddr("eth0", netip.MustParsePrefix("fd00:95::1/64"))
+	c.client.AddAddr("eth0", netip.MustParsePrefix("fd00:95::100/64"))
+	c.client.DefaultRoute(netip.MustParseAddr("fd00:95::1"))
+	cidr6 := netip.MustParsePrefix("fd00:10:96::/112")
+	const clusterIP6 = "fd00:10:96::a"
+
+	addrs := localaddr.New(c.node.Netlink(), v1.IPv6Protocol)
+	owned, err := addrs.Reconcile(localaddr.Desired{CIDRs: []netip.Prefix{cidr6}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = addrs.Cleanup() })
+
+	sshd, err := c.node.Listen("tcp6", "[::]:2222")
+	require.NoError(t, err)
+	go func() {
+		for {
+			conn, err := sshd.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	require.NoError(t, c.client.TCPAccepts("["+clusterIP6+"]:2222", wait), "before the guard the hole is open")
+
+	var guard *serviceguard.Guard
+	require.NoError(t, c.node.Do(func() error {
+		var err error
+		if guard, err = serviceguard.New(v1.IPv6Protocol); err != nil {
+			return err
+		}
+		return guard.Sync(ctx, serviceguard.Desired{
+			ServiceIPs: append([]netip.Prefix{cidr6}, owned...),
+			Served:     []serviceguard.Binding{{IP: netip.MustParseAddr(clusterIP6), Protocol: v1.ProtocolTCP, Port: 80}},
+		})
+	}))
+	t.Cleanup(func() { _ = c.node.Do(func() error { return guard.Cleanup(ctx) }) })
+
+	cfg := fmt.Sprintf(`global
+    maxconn 1000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+frontend default.web:http
+    bind [%s]:80 transparent
+    default_backend default.web:http
+backend default.web:http
+    server pod1 %s:8080
+`, clusterIP6, podIP)
+	path := filepath.Join(c.kit.Dir(), "haproxy6.cfg")
+	require.NoError(t, os.WriteFile(path, []byte(cfg), 0o644))
+	p := c.node.Start("haproxy6", "haproxy", "-db", "-f", path)
+	require.NoError(t, c.node.WaitTCP("["+clusterIP6+"]:80", 10*time.Second), p.Log())
+
+	r, err := c.client.HTTPGet("http://[" + clusterIP6 + "]:80/")
+	require.NoError(t, err)
+	assert.Equal(t, "pod1", r.Name)
+	for _, addr := range []string{"[" + clusterIP6 + "]:2222", "[fd00:10:96::b]:80"} {
+		err := c.client.TCPAccepts(addr, wait)
+		assert.True(t, refused(err), "%s: want refused, got %v", addr, err)
+	}
+	assert.NoError(t, c.client.TCPAccepts("[fd00:95::1]:2222", wait), "the node's own address is not a Service IP")
+
+	p.Stop()
+	require.NoError(t, addrs.Cleanup())
+	require.NoError(t, c.node.Do(func() error { return guard.Cleanup(ctx) }))
+	assert.Empty(t, strings.TrimSpace(c.node.IP("-6", "route", "show", "table", "all", "proto", "66")))
+	assert.NotContains(t, c.node.MustExec("nft", "list", "tables"), serviceguard.TableName)
+}
