@@ -279,9 +279,10 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 			Expire: time.Duration(svc.StickyMaxAgeSeconds()) * time.Second,
 		}
 	}
-	portDesc := fmt.Sprintf("Service %s/%s port %d/%s", name.Namespace, name.Name, svc.Port(), svc.Protocol())
+	// Plain concatenation: this runs for every service port at every sync.
+	portDesc := "Service " + name.Namespace + "/" + name.Name + " port " + strconv.Itoa(svc.Port()) + "/" + string(svc.Protocol())
 	if name.Port != "" {
-		portDesc = fmt.Sprintf("Service %s/%s port %s (%d/%s)", name.Namespace, name.Name, name.Port, svc.Port(), svc.Protocol())
+		portDesc = "Service " + name.Namespace + "/" + name.Name + " port " + name.Port + " (" + strconv.Itoa(svc.Port()) + "/" + string(svc.Protocol()) + ")"
 	}
 	usesCluster, usesLocal := svc.UsesClusterEndpoints(), svc.UsesLocalEndpoints()
 	if usesCluster {
@@ -311,7 +312,7 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	// Phase 3: the rules. Fail-fast conditions use nbsrv, which follows
 	// servers added or removed through the runtime API, so they stay right
 	// without a reload.
-	fe.Comment = fmt.Sprintf("%s; internalTrafficPolicy %s", portDesc, policyName(svc.InternalPolicyLocal()))
+	fe.Comment = portDesc + "; internalTrafficPolicy " + policyName(svc.InternalPolicyLocal())
 	if hasExternalBind {
 		fe.Comment += ", externalTrafficPolicy " + policyName(svc.ExternalPolicyLocal())
 	}
