@@ -273,9 +273,11 @@ func TestInvalidArgumentsNeverSent(t *testing.T) {
 	f := NewFake()
 	f.LoadBackend("dyn", true)
 	for name, build := range map[string]func(b *Batch){
-		"newline in name":  func(b *Batch) { b.DelServer("dyn", "a\nshutdown sessions server x/y") },
-		"semicolon":        func(b *Batch) { b.DelServer("dyn;show info", "a") },
-		"space in option":  func(b *Batch) { b.AddServer("dyn", ServerSpec{Name: "a", ID: 1, Addr: "10.0.0.1", Port: 80, Options: []string{"check inter"}}) },
+		"newline in name": func(b *Batch) { b.DelServer("dyn", "a\nshutdown sessions server x/y") },
+		"semicolon":       func(b *Batch) { b.DelServer("dyn;show info", "a") },
+		"space in option": func(b *Batch) {
+			b.AddServer("dyn", ServerSpec{Name: "a", ID: 1, Addr: "10.0.0.1", Port: 80, Options: []string{"check inter"}})
+		},
 		"missing id":       func(b *Batch) { b.AddServer("dyn", ServerSpec{Name: "a", Addr: "10.0.0.1", Port: 80}) },
 		"bad port":         func(b *Batch) { b.SetAddr("dyn", "a", "10.0.0.1", 70000) },
 		"weight too large": func(b *Batch) { b.SetWeight("dyn", "a", 300) },
