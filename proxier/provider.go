@@ -21,7 +21,8 @@ var errNoApplier = errors.New("haproxy proxier: no HAProxy applier is available 
 // errNoApplier rather than run a proxier that changes nothing.
 var newApplier func(ctx context.Context, cfg Config) (Applier, error)
 
-// prepare defaults and validates cfg and builds the shared Applier.
+// prepare defaults and validates cfg and builds the shared Applier. It
+// returns a nil Applier and no error for InitOnly: nothing is started.
 func prepare(ctx context.Context, cfg *Config) (Applier, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -29,6 +30,9 @@ func prepare(ctx context.Context, cfg *Config) (Applier, error) {
 	}
 	if cfg.Scope != ScopeNode {
 		return nil, fmt.Errorf("haproxy proxier: scope %q is not implemented yet (only %q is)", cfg.Scope, ScopeNode)
+	}
+	if cfg.InitOnly {
+		return nil, nil
 	}
 	if newApplier == nil {
 		return nil, errNoApplier
@@ -72,7 +76,12 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 		klog.FromContext(ctx).Info("System initialized and --init-only specified")
 		return nil, nil
 	}
-	return newProxier(ctx, ipFamily, cfg, deps{applier: applier})
+	p, err := newProxier(ctx, ipFamily, cfg, deps{applier: applier})
+	if err != nil {
+		// Not "return newProxier(...)": a nil *Proxier would be a non-nil Provider.
+		return nil, err
+	}
+	return p, nil
 }
 
 // CleanupLeftovers removes what the haproxy mode created on this host (HAProxy
