@@ -6,3 +6,6 @@ cd "${KH_ROOT}"
 
 echo "== unit tests"
 go test ./proxier/... 
+
+echo "== integration tests (network namespaces, real HAProxy; root)"
+go test ./test/...
