@@ -46,8 +46,9 @@ func TestClusterIPPools(t *testing.T) {
 	ctx := context.Background()
 
 	createPool(t, c, "lb", "lb", poolV4.String(), poolV6.String())
+	waitForPool(t, c, "lb")
 
-	var poolIPs []string // ClusterIPs held by pool Services, for the fill step
+	var poolIPs []string // IPv4 ClusterIPs held by pool Services, for the fill step
 
 	t.Run("a Service without a pool request gets an address outside the pool", func(t *testing.T) {
 		svc := create(t, c, service("plain", "", v1.IPFamilyPolicyRequireDualStack))
@@ -56,23 +57,6 @@ func TestClusterIPPools(t *testing.T) {
 		assertIn(t, svc.Spec.ClusterIPs[1], defaultV6)
 		assertNotIn(t, svc.Spec.ClusterIPs[0], poolV4)
 		assertIPAddressRefs(t, c, svc)
-	})
-
-	t.Run("a Service asking for the pool gets a pool address", func(t *testing.T) {
-		svc := create(t, c, service("web", "lb", v1.IPFamilyPolicySingleStack))
-		require.Len(t, svc.Spec.ClusterIPs, 1)
-		assertIn(t, svc.Spec.ClusterIP, poolV4)
-		assertIPAddressRefs(t, c, svc)
-		poolIPs = append(poolIPs, svc.Spec.ClusterIPs...)
-	})
-
-	t.Run("a dual-stack Service asking for the pool gets one pool address per family", func(t *testing.T) {
-		svc := create(t, c, service("web-ds", "lb", v1.IPFamilyPolicyRequireDualStack))
-		require.Len(t, svc.Spec.ClusterIPs, 2)
-		assertIn(t, svc.Spec.ClusterIPs[0], poolV4)
-		assertIn(t, svc.Spec.ClusterIPs[1], poolV6)
-		assertIPAddressRefs(t, c, svc)
-		poolIPs = append(poolIPs, svc.Spec.ClusterIPs...)
 	})
 
 	t.Run("a static ClusterIP inside the pool needs the pool request", func(t *testing.T) {
@@ -87,7 +71,24 @@ func TestClusterIPPools(t *testing.T) {
 		svc.Spec.ClusterIP = "10.100.0.6"
 		got := create(t, c, svc)
 		assert.Equal(t, "10.100.0.6", got.Spec.ClusterIP)
-		poolIPs = append(poolIPs, got.Spec.ClusterIPs...)
+		poolIPs = append(poolIPs, got.Spec.ClusterIP)
+	})
+
+	t.Run("a Service asking for the pool gets a pool address", func(t *testing.T) {
+		svc := create(t, c, service("web", "lb", v1.IPFamilyPolicySingleStack))
+		require.Len(t, svc.Spec.ClusterIPs, 1)
+		assertIn(t, svc.Spec.ClusterIP, poolV4)
+		assertIPAddressRefs(t, c, svc)
+		poolIPs = append(poolIPs, svc.Spec.ClusterIP)
+	})
+
+	t.Run("a dual-stack Service asking for the pool gets one pool address per family", func(t *testing.T) {
+		svc := create(t, c, service("web-ds", "lb", v1.IPFamilyPolicyRequireDualStack))
+		require.Len(t, svc.Spec.ClusterIPs, 2)
+		assertIn(t, svc.Spec.ClusterIPs[0], poolV4)
+		assertIn(t, svc.Spec.ClusterIPs[1], poolV6)
+		assertIPAddressRefs(t, c, svc)
+		poolIPs = append(poolIPs, svc.Spec.ClusterIP)
 	})
 
 	t.Run("a Service asking for an unknown pool gets a clear error", func(t *testing.T) {
@@ -123,7 +124,8 @@ func TestClusterIPPools(t *testing.T) {
 
 	t.Run("a full pool gives a clear error and leaks nothing", func(t *testing.T) {
 		// 6 usable IPv4 addresses, 3 taken above.
-		for i := 0; len(poolIPs) < 3+3; i++ {
+		require.Len(t, poolIPs, 3)
+		for i := 0; len(poolIPs) < 6; i++ {
 			svc := create(t, c, service(fmt.Sprintf("fill-%d", i), "lb", v1.IPFamilyPolicySingleStack))
 			assertIn(t, svc.Spec.ClusterIP, poolV4)
 			poolIPs = append(poolIPs, svc.Spec.ClusterIP)
@@ -211,6 +213,14 @@ func createPool(t *testing.T, c kubernetes.Interface, name, pool string, cidrs .
 	}
 	_, err := c.NetworkingV1().ServiceCIDRs().Create(context.Background(), sc, metav1.CreateOptions{})
 	require.NoError(t, err, "creating pool ServiceCIDR %s", name)
+}
+
+// waitForPool waits until the allocator knows pool and its CIDRs of both
+// families, by allocating from it once.
+func waitForPool(t *testing.T, c kubernetes.Interface, pool string) {
+	t.Helper()
+	probe := create(t, c, service("probe-"+pool, pool, v1.IPFamilyPolicyRequireDualStack))
+	require.NoError(t, c.CoreV1().Services(ns).Delete(context.Background(), probe.Name, metav1.DeleteOptions{}))
 }
 
 // create creates svc, retrying while the allocator has not yet seen a pool
