@@ -4,11 +4,14 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/kubernetes/pkg/proxy/healthcheck"
+
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 )
 
 // Scope says which Services this proxier serves and where their IPs live
@@ -34,6 +37,15 @@ const (
 	DefaultStateDir          = "/var/run/kube-haproxy"
 	DefaultServiceProxyName  = "haproxy"
 	DefaultLoadBalancerClass = "kube-haproxy.io/haproxy"
+
+	// DefaultFileLimit matches the usual container limit.
+	DefaultFileLimit      = 20000
+	DefaultTimeoutConnect = 5 * time.Second
+	// Service traffic is often long-lived (databases, streams); kube-proxy's
+	// other modes impose no idle timeout, so the default is generous.
+	DefaultTimeoutClient = time.Hour
+	DefaultTimeoutServer = time.Hour
+	DefaultHardStopAfter = 30 * time.Second
 )
 
 // Config is everything the proxier needs from its caller (kube-proxy's
@@ -70,6 +82,24 @@ type Config struct {
 	HealthzServer     *healthcheck.ProxyHealthServer
 	// InitOnly: prepare the host and return without serving.
 	InitOnly bool
+
+	// HAProxy process settings, rendered into the global and defaults
+	// sections. Zero values take the defaults below.
+
+	// FileLimit is the file-descriptor limit HAProxy runs with.
+	FileLimit int
+	// MaxConn is HAProxy's global maxconn; default: what fits in
+	// FileLimit with a quarter of it kept for listeners.
+	MaxConn int
+	// NBThread is the number of HAProxy threads; default: one per CPU.
+	NBThread int
+	// TimeoutConnect bounds the connection to an endpoint.
+	TimeoutConnect time.Duration
+	// TimeoutClient and TimeoutServer bound inactivity on either side.
+	TimeoutClient time.Duration
+	TimeoutServer time.Duration
+	// HardStopAfter bounds how long an old worker drains after a reload.
+	HardStopAfter time.Duration
 }
 
 // SetDefaults fills empty fields with their defaults.
@@ -101,6 +131,41 @@ func (c *Config) SetDefaults() {
 	if c.MinSyncPeriod == 0 {
 		c.MinSyncPeriod = time.Second
 	}
+	if c.FileLimit == 0 {
+		c.FileLimit = DefaultFileLimit
+	}
+	if c.MaxConn == 0 {
+		c.MaxConn = haproxycfg.MaxConnForFileLimit(c.FileLimit, c.FileLimit/4)
+	}
+	if c.NBThread == 0 {
+		c.NBThread = runtime.NumCPU()
+	}
+	if c.TimeoutConnect == 0 {
+		c.TimeoutConnect = DefaultTimeoutConnect
+	}
+	if c.TimeoutClient == 0 {
+		c.TimeoutClient = DefaultTimeoutClient
+	}
+	if c.TimeoutServer == 0 {
+		c.TimeoutServer = DefaultTimeoutServer
+	}
+	if c.HardStopAfter == 0 {
+		c.HardStopAfter = DefaultHardStopAfter
+	}
+}
+
+// haproxySections are the global and defaults sections for this Config.
+func (c *Config) haproxySections() (haproxycfg.Global, haproxycfg.Defaults) {
+	return haproxycfg.Global{
+			MaxConn:       c.MaxConn,
+			NBThread:      c.NBThread,
+			StatsSocket:   c.RuntimeSocket,
+			HardStopAfter: c.HardStopAfter,
+		}, haproxycfg.Defaults{
+			TimeoutConnect: c.TimeoutConnect,
+			TimeoutClient:  c.TimeoutClient,
+			TimeoutServer:  c.TimeoutServer,
+		}
 }
 
 // Validate reports the first problem with a defaulted Config, naming the field.
@@ -122,6 +187,14 @@ func (c *Config) Validate() error {
 	}
 	if c.MinSyncPeriod > c.SyncPeriod {
 		return fmt.Errorf("minSyncPeriod %v must not exceed syncPeriod %v", c.MinSyncPeriod, c.SyncPeriod)
+	}
+	if c.MaxConn*2 >= c.FileLimit {
+		return fmt.Errorf("haproxy.maxConn %d needs more than fileLimit %d file descriptors (two per connection)", c.MaxConn, c.FileLimit)
+	}
+	// The runtime socket path goes into haproxy.cfg: it must be one plain word.
+	global, defaults := c.haproxySections()
+	if err := haproxycfg.Validate(&haproxycfg.Config{Global: global, Defaults: defaults}); err != nil {
+		return fmt.Errorf("haproxy settings: %w", err)
 	}
 	return nil
 }

@@ -3,28 +3,101 @@ package proxier
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/proxy"
+	"k8s.io/kubernetes/pkg/proxy/metaproxier"
+
+	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
 )
 
-// errNotYet marks the entry points whose implementation is in progress.
-var errNotYet = errors.New("haproxy proxier: not implemented yet")
+// errNoApplier is returned while no Applier (the piece that makes HAProxy
+// serve a model: runtime API, reloads, process supervision) is wired into
+// the exported constructors.
+var errNoApplier = errors.New("haproxy proxier: no HAProxy applier is available in this build")
+
+// newApplier builds the Applier shared by the proxiers of one HAProxy.
+// nil means none is available: the exported constructors then fail with
+// errNoApplier rather than run a proxier that changes nothing.
+var newApplier func(ctx context.Context, cfg Config) (Applier, error)
+
+// prepare defaults and validates cfg and builds the shared Applier. It
+// returns a nil Applier and no error for InitOnly: nothing is started.
+func prepare(ctx context.Context, cfg *Config) (Applier, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Scope != ScopeNode {
+		return nil, fmt.Errorf("haproxy proxier: scope %q is not implemented yet (only %q is)", cfg.Scope, ScopeNode)
+	}
+	if cfg.InitOnly {
+		return nil, nil
+	}
+	if newApplier == nil {
+		return nil, errNoApplier
+	}
+	applier, err := newApplier(ctx, *cfg)
+	if err != nil {
+		return nil, fmt.Errorf("haproxy proxier: starting the HAProxy applier: %w", err)
+	}
+	if cfg.Scope == ScopeNode {
+		// HAProxy binds Service IPs on this host: make them local and
+		// guard them around every Apply.
+		applier = withHostNetwork(applier)
+	}
+	return applier, nil
+}
 
 // NewDualStackProxier returns a Provider serving both IP families through one
 // HAProxy, via upstream's metaproxier.
 func NewDualStackProxier(ctx context.Context, cfg Config) (proxy.Provider, error) {
-	return nil, errNotYet
+	applier, err := prepare(ctx, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.InitOnly {
+		klog.FromContext(ctx).Info("System initialized and --init-only specified")
+		return nil, nil
+	}
+	ipv4, err := newProxier(ctx, v1.IPv4Protocol, cfg, deps{applier: applier})
+	if err != nil {
+		return nil, fmt.Errorf("unable to create ipv4 proxier: %w", err)
+	}
+	ipv6, err := newProxier(ctx, v1.IPv6Protocol, cfg, deps{applier: applier})
+	if err != nil {
+		return nil, fmt.Errorf("unable to create ipv6 proxier: %w", err)
+	}
+	return metaproxier.NewMetaProxier(ipv4, ipv6), nil
 }
 
 // NewProxier returns a single-family Provider.
 func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Provider, error) {
-	return nil, errNotYet
+	applier, err := prepare(ctx, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.InitOnly {
+		klog.FromContext(ctx).Info("System initialized and --init-only specified")
+		return nil, nil
+	}
+	p, err := newProxier(ctx, ipFamily, cfg, deps{applier: applier})
+	if err != nil {
+		// Not "return newProxier(...)": a nil *Proxier would be a non-nil Provider.
+		return nil, err
+	}
+	return p, nil
 }
 
 // CleanupLeftovers removes what the haproxy mode created on this host (HAProxy
 // process, state dir, routes, nftables table). It reports whether an error
 // was encountered, as upstream's CleanupLeftovers functions do.
 func CleanupLeftovers(ctx context.Context, cfg Config) (encounteredError bool) {
-	return true
+	if err := hostnet.Cleanup(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Failed to remove the Service IP routes and guard")
+		encounteredError = true
+	}
+	return encounteredError
 }

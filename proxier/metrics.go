@@ -1,0 +1,73 @@
+package proxier
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+// Metrics of the haproxy mode, next to upstream's common kube-proxy
+// metrics (k8s.io/kubernetes/pkg/proxy/metrics), which the proxier updates
+// under their usual names.
+var (
+	// unsupportedServicePorts counts the service ports HAProxy does not
+	// serve because of their protocol (UDP, SCTP).
+	unsupportedServicePorts = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_unsupported_service_ports",
+			Help:           "Number of service ports not served by HAProxy because of their protocol",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"protocol", "ip_family"},
+	)
+
+	// listenerConflicts counts listeners left out because another service
+	// port already listens on the same address and port.
+	listenerConflicts = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_listener_conflicts",
+			Help:           "Number of service listeners left out because their address and port are already served",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"ip_family"},
+	)
+
+	// badEndpoints counts endpoints left out because of an unusable
+	// address or port.
+	badEndpoints = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_bad_endpoints",
+			Help:           "Number of endpoints left out because their address or port is unusable",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"ip_family"},
+	)
+
+	// syncFailuresTotal counts syncs whose model the Applier refused.
+	syncFailuresTotal = metrics.NewCounterVec(
+		&metrics.CounterOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_sync_failures_total",
+			Help:           "Cumulative number of HAProxy syncs that failed to apply",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"ip_family"},
+	)
+)
+
+var registerOnce sync.Once
+
+// registerMetrics registers the haproxy-mode metrics with the legacy
+// registry that kube-proxy's /metrics serves.
+func registerMetrics() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(unsupportedServicePorts)
+		legacyregistry.MustRegister(listenerConflicts)
+		legacyregistry.MustRegister(badEndpoints)
+		legacyregistry.MustRegister(syncFailuresTotal)
+	})
+}

@@ -1,0 +1,431 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/klog/v2"
+	"k8s.io/kubernetes/pkg/proxy"
+	"k8s.io/kubernetes/pkg/proxy/healthcheck"
+	"k8s.io/kubernetes/pkg/proxy/metrics"
+	"k8s.io/kubernetes/pkg/proxy/runner"
+	proxyutil "k8s.io/kubernetes/pkg/proxy/util"
+
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
+	"kube-haproxy.io/kube-haproxy/proxier/translate"
+)
+
+// Labels and fields that select the Services of scope external.
+const (
+	// LabelServiceProxyName is upstream's label that hands a Service to an
+	// alternative proxy; stock kube-proxy ignores Services that carry it.
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+)
+
+// Applier makes HAProxy serve the desired model of one IP family.
+//
+// The IPv4 and IPv6 proxiers of a dual-stack node share one Applier and
+// one HAProxy: the Applier keeps the latest model of each family and
+// serves their merge (haproxycfg.Merge). Apply is called from each
+// family's sync loop, so it must be safe for concurrent use. desired holds
+// the full model of the family, including Global and Defaults; the
+// Applier must not modify it. An error makes the proxier retry the sync.
+type Applier interface {
+	Apply(ctx context.Context, family v1.IPFamily, desired *haproxycfg.Config) error
+}
+
+// ServiceCIDRObserver is implemented by an Applier that needs the
+// cluster's Service CIDRs of a family (to make the whole ranges local on
+// the node, instead of one route per Service IP). The proxier calls it
+// whenever the ServiceCIDRs change, before the next sync.
+type ServiceCIDRObserver interface {
+	SetServiceCIDRs(family v1.IPFamily, cidrs []netip.Prefix)
+}
+
+// Proxier is the HAProxy proxy.Provider of one IP family. It keeps
+// upstream's view of Services and endpoints (change trackers), translates
+// it into a haproxycfg model at every sync, and hands the model to its
+// Applier.
+type Proxier struct {
+	ipFamily v1.IPFamily
+	cfg      Config
+	ctx      context.Context
+
+	// Upstream change trackers: On* handlers record changes, each sync
+	// applies them to svcPortMap and endpointsMap.
+	endpointsChanges *proxy.EndpointsChangeTracker
+	serviceChanges   *proxy.ServiceChangeTracker
+
+	mu                   sync.Mutex // protects the following fields
+	svcPortMap           proxy.ServicePortMap
+	endpointsMap         proxy.EndpointsMap
+	topologyLabels       map[string]string
+	endpointSlicesSynced bool
+	servicesSynced       bool
+	// unsupportedLogged holds the non-TCP service ports already logged,
+	// so each is logged once, not at every sync.
+	unsupportedLogged map[proxy.ServicePortName]bool
+	// lastApplied is the model of the last successful Apply.
+	lastApplied *haproxycfg.Config
+
+	initialized int32
+	syncRunner  *runner.BoundedFrequencyRunner // governs calls to syncProxyRules
+
+	applier             Applier
+	nodeName            string
+	nodeIP              net.IP
+	nodePortAddresses   *proxyutil.NodePortAddresses
+	networkInterfacer   proxyutil.NetworkInterfacer
+	serviceHealthServer healthcheck.ServiceHealthServer
+	healthzServer       *healthcheck.ProxyHealthServer
+	global              haproxycfg.Global
+	defaults            haproxycfg.Defaults
+
+	logger klog.Logger
+}
+
+var _ proxy.Provider = &Proxier{}
+
+// deps are the collaborators of a Proxier that tests replace.
+type deps struct {
+	applier             Applier
+	serviceHealthServer healthcheck.ServiceHealthServer
+	networkInterfacer   proxyutil.NetworkInterfacer
+}
+
+// newProxier builds the Proxier of one family. cfg must be defaulted and
+// valid.
+func newProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config, d deps) (*Proxier, error) {
+	if d.applier == nil {
+		return nil, errNoApplier
+	}
+	logger := klog.LoggerWithValues(klog.FromContext(ctx), "ipFamily", ipFamily)
+	registerMetrics()
+
+	nodePortAddresses := proxyutil.NewNodePortAddresses(ipFamily, cfg.NodePortAddresses)
+	if d.serviceHealthServer == nil {
+		d.serviceHealthServer = healthcheck.NewServiceHealthServer(cfg.NodeName, cfg.Recorder, nodePortAddresses, cfg.HealthzServer, ipFamily)
+	}
+	if d.networkInterfacer == nil {
+		d.networkInterfacer = proxyutil.RealNetwork{}
+	}
+	global, defaults := cfg.haproxySections()
+
+	p := &Proxier{
+		ipFamily:            ipFamily,
+		cfg:                 cfg,
+		ctx:                 ctx,
+		svcPortMap:          make(proxy.ServicePortMap),
+		serviceChanges:      proxy.NewServiceChangeTracker(ipFamily, nil, nil),
+		endpointsMap:        make(proxy.EndpointsMap),
+		endpointsChanges:    proxy.NewEndpointsChangeTracker(ipFamily, cfg.NodeName, nil, nil),
+		unsupportedLogged:   make(map[proxy.ServicePortName]bool),
+		applier:             d.applier,
+		nodeName:            cfg.NodeName,
+		nodeIP:              cfg.NodeIPs[ipFamily],
+		nodePortAddresses:   nodePortAddresses,
+		networkInterfacer:   d.networkInterfacer,
+		serviceHealthServer: d.serviceHealthServer,
+		healthzServer:       cfg.HealthzServer,
+		global:              global,
+		defaults:            defaults,
+		logger:              logger,
+	}
+	logger.V(2).Info("HAProxy proxier sync params", "minSyncPeriod", cfg.MinSyncPeriod, "syncPeriod", cfg.SyncPeriod, "maxSyncPeriod", proxyutil.FullSyncPeriod)
+	p.syncRunner = runner.NewBoundedFrequencyRunner("sync-runner", p.syncProxyRules, cfg.MinSyncPeriod, cfg.SyncPeriod, proxyutil.FullSyncPeriod)
+	return p, nil
+}
+
+// Sync is called to synchronize the proxier state to HAProxy as soon as
+// possible (within the min sync period).
+func (p *Proxier) Sync() {
+	if p.healthzServer != nil {
+		p.healthzServer.QueuedUpdate(p.ipFamily)
+	}
+	metrics.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(string(p.ipFamily)).SetToCurrentTime()
+	p.syncRunner.Run()
+}
+
+// SyncLoop runs periodic work. It does not return.
+func (p *Proxier) SyncLoop() {
+	// Update healthz timestamp at beginning in case Sync() never succeeds.
+	if p.healthzServer != nil {
+		p.healthzServer.Updated(p.ipFamily)
+	}
+	metrics.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(string(p.ipFamily)).SetToCurrentTime()
+	p.syncRunner.Loop(wait.NeverStop)
+}
+
+func (p *Proxier) setInitialized(value bool) {
+	var initialized int32
+	if value {
+		initialized = 1
+	}
+	atomic.StoreInt32(&p.initialized, initialized)
+}
+
+func (p *Proxier) isInitialized() bool {
+	return atomic.LoadInt32(&p.initialized) > 0
+}
+
+// OnServiceAdd is called whenever creation of new service object is observed.
+func (p *Proxier) OnServiceAdd(service *v1.Service) {
+	p.OnServiceUpdate(nil, service)
+}
+
+// OnServiceUpdate is called whenever modification of an existing service
+// object is observed. A Service outside the proxier's scope counts as
+// absent, so one that leaves the scope is removed.
+func (p *Proxier) OnServiceUpdate(oldService, service *v1.Service) {
+	if !p.inScope(oldService) {
+		oldService = nil
+	}
+	if !p.inScope(service) {
+		service = nil
+	}
+	if p.serviceChanges.Update(oldService, service) && p.isInitialized() {
+		p.Sync()
+	}
+}
+
+// OnServiceDelete is called whenever deletion of an existing service object is observed.
+func (p *Proxier) OnServiceDelete(service *v1.Service) {
+	p.OnServiceUpdate(service, nil)
+}
+
+// OnServiceSynced is called once all the initial event handlers were
+// called and the state is fully propagated to local cache.
+func (p *Proxier) OnServiceSynced() {
+	p.mu.Lock()
+	p.servicesSynced = true
+	p.setInitialized(p.endpointSlicesSynced)
+	p.mu.Unlock()
+	// Sync unconditionally - this is called once per lifetime.
+	_ = p.syncProxyRules()
+}
+
+// OnEndpointSliceAdd is called whenever creation of a new endpoint slice object is observed.
+func (p *Proxier) OnEndpointSliceAdd(endpointSlice *discovery.EndpointSlice) {
+	if p.endpointsChanges.EndpointSliceUpdate(endpointSlice, false) && p.isInitialized() {
+		p.Sync()
+	}
+}
+
+// OnEndpointSliceUpdate is called whenever modification of an existing endpoint slice object is observed.
+func (p *Proxier) OnEndpointSliceUpdate(_, endpointSlice *discovery.EndpointSlice) {
+	if p.endpointsChanges.EndpointSliceUpdate(endpointSlice, false) && p.isInitialized() {
+		p.Sync()
+	}
+}
+
+// OnEndpointSliceDelete is called whenever deletion of an existing endpoint slice object is observed.
+func (p *Proxier) OnEndpointSliceDelete(endpointSlice *discovery.EndpointSlice) {
+	if p.endpointsChanges.EndpointSliceUpdate(endpointSlice, true) && p.isInitialized() {
+		p.Sync()
+	}
+}
+
+// OnEndpointSlicesSynced is called once all the initial event handlers were
+// called and the state is fully propagated to local cache.
+func (p *Proxier) OnEndpointSlicesSynced() {
+	p.mu.Lock()
+	p.endpointSlicesSynced = true
+	p.setInitialized(p.servicesSynced)
+	p.mu.Unlock()
+	// Sync unconditionally - this is called once per lifetime.
+	_ = p.syncProxyRules()
+}
+
+// OnTopologyChange is called whenever the node's topology labels change.
+func (p *Proxier) OnTopologyChange(topologyLabels map[string]string) {
+	p.mu.Lock()
+	p.topologyLabels = topologyLabels
+	p.mu.Unlock()
+	p.logger.V(4).Info("Updated proxier node topology labels", "labels", topologyLabels)
+	p.Sync()
+}
+
+// OnServiceCIDRsChanged is called whenever the Service CIDRs change. The
+// model only holds Service addresses, so the ranges matter only to an
+// Applier that makes them local (ServiceCIDRObserver); those of this
+// family are passed on.
+func (p *Proxier) OnServiceCIDRsChanged(cidrs []string) {
+	var mine []netip.Prefix
+	for _, c := range cidrs {
+		prefix, err := netip.ParsePrefix(c)
+		if err != nil {
+			p.logger.Error(err, "Ignoring invalid Service CIDR", "cidr", c)
+			continue
+		}
+		if prefix.Addr().Is4() == (p.ipFamily == v1.IPv4Protocol) {
+			mine = append(mine, prefix.Masked())
+		}
+	}
+	if o, ok := p.applier.(ServiceCIDRObserver); ok {
+		o.SetServiceCIDRs(p.ipFamily, mine)
+	}
+}
+
+// inScope reports whether this proxier serves the Service (nil is out of
+// scope). Scope node and cluster serve every Service they are given
+// (kube-proxy's informer already leaves out Services labelled for another
+// proxy). Scope external serves only Services labelled for it, or of
+// type LoadBalancer with its loadBalancerClass.
+func (p *Proxier) inScope(svc *v1.Service) bool {
+	if svc == nil {
+		return false
+	}
+	if p.cfg.Scope != ScopeExternal {
+		return true
+	}
+	if svc.Labels[LabelServiceProxyName] == p.cfg.ServiceProxyName {
+		return true
+	}
+	return svc.Spec.Type == v1.ServiceTypeLoadBalancer &&
+		svc.Spec.LoadBalancerClass != nil && *svc.Spec.LoadBalancerClass == p.cfg.LoadBalancerClass
+}
+
+// syncProxyRules is where all of the HAProxy configuration happens: it
+// applies the pending changes, translates every service port of this
+// family into the model and hands it to the Applier.
+func (p *Proxier) syncProxyRules() (retryError error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+
+	// Don't sync until we've received services and endpoints: an empty
+	// model would tear down every listener of a running HAProxy.
+	if !p.isInitialized() {
+		p.logger.V(2).Info("Not syncing HAProxy until Services and Endpoints have been received from master")
+		return nil
+	}
+
+	start := time.Now()
+	defer func() {
+		metrics.SyncProxyRulesLatency.WithLabelValues(string(p.ipFamily)).Observe(metrics.SinceInSeconds(start))
+		p.logger.V(2).Info("SyncProxyRules complete", "elapsed", time.Since(start))
+	}()
+
+	// Phase 1: apply the recorded changes to the service and endpoint maps.
+	serviceUpdateResult := p.svcPortMap.Update(p.serviceChanges)
+	endpointUpdateResult := p.endpointsMap.Update(p.endpointsChanges)
+	p.logger.V(2).Info("Syncing HAProxy model", "services", len(p.svcPortMap), "updatedServices", serviceUpdateResult.UpdatedServices.Len())
+
+	// Phase 2: the node's view — where NodePorts listen.
+	opts := translate.Options{
+		Family:         p.ipFamily,
+		NodeName:       p.nodeName,
+		TopologyLabels: p.topologyLabels,
+	}
+	if a, ok := netip.AddrFromSlice(p.nodeIP); ok {
+		opts.NodeIP = a.Unmap()
+	}
+	if p.nodePortAddresses.MatchAll() {
+		opts.NodePortsOnAllAddresses = true
+	} else {
+		nodeIPs, err := p.nodePortAddresses.GetNodeIPs(p.networkInterfacer)
+		if err != nil {
+			p.logger.Error(err, "Failed to get node IP addresses; NodePorts may not listen everywhere")
+		}
+		for _, ip := range nodeIPs {
+			if a, ok := netip.AddrFromSlice(ip); ok {
+				opts.NodePortAddresses = append(opts.NodePortAddresses, a.Unmap())
+			}
+		}
+	}
+
+	// Phase 3: translate Services and endpoints into the model.
+	res := translate.Translate(opts, p.svcPortMap, p.endpointsMap)
+	p.reportSkipped(res)
+	desired := &haproxycfg.Config{
+		Global:    p.global,
+		Defaults:  p.defaults,
+		Frontends: res.Frontends,
+		Backends:  res.Backends,
+	}
+
+	// Phase 4: hand the model to the Applier. On failure the runner
+	// retries; HAProxy keeps serving the last good configuration.
+	if err := p.applier.Apply(p.ctx, p.ipFamily, desired); err != nil {
+		p.logger.Error(err, "Applying the HAProxy model failed", "retryingTime", p.cfg.SyncPeriod)
+		syncFailuresTotal.WithLabelValues(string(p.ipFamily)).Inc()
+		return fmt.Errorf("applying the HAProxy model: %w", err)
+	}
+	p.lastApplied = desired
+
+	// Phase 5: report success: latency of the endpoint changes, gauges,
+	// health servers.
+	for name, lastChangeTriggerTimes := range endpointUpdateResult.LastChangeTriggerTimes {
+		for _, lastChangeTriggerTime := range lastChangeTriggerTimes {
+			latency := metrics.SinceInSeconds(lastChangeTriggerTime)
+			metrics.NetworkProgrammingLatency.WithLabelValues(string(p.ipFamily)).Observe(latency)
+			p.logger.V(4).Info("Network programming", "endpoint", klog.KRef(name.Namespace, name.Name), "elapsed", latency)
+		}
+	}
+	metrics.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("internal", string(p.ipFamily)).Set(float64(res.NoLocalEndpointsInternal))
+	metrics.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues("external", string(p.ipFamily)).Set(float64(res.NoLocalEndpointsExternal))
+	if p.healthzServer != nil {
+		p.healthzServer.Updated(p.ipFamily)
+	}
+	metrics.SyncProxyRulesLastTimestamp.WithLabelValues(string(p.ipFamily)).SetToCurrentTime()
+
+	// Update service healthchecks. The endpoints list might include services
+	// that are not "OnlyLocal", but the services list will not, and the
+	// serviceHealthServer will just drop those endpoints.
+	if err := p.serviceHealthServer.SyncServices(p.svcPortMap.HealthCheckNodePorts()); err != nil {
+		p.logger.Error(err, "Error syncing healthcheck services")
+	}
+	if err := p.serviceHealthServer.SyncEndpoints(p.endpointsMap.LocalReadyEndpoints()); err != nil {
+		p.logger.Error(err, "Error syncing healthcheck endpoints")
+	}
+	return nil
+}
+
+// reportSkipped logs what the translation left out and sets the gauges.
+// Non-TCP service ports are logged once each (they are left out at every
+// sync); the other reasons point at a conflict or a bad object and are
+// logged every time.
+func (p *Proxier) reportSkipped(res *translate.Result) {
+	unsupported := map[v1.Protocol]int{v1.ProtocolUDP: 0, v1.ProtocolSCTP: 0}
+	seen := make(map[proxy.ServicePortName]bool)
+	conflicts := 0
+	for _, s := range res.Skipped {
+		switch s.Reason {
+		case translate.UnsupportedProtocol:
+			unsupported[s.Protocol]++
+			seen[s.Name] = true
+			if !p.unsupportedLogged[s.Name] {
+				p.unsupportedLogged[s.Name] = true
+				p.logger.Info("Service port not served by HAProxy: protocol not supported",
+					"servicePort", s.Name.String(), "protocol", s.Protocol)
+			}
+		case translate.AddressConflict:
+			conflicts++
+			p.logger.Info("Service port listener left out", "servicePort", s.Name.String(), "reason", s.Reason, "detail", s.Detail)
+		default:
+			p.logger.Info("Service port left out", "servicePort", s.Name.String(), "reason", s.Reason, "detail", s.Detail)
+		}
+	}
+	// Forget ports that are gone, so they are logged again if they return.
+	for name := range p.unsupportedLogged {
+		if !seen[name] {
+			delete(p.unsupportedLogged, name)
+		}
+	}
+	for proto, n := range unsupported {
+		unsupportedServicePorts.WithLabelValues(strings.ToLower(string(proto)), string(p.ipFamily)).Set(float64(n))
+	}
+	listenerConflicts.WithLabelValues(string(p.ipFamily)).Set(float64(conflicts))
+	badEndpoints.WithLabelValues(string(p.ipFamily)).Set(float64(res.BadEndpoints))
+	if res.BadEndpoints > 0 {
+		p.logger.V(2).Info("Endpoints left out: unusable address or port", "count", res.BadEndpoints)
+	}
+}

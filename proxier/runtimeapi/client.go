@@ -1,0 +1,247 @@
+package runtimeapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// DefaultTimeout bounds one exchange with a socket when the caller's
+// context has no deadline: HAProxy answers in milliseconds, a hung socket
+// must not hang a sync.
+const DefaultTimeout = 30 * time.Second
+
+// prompt is what HAProxy prints after each answer in prompt mode.
+var prompt = []byte("\n> ")
+
+// Client talks to HAProxy's runtime API over a unix socket.
+type Client struct {
+	// Socket is the path of the stats socket (it needs "level admin").
+	Socket string
+}
+
+var _ Interface = (*Client)(nil)
+
+// New returns a client of the runtime API socket at path.
+func New(socket string) *Client {
+	return &Client{Socket: socket}
+}
+
+func dial(ctx context.Context, socket string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("connect to HAProxy socket %s: %w", socket, err)
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(DefaultTimeout)
+	}
+	if err := conn.SetDeadline(deadline); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	// Close the connection when ctx is cancelled so blocked reads return.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	return &ctxConn{Conn: conn, stop: stop}, nil
+}
+
+type ctxConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *ctxConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
+}
+
+// exchange sends lines in prompt mode over one connection and returns one
+// answer per line. Writing happens beside reading: with a large batch,
+// HAProxy's answers would otherwise fill the socket buffers while the
+// commands are still being written, and both sides would wait forever.
+func (c *Client) exchange(ctx context.Context, lines []string) ([]string, error) {
+	conn, err := dial(ctx, c.Socket)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+
+	var buf bytes.Buffer
+	buf.WriteString("prompt\n")
+	for _, l := range lines {
+		buf.WriteString(l)
+		buf.WriteByte('\n')
+	}
+	buf.WriteString("quit\n")
+	writeErr := make(chan error, 1)
+	go func() {
+		_, err := conn.Write(buf.Bytes())
+		writeErr <- err
+	}()
+
+	r := bufio.NewReaderSize(conn, 64*1024)
+	// The answer to "prompt" is the first prompt alone.
+	if _, err := readAnswer(r); err != nil {
+		return nil, fmt.Errorf("HAProxy socket %s: enter prompt mode: %w", c.Socket, err)
+	}
+	answers := make([]string, 0, len(lines))
+	for range lines {
+		a, err := readAnswer(r)
+		if err != nil {
+			return answers, fmt.Errorf("HAProxy socket %s: read answer %d of %d: %w", c.Socket, len(answers)+1, len(lines), err)
+		}
+		answers = append(answers, a)
+	}
+	if err := <-writeErr; err != nil {
+		return answers, fmt.Errorf("HAProxy socket %s: write: %w", c.Socket, err)
+	}
+	return answers, nil
+}
+
+// readAnswer reads up to and including the next prompt and returns the
+// text before it.
+func readAnswer(r *bufio.Reader) (string, error) {
+	var out []byte
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return string(out), err
+		}
+		out = append(out, b)
+		// A prompt at the very start of an answer is an empty answer.
+		if len(out) == 2 && out[0] == '>' && out[1] == ' ' {
+			return "", nil
+		}
+		if bytes.HasSuffix(out, prompt) {
+			return string(out[:len(out)-len(prompt)]), nil
+		}
+	}
+}
+
+// Run implements Interface.
+func (c *Client) Run(ctx context.Context, b *Batch) error {
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := b.validate(); err != nil {
+		return err
+	}
+	answers, err := c.exchange(ctx, b.Commands())
+	if err != nil {
+		return err
+	}
+	return batchResult(b, answers)
+}
+
+// batchResult maps the answers of a batch to a *BatchError or nil.
+func batchResult(b *Batch, answers []string) error {
+	var be BatchError
+	for i, cmd := range b.cmds {
+		if err := classify(cmd, answers[i]); err != nil {
+			be.Failed = append(be.Failed, &CommandError{Index: i, Command: cmd.String(), Response: firstLine(trim(answers[i])), Err: err})
+		}
+	}
+	if len(be.Failed) > 0 {
+		return &be
+	}
+	return nil
+}
+
+func trim(s string) string { return string(bytes.TrimSpace([]byte(s))) }
+
+// ShowServers implements Interface.
+func (c *Client) ShowServers(ctx context.Context, backend string) ([]ServerStatus, error) {
+	cmd := "show servers state"
+	if backend != "" {
+		if err := checkToken("backend", backend); err != nil {
+			return nil, err
+		}
+		cmd += " " + backend
+	}
+	answers, err := c.exchange(ctx, []string{cmd})
+	if err != nil {
+		return nil, err
+	}
+	return parseServersState(answers[0])
+}
+
+// ShowStat implements Interface.
+func (c *Client) ShowStat(ctx context.Context) ([]StatRow, error) {
+	answers, err := c.exchange(ctx, []string{"show stat"})
+	if err != nil {
+		return nil, err
+	}
+	return parseStat(answers[0])
+}
+
+// Master talks to the master CLI of an HAProxy in master-worker mode (the
+// socket given with -S).
+type Master struct {
+	Socket string
+}
+
+var _ MasterInterface = (*Master)(nil)
+
+// NewMaster returns a client of the master CLI socket at path.
+func NewMaster(socket string) *Master {
+	return &Master{Socket: socket}
+}
+
+// command sends one command in non-interactive mode: the master answers and
+// closes the connection.
+func (m *Master) command(ctx context.Context, cmd string) (string, error) {
+	conn, err := dial(ctx, m.Socket)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, cmd+"\n"); err != nil {
+		return "", fmt.Errorf("HAProxy master socket %s: %s: %w", m.Socket, cmd, err)
+	}
+	// The master answers a non-interactive client and closes only once the
+	// client has closed its sending side.
+	if cw, ok := conn.(*ctxConn).Conn.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil {
+			return "", fmt.Errorf("HAProxy master socket %s: %s: %w", m.Socket, cmd, err)
+		}
+	}
+	out, err := io.ReadAll(conn)
+	if err != nil {
+		return string(out), fmt.Errorf("HAProxy master socket %s: %s: %w", m.Socket, cmd, err)
+	}
+	return string(out), nil
+}
+
+// ShowProc implements MasterInterface.
+func (m *Master) ShowProc(ctx context.Context) (*ProcInfo, error) {
+	out, err := m.command(ctx, "show proc")
+	if err != nil {
+		return nil, err
+	}
+	p, err := parseShowProc(out)
+	if err != nil {
+		return nil, fmt.Errorf("HAProxy master socket %s: %w", m.Socket, err)
+	}
+	return p, nil
+}
+
+// Reload implements MasterInterface.
+func (m *Master) Reload(ctx context.Context) error {
+	out, err := m.command(ctx, "reload")
+	if err != nil {
+		return err
+	}
+	if t := trim(out); t != "" {
+		return fmt.Errorf("HAProxy master socket %s: reload answered %q: %w", m.Socket, firstLine(t), responseError(t))
+	}
+	return nil
+}

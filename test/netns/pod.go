@@ -1,0 +1,186 @@
+package netns
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// PodServerPackage is the import path of the pods' server, built by the Kit.
+const PodServerPackage = "kube-haproxy.io/kube-haproxy/test/podserver"
+
+// Reply is a pod's answer (the JSON of test/podserver).
+type Reply struct {
+	Name   string `json:"name"`
+	Local  string `json:"local"`
+	Client string `json:"client"`
+	Echo   string `json:"echo,omitempty"`
+}
+
+// PodSpec says how a pod is wired and what it serves.
+type PodSpec struct {
+	// Bridge (in BridgeNS) the pod's eth0 is plugged into.
+	BridgeNS *Namespace
+	Bridge   string
+	// Addr is the pod's address with the bridge's prefix length.
+	Addr netip.Prefix
+	// Gateway is the default route (the node's address on the bridge).
+	Gateway netip.Addr
+	// TCPPorts answer HTTP; UDPPorts echo. Default: TCP 8080.
+	TCPPorts []int
+	UDPPorts []int
+}
+
+// Pod is a namespace running test/podserver.
+type Pod struct {
+	*Namespace
+	IP   netip.Addr
+	Proc *Proc
+}
+
+// Pod creates a namespace, plugs it into spec.Bridge and starts the pod
+// server, returning once the server listens.
+func (k *Kit) Pod(name string, spec PodSpec) *Pod {
+	k.t.Helper()
+	bin := k.podServer()
+	ns := k.Namespace(name)
+	k.Plug(spec.BridgeNS, spec.Bridge, ns, "eth0", spec.Addr)
+	if spec.Gateway.IsValid() {
+		ns.DefaultRoute(spec.Gateway)
+	}
+	tcp := spec.TCPPorts
+	if len(tcp) == 0 && len(spec.UDPPorts) == 0 {
+		tcp = []int{8080}
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	p := k.start(ns, "podserver", w, bin, "-name", name, "-tcp", joinPorts(tcp), "-udp", joinPorts(spec.UDPPorts))
+	w.Close()
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(r).ReadString('\n')
+		if err == nil && strings.TrimSpace(line) != "ready" {
+			err = fmt.Errorf("unexpected first line %q", line)
+		}
+		ready <- err
+		_, _ = io.Copy(io.Discard, r)
+		r.Close()
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			k.t.Fatalf("pod %s did not start: %v\n%s", name, err, p.Log())
+		}
+	case <-time.After(30 * time.Second):
+		k.t.Fatalf("pod %s not ready after 30s\n%s", name, p.Log())
+	}
+	return &Pod{Namespace: ns, IP: spec.Addr.Addr(), Proc: p}
+}
+
+func joinPorts(ps []int) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ",")
+}
+
+// podServer builds test/podserver once per Kit into its temp dir.
+func (k *Kit) podServer() string {
+	k.t.Helper()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.podserver != "" {
+		return k.podserver
+	}
+	bin := filepath.Join(k.dir, "podserver")
+	cmd := exec.Command("go", "build", "-o", bin, PodServerPackage)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		k.t.Fatalf("go build %s: %v\n%s", PodServerPackage, err, out)
+	}
+	k.podserver = bin
+	return bin
+}
+
+// HTTPGet sends GET url from inside the namespace and decodes the pod's
+// reply.
+func (n *Namespace) HTTPGet(url string) (Reply, error) {
+	var r Reply
+	resp, err := n.HTTPClient(5 * time.Second).Get(url)
+	if err != nil {
+		return r, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return r, err
+	}
+	if resp.StatusCode != 200 {
+		return r, fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return r, fmt.Errorf("GET %s: not a pod reply: %w: %q", url, err, body)
+	}
+	return r, nil
+}
+
+// UDPEcho sends msg to addr from inside the namespace and decodes the
+// pod's reply.
+func (n *Namespace) UDPEcho(addr, msg string, timeout time.Duration) (Reply, error) {
+	var r Reply
+	c, err := n.Dial("udp", addr, timeout)
+	if err != nil {
+		return r, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return r, err
+	}
+	buf := make([]byte, 64*1024)
+	nr, err := c.Read(buf)
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(buf[:nr], &r); err != nil {
+		return r, fmt.Errorf("udp %s: not a pod reply: %w", addr, err)
+	}
+	return r, nil
+}
+
+// WaitTCP waits until a TCP connection to addr from inside the namespace
+// succeeds (a server coming up), or timeout passes.
+func (n *Namespace) WaitTCP(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := n.Dial("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not reachable from %s after %v: %w", addr, n.Short, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TCPAccepts reports whether a TCP connection from the namespace to addr
+// is accepted; the error says how it failed otherwise (refused, timeout).
+func (n *Namespace) TCPAccepts(addr string, timeout time.Duration) error {
+	c, err := n.Dial("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
