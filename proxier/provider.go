@@ -9,6 +9,8 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/proxy"
 	"k8s.io/kubernetes/pkg/proxy/metaproxier"
+
+	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
 )
 
 // errNoApplier is returned while no Applier (the piece that makes HAProxy
@@ -40,6 +42,11 @@ func prepare(ctx context.Context, cfg *Config) (Applier, error) {
 	applier, err := newApplier(ctx, *cfg)
 	if err != nil {
 		return nil, fmt.Errorf("haproxy proxier: starting the HAProxy applier: %w", err)
+	}
+	if cfg.Scope == ScopeNode {
+		// HAProxy binds Service IPs on this host: make them local and
+		// guard them around every Apply.
+		applier = withHostNetwork(applier)
 	}
 	return applier, nil
 }
@@ -88,5 +95,9 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 // process, state dir, routes, nftables table). It reports whether an error
 // was encountered, as upstream's CleanupLeftovers functions do.
 func CleanupLeftovers(ctx context.Context, cfg Config) (encounteredError bool) {
-	return true
+	if err := hostnet.Cleanup(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Failed to remove the Service IP routes and guard")
+		encounteredError = true
+	}
+	return encounteredError
 }
