@@ -9,7 +9,9 @@
 //   - supervisor: runs HAProxy in master-worker mode, reloads it;
 //   - apply: diffs desired vs loaded model, chooses runtime API or reload;
 //   - localaddr, serviceguard: host networking for scope node (AnyIP routes,
-//     nftables filter so only served IP:port pairs accept).
+//     nftables filter so only served IP:port pairs accept);
+//   - hostnet: runs both around each Apply, in the order that never leaves
+//     a Service IP local and unguarded (wired in by hostnetwork.go).
 //
 // This package wires them to upstream's change trackers and sync runner.
 package proxier

@@ -42,6 +42,17 @@ type fakeApplier struct {
 	applies int
 	// fail, when set, makes Apply return it.
 	fail error
+	// cidrs are the Service CIDRs last given per family.
+	cidrs map[v1.IPFamily][]netip.Prefix
+}
+
+func (f *fakeApplier) SetServiceCIDRs(family v1.IPFamily, cidrs []netip.Prefix) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cidrs == nil {
+		f.cidrs = map[v1.IPFamily][]netip.Prefix{}
+	}
+	f.cidrs[family] = cidrs
 }
 
 func newFakeApplier() *fakeApplier {

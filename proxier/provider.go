@@ -9,6 +9,8 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/proxy"
 	"k8s.io/kubernetes/pkg/proxy/metaproxier"
+
+	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
 )
 
 // errNoApplier is returned while no Applier (the piece that makes HAProxy
@@ -21,7 +23,8 @@ var errNoApplier = errors.New("haproxy proxier: no HAProxy applier is available 
 // errNoApplier rather than run a proxier that changes nothing.
 var newApplier func(ctx context.Context, cfg Config) (Applier, error)
 
-// prepare defaults and validates cfg and builds the shared Applier.
+// prepare defaults and validates cfg and builds the shared Applier. It
+// returns a nil Applier and no error for InitOnly: nothing is started.
 func prepare(ctx context.Context, cfg *Config) (Applier, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -30,12 +33,20 @@ func prepare(ctx context.Context, cfg *Config) (Applier, error) {
 	if cfg.Scope != ScopeNode {
 		return nil, fmt.Errorf("haproxy proxier: scope %q is not implemented yet (only %q is)", cfg.Scope, ScopeNode)
 	}
+	if cfg.InitOnly {
+		return nil, nil
+	}
 	if newApplier == nil {
 		return nil, errNoApplier
 	}
 	applier, err := newApplier(ctx, *cfg)
 	if err != nil {
 		return nil, fmt.Errorf("haproxy proxier: starting the HAProxy applier: %w", err)
+	}
+	if cfg.Scope == ScopeNode {
+		// HAProxy binds Service IPs on this host: make them local and
+		// guard them around every Apply.
+		applier = withHostNetwork(applier)
 	}
 	return applier, nil
 }
@@ -72,12 +83,21 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 		klog.FromContext(ctx).Info("System initialized and --init-only specified")
 		return nil, nil
 	}
-	return newProxier(ctx, ipFamily, cfg, deps{applier: applier})
+	p, err := newProxier(ctx, ipFamily, cfg, deps{applier: applier})
+	if err != nil {
+		// Not "return newProxier(...)": a nil *Proxier would be a non-nil Provider.
+		return nil, err
+	}
+	return p, nil
 }
 
 // CleanupLeftovers removes what the haproxy mode created on this host (HAProxy
 // process, state dir, routes, nftables table). It reports whether an error
 // was encountered, as upstream's CleanupLeftovers functions do.
 func CleanupLeftovers(ctx context.Context, cfg Config) (encounteredError bool) {
-	return true
+	if err := hostnet.Cleanup(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Failed to remove the Service IP routes and guard")
+		encounteredError = true
+	}
+	return encounteredError
 }

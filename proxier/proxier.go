@@ -43,6 +43,14 @@ type Applier interface {
 	Apply(ctx context.Context, family v1.IPFamily, desired *haproxycfg.Config) error
 }
 
+// ServiceCIDRObserver is implemented by an Applier that needs the
+// cluster's Service CIDRs of a family (to make the whole ranges local on
+// the node, instead of one route per Service IP). The proxier calls it
+// whenever the ServiceCIDRs change, before the next sync.
+type ServiceCIDRObserver interface {
+	SetServiceCIDRs(family v1.IPFamily, cidrs []netip.Prefix)
+}
+
 // Proxier is the HAProxy proxy.Provider of one IP family. It keeps
 // upstream's view of Services and endpoints (change trackers), translates
 // it into a haproxycfg model at every sync, and hands the model to its
@@ -247,10 +255,25 @@ func (p *Proxier) OnTopologyChange(topologyLabels map[string]string) {
 }
 
 // OnServiceCIDRsChanged is called whenever the Service CIDRs change. The
-// HAProxy proxier listens only on the addresses of Services, so it needs
-// nothing from the ranges themselves (the host guard that rejects
-// unserved Service addresses is configured elsewhere).
-func (p *Proxier) OnServiceCIDRsChanged(_ []string) {}
+// model only holds Service addresses, so the ranges matter only to an
+// Applier that makes them local (ServiceCIDRObserver); those of this
+// family are passed on.
+func (p *Proxier) OnServiceCIDRsChanged(cidrs []string) {
+	var mine []netip.Prefix
+	for _, c := range cidrs {
+		prefix, err := netip.ParsePrefix(c)
+		if err != nil {
+			p.logger.Error(err, "Ignoring invalid Service CIDR", "cidr", c)
+			continue
+		}
+		if prefix.Addr().Is4() == (p.ipFamily == v1.IPv4Protocol) {
+			mine = append(mine, prefix.Masked())
+		}
+	}
+	if o, ok := p.applier.(ServiceCIDRObserver); ok {
+		o.SetServiceCIDRs(p.ipFamily, mine)
+	}
+}
 
 // inScope reports whether this proxier serves the Service (nil is out of
 // scope). Scope node and cluster serve every Service they are given

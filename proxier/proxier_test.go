@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -1137,8 +1138,22 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 	assert.ErrorContains(t, tooMany.Validate(), "maxConn")
 }
 
+func TestServiceCIDRsReachTheApplier(t *testing.T) {
+	applier := newFakeApplier()
+	p4, _, _ := newFakeProxierWithApplier(t, v1.IPv4Protocol, applier)
+	p6, _, _ := newFakeProxierWithApplier(t, v1.IPv6Protocol, applier)
+	cidrs := []string{"10.96.0.0/12", "fd00:10:96::/112", "bogus", "10.200.0.1/16"}
+	p4.OnServiceCIDRsChanged(cidrs)
+	p6.OnServiceCIDRsChanged(cidrs)
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("10.200.0.0/16")}, applier.cidrs[v1.IPv4Protocol])
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("fd00:10:96::/112")}, applier.cidrs[v1.IPv6Protocol])
+}
+
 func TestExportedConstructorsNeedAnApplier(t *testing.T) {
-	_, err := NewProxier(t.Context(), v1.IPv4Protocol, Config{NodeName: testHostname})
+	p, err := NewProxier(t.Context(), v1.IPv4Protocol, Config{NodeName: testHostname, InitOnly: true})
+	require.NoError(t, err, "init-only needs no HAProxy")
+	assert.Nil(t, p)
+	_, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{NodeName: testHostname})
 	assert.ErrorIs(t, err, errNoApplier)
 	_, err = NewDualStackProxier(t.Context(), Config{NodeName: testHostname})
 	assert.ErrorIs(t, err, errNoApplier)

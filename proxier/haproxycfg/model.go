@@ -72,6 +72,11 @@ type Bind struct {
 	// are rendered v6only so they never catch IPv4 traffic.
 	Addr netip.Addr
 	Port uint16
+	// Transparent lets the socket bind an address that is on no
+	// interface (IP(V6)_TRANSPARENT, needs CAP_NET_ADMIN). IPv6 Service
+	// IPs made local by an AnyIP route need it: unlike IPv4, bind(2) on
+	// such an IPv6 address fails without it.
+	Transparent bool
 }
 
 // ACLKind is what an ACL tests.

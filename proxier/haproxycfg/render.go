@@ -377,6 +377,9 @@ func renderFrontend(b *bytes.Buffer, f *Frontend) {
 		if a := bd.Addr.Unmap(); a.Is6() && a.IsUnspecified() {
 			words = append(words, "v6only")
 		}
+		if bd.Transparent {
+			words = append(words, "transparent")
+		}
 		line(b, words...)
 	}
 	for _, a := range f.ACLs {

@@ -136,7 +136,7 @@ func TestRenderIPv6(t *testing.T) {
 		Frontends: []*Frontend{{
 			Name: "default.web:http:tcp:ipv6",
 			Binds: []Bind{
-				{Name: "clusterip", Addr: ip("fd00:10:96::10"), Port: 80},
+				{Name: "clusterip", Addr: ip("fd00:10:96::10"), Port: 80, Transparent: true},
 				{Name: "nodeport-any", Addr: ip("::"), Port: 30080},
 			},
 			ACLs:           []ACL{{Name: "lb-source-allowed", Kind: ACLSourceIn, Prefixes: []netip.Prefix{pfx("2001:db8::/32")}}},
@@ -151,7 +151,7 @@ func TestRenderIPv6(t *testing.T) {
 	out, err := Render(c)
 	require.NoError(t, err)
 	s := string(out)
-	assert.Contains(t, s, "    bind [fd00:10:96::10]:80 name clusterip\n")
+	assert.Contains(t, s, "    bind [fd00:10:96::10]:80 name clusterip transparent\n")
 	assert.Contains(t, s, "    bind [::]:30080 name nodeport-any v6only\n")
 	assert.Contains(t, s, "    acl lb-source-allowed src 2001:db8::/32\n")
 	assert.Contains(t, s, "    stick-table type ipv6 size 10 expire 60s\n")

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"slices"
 
 	v1 "k8s.io/api/core/v1"
@@ -175,6 +176,10 @@ func Cleanup(ctx context.Context) error {
 			errs = append(errs, err)
 		} else if err := addrs.Cleanup(); err != nil {
 			errs = append(errs, err)
+		}
+		if _, err := exec.LookPath("nft"); err != nil {
+			// No nft, no table of ours to delete.
+			continue
 		}
 		if guard, err := serviceguard.New(family); err != nil {
 			errs = append(errs, err)

@@ -220,7 +220,10 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 			return
 		}
 		listeners[ap] = base
-		fe.Binds = append(fe.Binds, haproxycfg.Bind{Name: bindName, Addr: a, Port: p})
+		// Service IPs (not node addresses) are local through an AnyIP
+		// route only; IPv6 bind(2) needs "transparent" for them.
+		transparent := a.Is6() && !a.IsUnspecified() && !strings.HasPrefix(bindName, BindNodePortPrefix)
+		fe.Binds = append(fe.Binds, haproxycfg.Bind{Name: bindName, Addr: a, Port: p, Transparent: transparent})
 	}
 	if a, ok := toAddr(svc.ClusterIP()); ok && opts.familyOK(a) && !a.IsUnspecified() {
 		addBind(BindClusterIP, a, port)
@@ -276,12 +279,16 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 			Expire: time.Duration(svc.StickyMaxAgeSeconds()) * time.Second,
 		}
 	}
-	portDesc := fmt.Sprintf("Service %s/%s port %s (%s %d)", name.Namespace, name.Name, displayPortName(name.Port), svc.Protocol(), svc.Port())
+	// Plain concatenation: this runs for every service port at every sync.
+	portDesc := "Service " + name.Namespace + "/" + name.Name + " port " + strconv.Itoa(svc.Port()) + "/" + string(svc.Protocol())
+	if name.Port != "" {
+		portDesc = "Service " + name.Namespace + "/" + name.Name + " port " + name.Port + " (" + strconv.Itoa(svc.Port()) + "/" + string(svc.Protocol()) + ")"
+	}
 	usesCluster, usesLocal := svc.UsesClusterEndpoints(), svc.UsesLocalEndpoints()
 	if usesCluster {
 		res.Backends = append(res.Backends, &haproxycfg.Backend{
 			Name:       base,
-			Comment:    portDesc + ": ready endpoints of the cluster (traffic policy Cluster)",
+			Comment:    portDesc + ": endpoints for traffic policy Cluster",
 			StickTable: stick,
 			Servers:    servers(&opts, clusterEps, res),
 		})
@@ -289,7 +296,7 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	if usesLocal {
 		res.Backends = append(res.Backends, &haproxycfg.Backend{
 			Name:       local,
-			Comment:    portDesc + ": endpoints on node " + opts.NodeName + " (traffic policy Local)",
+			Comment:    portDesc + ": endpoints on node " + opts.NodeName + ", for traffic policy Local",
 			StickTable: stick,
 			Servers:    servers(&opts, localEps, res),
 		})
@@ -305,8 +312,10 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	// Phase 3: the rules. Fail-fast conditions use nbsrv, which follows
 	// servers added or removed through the runtime API, so they stay right
 	// without a reload.
-	fe.Comment = fmt.Sprintf("%s; internalTrafficPolicy %s, externalTrafficPolicy %s",
-		portDesc, policyName(svc.InternalPolicyLocal()), policyName(svc.ExternalPolicyLocal()))
+	fe.Comment = portDesc + "; internalTrafficPolicy " + policyName(svc.InternalPolicyLocal())
+	if hasExternalBind {
+		fe.Comment += ", externalTrafficPolicy " + policyName(svc.ExternalPolicyLocal())
+	}
 	needExternalACL := hasInternalBind && hasExternalBind && internalBackend != externalBackend
 	if needExternalACL {
 		fe.ACLs = append(fe.ACLs, haproxycfg.ACL{
@@ -433,13 +442,6 @@ func validPort(p int) (uint16, bool) {
 		return 0, false
 	}
 	return uint16(p), true
-}
-
-func displayPortName(n string) string {
-	if n == "" {
-		return "(unnamed)"
-	}
-	return n
 }
 
 func policyName(local bool) string {
