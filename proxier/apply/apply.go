@@ -45,6 +45,7 @@ import (
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
+	"kube-haproxy.io/kube-haproxy/proxier/supervisor"
 )
 
 // Process is the HAProxy process as the applier needs it; a
@@ -539,6 +540,11 @@ func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key strin
 	}
 	defer os.Remove(tmp)
 	if err := a.opts.Validate(ctx, tmp); err != nil {
+		if errors.Is(err, ErrBinaryMissing) {
+			// Not the configuration's fault: try again at the next sync.
+			configRejectedTotal.WithLabelValues("binary").Inc()
+			return fmt.Errorf("%w: %w", ErrRejected, err)
+		}
 		return a.reject(key, "validation", fmt.Errorf("haproxy -c: %w", err))
 	}
 	if a.opts.Hooks != nil {
@@ -560,6 +566,13 @@ func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key strin
 	if err != nil {
 		reloadsTotal.WithLabelValues("failed").Inc()
 		a.restoreLastGood()
+		if errors.Is(err, supervisor.ErrNotRunning) || errors.Is(err, supervisor.ErrBinaryMissing) {
+			// HAProxy is down or cannot run (the supervisor restarts it and
+			// the model is applied again then): nothing says the
+			// configuration is bad, so no backoff for it.
+			configRejectedTotal.WithLabelValues(action).Inc()
+			return fmt.Errorf("%w: HAProxy %s: %w", ErrRejected, action, err)
+		}
 		return a.reject(key, action, fmt.Errorf("HAProxy %s: %w", action, err))
 	}
 	reloadsTotal.WithLabelValues("success").Inc()
@@ -711,9 +724,17 @@ func writeTemp(path string, data []byte) (string, error) {
 	return f.Name(), nil
 }
 
+// ErrBinaryMissing: the haproxy binary cannot be run to validate a
+// configuration.
+var ErrBinaryMissing = supervisor.ErrBinaryMissing
+
 // validateWithBinary runs "haproxy -c -q -f file".
 func validateWithBinary(ctx context.Context, bin, file string) error {
 	out, err := exec.CommandContext(ctx, bin, "-c", "-q", "-f", file).CombinedOutput()
+	var exitErr *exec.ExitError
+	if err != nil && !errors.As(err, &exitErr) {
+		return fmt.Errorf("%w: %s: %w", ErrBinaryMissing, bin, err)
+	}
 	if err != nil {
 		msg := strings.TrimSpace(string(out))
 		if msg == "" {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -407,4 +408,73 @@ func TestRealRejectedConfigKeepsServing(t *testing.T) {
 	t.Logf("port taken: %v", err)
 	require.ErrorIs(t, err, supervisor.ErrReloadFailed)
 	require.Equal(t, set(e1), s.reached(1, 3), "the last good configuration keeps serving")
+}
+
+func TestRealMissingBinary(t *testing.T) {
+	haproxytest.Binary(t)
+	logger, _ := ktesting.NewTestContext(t)
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "no-haproxy")
+	sup := supervisor.New(supervisor.Options{Binary: missing, ConfigFile: filepath.Join(dir, "haproxy.cfg"),
+		MasterSocket: filepath.Join(dir, "master.sock"), PIDFile: filepath.Join(dir, "haproxy.pid"), Managed: true}, logger)
+	a, err := New(Options{ConfigFile: filepath.Join(dir, "haproxy.cfg"), Binary: missing,
+		Runtime: runtimeapi.New(filepath.Join(dir, "haproxy.sock")), Process: sup,
+		Families: []v1.IPFamily{v1.IPv4Protocol}, Logger: logger})
+	require.NoError(t, err)
+	s := &stack{t: t, dir: dir, port: 8080}
+	for i := 0; i < 2; i++ {
+		err = a.Apply(context.Background(), v1.IPv4Protocol, s.model(service{1, nil}))
+		require.ErrorIs(t, err, ErrBinaryMissing)
+		require.ErrorIs(t, err, ErrRejected)
+	}
+	t.Logf("missing binary reported as: %v", err)
+	require.Zero(t, sup.MasterPID())
+}
+
+// HAProxy in its own container: it shares the state directory, the
+// proxier only writes the file and uses the sockets.
+func TestRealUnmanaged(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	logger, _ := ktesting.NewTestContext(t)
+	s := &stack{t: t, dir: t.TempDir(), logger: logger}
+	s.master = runtimeapi.NewMaster(filepath.Join(s.dir, "master.sock"))
+	l, err := net.Listen("tcp", "127.0.0.101:0")
+	require.NoError(t, err)
+	s.port = uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	s.sup = supervisor.New(supervisor.Options{ConfigFile: filepath.Join(s.dir, "haproxy.cfg"),
+		MasterSocket: filepath.Join(s.dir, "master.sock"), Managed: false, StartTimeout: 200 * time.Millisecond}, logger)
+	a, err := New(Options{ConfigFile: filepath.Join(s.dir, "haproxy.cfg"), Binary: bin,
+		Runtime: runtimeapi.New(filepath.Join(s.dir, "haproxy.sock")), Process: s.sup,
+		Families: []v1.IPFamily{v1.IPv4Protocol}, Logger: logger})
+	require.NoError(t, err)
+	s.a = a
+	e1, e2 := startEndpoint(t, "127.0.0.71"), startEndpoint(t, "127.0.0.72")
+
+	// The HAProxy container is not up yet: a clear error, and the file is
+	// there for it.
+	err = a.Apply(context.Background(), v1.IPv4Protocol, s.model(service{1, []*endpointServer{e1}}))
+	require.ErrorIs(t, err, supervisor.ErrNotRunning)
+	require.FileExists(t, filepath.Join(s.dir, "haproxy.cfg"))
+
+	// It starts, on the file the proxier wrote.
+	cmd := exec.Command(bin, "-Ws", "-S", filepath.Join(s.dir, "master.sock"), "-f", filepath.Join(s.dir, "haproxy.cfg"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+	require.Eventually(t, func() bool {
+		info, err := s.master.ShowProc(context.Background())
+		return err == nil && info.CurrentWorker() != nil
+	}, 10*time.Second, 20*time.Millisecond)
+
+	s.apply(service{1, []*endpointServer{e1}})
+	require.Equal(t, set(e1), s.reached(1, 3))
+	reloads := s.reloads()
+	s.apply(service{1, []*endpointServer{e1, e2}})
+	require.Equal(t, set(e1, e2), s.reached(1, 6))
+	require.Equal(t, reloads, s.reloads(), "endpoint changes without reload")
+	s.apply(service{1, []*endpointServer{e2}}, service{2, []*endpointServer{e1}})
+	require.Equal(t, reloads+1, s.reloads())
+	require.Equal(t, set(e1), s.reached(2, 3))
+	require.Equal(t, cmd.Process.Pid, s.masterPID(), "the proxier never starts an HAProxy of its own")
 }

@@ -35,12 +35,12 @@ var (
 
 	// configRejectedTotal counts configurations that were not loaded, by
 	// reason: model (invalid model), validation (haproxy -c), reload,
-	// start.
+	// start, binary (haproxy cannot be run).
 	configRejectedTotal = metrics.NewCounterVec(
 		&metrics.CounterOpts{
 			Subsystem:      "kubeproxy",
 			Name:           "haproxy_config_rejected_total",
-			Help:           "Cumulative number of HAProxy configurations not loaded, by reason (model, validation, reload, start); the last good configuration keeps serving",
+			Help:           "Cumulative number of HAProxy configurations not loaded, by reason (model, validation, reload, start, binary); the last good configuration keeps serving",
 			StabilityLevel: metrics.ALPHA,
 		},
 		[]string{"reason"},

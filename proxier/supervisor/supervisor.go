@@ -83,6 +83,11 @@ type Options struct {
 func (o *Options) setDefaults() {
 	if o.StartTimeout == 0 {
 		o.StartTimeout = 30 * time.Second
+		if !o.Managed {
+			// Only waiting for somebody else's HAProxy: do not hold a
+			// sync for long, the next one looks again.
+			o.StartTimeout = 5 * time.Second
+		}
 	}
 	if o.ReloadTimeout == 0 {
 		o.ReloadTimeout = 60 * time.Second
