@@ -6,14 +6,12 @@ package haproxytest
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -65,14 +63,13 @@ type Instance struct {
 func Global(dir string) string {
 	return fmt.Sprintf(`global
   stats socket %s mode 600 level admin expose-fd listeners
-  pidfile %s
   nbthread 2
 defaults
   mode tcp
   timeout connect 2s
   timeout client 30s
   timeout server 30s
-`, filepath.Join(dir, "haproxy.sock"), filepath.Join(dir, "haproxy.pid"))
+`, filepath.Join(dir, "haproxy.sock"))
 }
 
 // Start writes Global(dir)+body to a config file in a temporary directory
@@ -97,7 +94,7 @@ func Start(t testing.TB, body string) *Instance {
 		t.Fatal(err)
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "-Ws", "-S", in.MasterSocket, "-f", in.Config)
+	cmd := exec.Command(bin, "-Ws", "-S", in.MasterSocket, "-f", in.Config, "-p", in.PIDFile)
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -130,16 +127,6 @@ func Start(t testing.TB, body string) *Instance {
 
 // MasterPID returns the PID of the master process.
 func (in *Instance) MasterPID() int { return in.cmd.Process.Pid }
-
-// Run runs a haproxy subcommand line (e.g. "-c -f file") and returns its
-// combined output; for tests that check the binary's own answers.
-func Run(ctx context.Context, bin string, args ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
-// Itoa is strconv.Itoa, here so test configs read short.
-func Itoa(i int) string { return strconv.Itoa(i) }
 
 func ready(socket string) bool {
 	c, err := net.Dial("unix", socket)
