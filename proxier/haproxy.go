@@ -83,7 +83,19 @@ func newHAProxyApplier(ctx context.Context, cfg Config, families []v1.IPFamily) 
 	if err != nil {
 		return nil, err
 	}
-	return a, nil
+	return &haproxyApplier{Applier: a, sup: sup}, nil
+}
+
+// haproxyApplier is the Applier with the Supervisor of its HAProxy.
+type haproxyApplier struct {
+	*apply.Applier
+	sup *supervisor.Supervisor
+}
+
+// stop stops watching and stops the HAProxy (tests; kube-proxy leaves
+// HAProxy running when it exits, for the next one to adopt).
+func (h *haproxyApplier) stop(ctx context.Context) error {
+	return h.sup.Stop(ctx, 10*time.Second)
 }
 
 // cleanupHAProxy stops the HAProxy this host's proxier manages and removes

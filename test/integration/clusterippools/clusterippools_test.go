@@ -135,10 +135,12 @@ func TestClusterIPPools(t *testing.T) {
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), `ClusterIP pool "lb" is full (ServiceCIDR "lb" (10.100.0.0/29)): range is full`)
 		// Dual-stack: the IPv6 half may be allocated before the IPv4 half
-		// fails; it must be released.
-		err = createErr(c, service("overflow-ds", "lb", v1.IPFamilyPolicyRequireDualStack))
-		require.Error(t, err)
-		assert.Contains(t, err.Error(), `ClusterIP pool "lb" is full`)
+		// fails (map order); it must be released. Repeat so both orders run.
+		for i := 0; i < 8; i++ {
+			err = createErr(c, service("overflow-ds", "lb", v1.IPFamilyPolicyRequireDualStack))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), `ClusterIP pool "lb" is full`)
+		}
 		assert.Equal(t, before, ipAddresses(t, c), "a refused Service must leave no IPAddress")
 		// The default range is unaffected.
 		svc := create(t, c, service("still-plain", "", v1.IPFamilyPolicySingleStack))
@@ -242,6 +244,37 @@ func TestClusterIPPools(t *testing.T) {
 		})
 		assert.Equal(t, want, got, "only the kubernetes Service's IPAddresses remain")
 	})
+}
+
+// A pool carved out of the default range: until the default range is
+// exhausted, no Service without the pool request gets a pool address, and a
+// Service asking for the pool still gets one afterwards.
+func TestClusterIPPoolCarvedOutOfDefaultRange(t *testing.T) {
+	cp := controlplane.Start(t, controlplane.Config{ServiceClusterIPRange: "10.0.0.0/25"})
+	c := cp.Client
+	carved := netip.MustParsePrefix("10.0.0.64/26")
+	createPool(t, c, "carved", "carved", carved.String())
+	first := create(t, c, service("first-of-carved", "carved", v1.IPFamilyPolicySingleStack))
+	assertIn(t, first.Spec.ClusterIP, carved)
+
+	// The /25 hands out 10.0.0.1-126; 10.0.0.64-126 are the pool's and
+	// 10.0.0.1 is the kubernetes Service's: 62 left for the others.
+	var err error
+	n := 0
+	for ; n < 100; n++ {
+		var svc *v1.Service
+		svc, err = c.CoreV1().Services(ns).Create(context.Background(), service(fmt.Sprintf("plain-%d", n), "", v1.IPFamilyPolicySingleStack), metav1.CreateOptions{})
+		if err != nil {
+			break
+		}
+		assertNotIn(t, svc.Spec.ClusterIP, carved)
+	}
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "range is full")
+	assert.Equal(t, 62, n, "Services that got a default address")
+
+	svc := create(t, c, service("second-of-carved", "carved", v1.IPFamilyPolicySingleStack))
+	assertIn(t, svc.Spec.ClusterIP, carved)
 }
 
 func service(name, pool string, policy v1.IPFamilyPolicy) *v1.Service {
