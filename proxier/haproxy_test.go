@@ -6,11 +6,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2/ktesting"
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
@@ -25,7 +27,8 @@ func TestRealApplierAndCleanup(t *testing.T) {
 	bin := haproxytest.Binary(t)
 	_, ctx := ktesting.NewTestContext(t)
 	stateDir := filepath.Join(t.TempDir(), "state")
-	cfg := Config{NodeName: testHostname, StateDir: stateDir, HAProxyPath: bin, ManageProcess: true}
+	recorder := events.NewFakeRecorder(10)
+	cfg := Config{NodeName: testHostname, StateDir: stateDir, HAProxyPath: bin, ManageProcess: true, Recorder: recorder}
 	cfg.SetDefaults()
 	require.NoError(t, cfg.Validate())
 	applier, err := newHAProxyApplier(ctx, cfg, []v1.IPFamily{v1.IPv4Protocol})
@@ -40,6 +43,17 @@ func TestRealApplierAndCleanup(t *testing.T) {
 	require.NoError(t, err, "HAProxy runs with the default settings")
 	require.NotNil(t, info.CurrentWorker())
 	require.FileExists(t, filepath.Join(stateDir, "haproxy.cfg"))
+
+	// HAProxy dies: it is started again, and the Node gets an event.
+	require.NoError(t, syscall.Kill(info.MasterPID, syscall.SIGKILL))
+	select {
+	case ev := <-recorder.Events:
+		require.Contains(t, ev, "HAProxyRestarted")
+	case <-time.After(20 * time.Second):
+		t.Fatal("no HAProxyRestarted event")
+	}
+	info, err = master.ShowProc(context.Background())
+	require.NoError(t, err)
 
 	// CleanupLeftovers runs in a kube-proxy process of its own: the one
 	// that started HAProxy is gone.
