@@ -1183,3 +1183,26 @@ func render(t *testing.T, c *haproxycfg.Config) string {
 	require.NoError(t, err)
 	return string(out)
 }
+
+func TestSyncProxyRulesStartup(t *testing.T) {
+	p, applier, _ := newFakeProxier(t, v1.IPv4Protocol)
+	p.setInitialized(false)
+	p.servicesSynced, p.endpointSlicesSynced = false, false
+	svc := makeTestService("ns1", "svc1", func(svc *v1.Service) {
+		svc.Spec.ClusterIP = "172.30.0.41"
+		svc.Spec.Ports = addTestPort(nil, "p80", v1.ProtocolTCP, 80, 0, 0)
+	})
+	p.OnServiceAdd(svc)
+	p.OnEndpointSliceAdd(lbEndpoints(nil))
+
+	// Services are known, endpoints not yet: nothing is applied, or
+	// HAProxy would reject connections to Services that have endpoints.
+	p.OnServiceSynced()
+	assert.Zero(t, applier.applies)
+
+	p.OnEndpointSlicesSynced()
+	assert.Equal(t, 1, applier.applies)
+	runConnectionTests(t, applier, []connectionTest{
+		{name: "served from the first sync", sourceIP: testPodClient, destIP: "172.30.0.41", destPort: 80, output: "10.180.0.1:80, 10.180.2.1:80"},
+	})
+}
