@@ -45,12 +45,21 @@ func freePort(t *testing.T, ip string) int {
 	return port
 }
 
-// dialAndRead connects from src and returns the first line the server
-// sends, or "CLOSED" when the connection is refused, reset or closed
-// without data.
-func dialAndRead(t *testing.T, src, ip string, port int) string {
+// dialAndRead connects and returns the first line the server sends, or
+// "CLOSED" when the connection is refused, reset or closed without data.
+func dialAndRead(t *testing.T, ip string, port int) string {
 	t.Helper()
-	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	return dialFromAndRead(t, "", ip, port)
+}
+
+// dialFromAndRead is dialAndRead from the source address src ("" lets
+// the kernel choose).
+func dialFromAndRead(t *testing.T, src, ip string, port int) string {
+	t.Helper()
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if src != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
 	c, err := d.Dial("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 	if err != nil {
 		return "CLOSED"
@@ -137,16 +146,16 @@ func TestTracerAgreesWithHAProxy(t *testing.T) {
 	// the ClusterIP reach both.
 	seen := map[string]bool{}
 	for i := 0; i < 4; i++ {
-		seen[dialAndRead(t, clientIP, clusterIP, svcPort)] = true
+		seen[dialFromAndRead(t, clientIP, clusterIP, svcPort)] = true
 	}
 	assert.Equal(t, map[string]bool{"local-pod": true, "remote-pod": true}, seen, "ClusterIP reaches every endpoint")
 	for i := 0; i < 4; i++ {
-		assert.Equal(t, "local-pod", dialAndRead(t, clientIP, nodeIP, nodePort), "NodePort with externalTrafficPolicy Local reaches only the local endpoint")
+		assert.Equal(t, "local-pod", dialFromAndRead(t, clientIP, nodeIP, nodePort), "NodePort with externalTrafficPolicy Local reaches only the local endpoint")
 	}
 	seen = map[string]bool{}
 	for i := 0; i < 4; i++ {
-		seen[dialAndRead(t, nodeIP, nodeIP, nodePort)] = true
+		seen[dialFromAndRead(t, nodeIP, nodeIP, nodePort)] = true
 	}
 	assert.Equal(t, map[string]bool{"local-pod": true, "remote-pod": true}, seen, "the node's own connections to the NodePort are short-circuited to every endpoint")
-	assert.Equal(t, "CLOSED", dialAndRead(t, clientIP, emptyIP, svcPort), "a Service without endpoints is refused at once")
+	assert.Equal(t, "CLOSED", dialFromAndRead(t, clientIP, emptyIP, svcPort), "a Service without endpoints is refused at once")
 }
