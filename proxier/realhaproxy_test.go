@@ -45,16 +45,10 @@ func freePort(t *testing.T, ip string) int {
 	return port
 }
 
-// dialAndRead connects and returns the first line the server sends, or
-// "CLOSED" when the connection is refused, reset or closed without data.
-func dialAndRead(t *testing.T, ip string, port int) string {
-	t.Helper()
-	return dialFromAndRead(t, "", ip, port)
-}
-
-// dialFromAndRead is dialAndRead from the source address src ("" lets
-// the kernel choose).
-func dialFromAndRead(t *testing.T, src, ip string, port int) string {
+// dialAndRead connects from src ("" lets the kernel choose) and returns
+// the first line the server sends, or "CLOSED" when the connection is
+// refused, reset or closed without data.
+func dialAndRead(t *testing.T, src, ip string, port int) string {
 	t.Helper()
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if src != "" {
@@ -146,16 +140,16 @@ func TestTracerAgreesWithHAProxy(t *testing.T) {
 	// the ClusterIP reach both.
 	seen := map[string]bool{}
 	for i := 0; i < 4; i++ {
-		seen[dialFromAndRead(t, clientIP, clusterIP, svcPort)] = true
+		seen[dialAndRead(t, clientIP, clusterIP, svcPort)] = true
 	}
 	assert.Equal(t, map[string]bool{"local-pod": true, "remote-pod": true}, seen, "ClusterIP reaches every endpoint")
 	for i := 0; i < 4; i++ {
-		assert.Equal(t, "local-pod", dialFromAndRead(t, clientIP, nodeIP, nodePort), "NodePort with externalTrafficPolicy Local reaches only the local endpoint")
+		assert.Equal(t, "local-pod", dialAndRead(t, clientIP, nodeIP, nodePort), "NodePort with externalTrafficPolicy Local reaches only the local endpoint")
 	}
 	seen = map[string]bool{}
 	for i := 0; i < 4; i++ {
-		seen[dialFromAndRead(t, nodeIP, nodeIP, nodePort)] = true
+		seen[dialAndRead(t, nodeIP, nodeIP, nodePort)] = true
 	}
 	assert.Equal(t, map[string]bool{"local-pod": true, "remote-pod": true}, seen, "the node's own connections to the NodePort are short-circuited to every endpoint")
-	assert.Equal(t, "CLOSED", dialFromAndRead(t, clientIP, emptyIP, svcPort), "a Service without endpoints is refused at once")
+	assert.Equal(t, "CLOSED", dialAndRead(t, clientIP, emptyIP, svcPort), "a Service without endpoints is refused at once")
 }
