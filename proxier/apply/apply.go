@@ -252,22 +252,27 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 	}
 	a.assignIDs(want, loaded)
 
+	// Render validates the whole model: an invalid one is never loaded.
+	text, err := haproxycfg.Render(want)
+	if err != nil {
+		configRejectedTotal.WithLabelValues("model").Inc()
+		return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
+	}
 	key, err := structuralKey(want)
 	if err != nil {
-		// The model itself is invalid: nothing to load.
 		configRejectedTotal.WithLabelValues("model").Inc()
 		return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
 	}
 	if a.started && loaded != nil && key == a.loadedKey {
 		err := a.runtimeSync(ctx, want, loaded)
 		if err == nil {
-			a.writeCurrent(want)
+			a.writeCurrent(want, text)
 			return nil
 		}
 		a.logger.Error(err, "Runtime API update failed; reloading to load the servers from the configuration file")
 		a.loadedKey = ""
 	}
-	reloadErr := a.reload(ctx, want, key)
+	reloadErr := a.reload(ctx, want, key, text)
 	if reloadErr != nil && a.started && loaded != nil {
 		// The structure cannot be loaded now, but endpoints of the
 		// backends that are loaded must keep following their pods.
@@ -294,10 +299,6 @@ func cloneBackends(c *haproxycfg.Config) *haproxycfg.Config {
 // structuralKey identifies everything of c that the runtime API cannot
 // change: c rendered without servers.
 func structuralKey(c *haproxycfg.Config) (string, error) {
-	// Render validates the whole model, servers included.
-	if _, err := haproxycfg.Render(c); err != nil {
-		return "", err
-	}
 	bare := &haproxycfg.Config{Global: c.Global, Defaults: c.Defaults, Frontends: c.Frontends}
 	for _, be := range c.Backends {
 		cp := *be
@@ -352,6 +353,13 @@ func (a *Applier) readLoaded(ctx context.Context) (*loadedState, error) {
 // for that name, else the one it had in the last model, else the lowest id
 // no loaded server (draining ones included) and no other server uses.
 func (a *Applier) assignIDs(want *haproxycfg.Config, loaded *loadedState) {
+	var lastBackends map[string]*haproxycfg.Backend
+	if a.lastModel != nil {
+		lastBackends = make(map[string]*haproxycfg.Backend, len(a.lastModel.Backends))
+		for _, be := range a.lastModel.Backends {
+			lastBackends[be.Name] = be
+		}
+	}
 	for _, be := range want.Backends {
 		used := map[int]bool{}
 		var loadedServers map[string]runtimeapi.ServerStatus
@@ -362,12 +370,10 @@ func (a *Applier) assignIDs(want *haproxycfg.Config, loaded *loadedState) {
 			used[s.ID] = true
 		}
 		var prev map[string]int
-		if a.lastModel != nil {
-			if pb := a.lastModel.Backend(be.Name); pb != nil {
-				prev = make(map[string]int, len(pb.Servers))
-				for _, s := range pb.Servers {
-					prev[s.Name] = s.ID
-				}
+		if pb := lastBackends[be.Name]; pb != nil {
+			prev = make(map[string]int, len(pb.Servers))
+			for _, s := range pb.Servers {
+				prev[s.Name] = s.ID
 			}
 		}
 		taken := map[int]bool{}
@@ -520,15 +526,10 @@ func (a *Applier) scheduleDrainCheck(deadline, now time.Time) {
 
 // reload renders want, validates it, writes it and reloads (or starts)
 // HAProxy. On any failure the last good file is put back.
-func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key string) error {
+func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key string, text []byte) error {
 	now := a.opts.Clock.Now()
 	if key == a.rejectedKey && now.Before(a.retryAt) {
 		return fmt.Errorf("%w: the same structure was rejected, next try after %s: %w", ErrRejected, a.retryAt.Format(time.RFC3339), a.rejectedErr)
-	}
-	text, err := haproxycfg.Render(want)
-	if err != nil {
-		configRejectedTotal.WithLabelValues("model").Inc()
-		return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
 	}
 	dir := filepath.Dir(a.opts.ConfigFile)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -634,13 +635,12 @@ func (a *Applier) restoreLastGood() {
 // writeCurrent rewrites the configuration file with the current servers
 // after a runtime update (same structure, already loaded), so that an
 // HAProxy restarted from the file starts with today's endpoints.
-func (a *Applier) writeCurrent(want *haproxycfg.Config) {
+func (a *Applier) writeCurrent(want *haproxycfg.Config, text []byte) {
 	a.lastModel = want
-	text, err := haproxycfg.Render(want)
-	if err != nil || bytes.Equal(text, a.lastGood) {
+	if bytes.Equal(text, a.lastGood) {
 		return
 	}
-	tmp, err := writeTemp(a.opts.ConfigFile, text)
+	tmp, err := writeTempFile(a.opts.ConfigFile, text, false)
 	if err == nil {
 		err = os.Rename(tmp, a.opts.ConfigFile)
 	}
@@ -696,8 +696,16 @@ func (a *Applier) adoptLoadedKey() {
 }
 
 // writeTemp writes data to a new temporary file beside path (same file
-// system, so a rename is atomic).
+// system, so a rename is atomic) and flushes it to disk: a configuration
+// that is about to be loaded must survive a crash of the node whole.
 func writeTemp(path string, data []byte) (string, error) {
+	return writeTempFile(path, data, true)
+}
+
+// writeTempFile is writeTemp; durable=false skips the flush, for the
+// rewrites after runtime updates, which happen at every endpoint change
+// and which the next sync rewrites anyway if a crash lost them.
+func writeTempFile(path string, data []byte, durable bool) (string, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return "", err
@@ -707,10 +715,12 @@ func writeTemp(path string, data []byte) (string, error) {
 		os.Remove(f.Name())
 		return "", err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return "", err
+	if durable {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return "", err
+		}
 	}
 	if err := f.Chmod(0o644); err != nil {
 		f.Close()

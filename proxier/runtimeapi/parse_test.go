@@ -111,3 +111,25 @@ func TestFakeMaster(t *testing.T) {
 	require.False(t, ok)
 	require.Equal(t, 2, m.Reloads())
 }
+
+func TestSplitAnswers(t *testing.T) {
+	stream := "\n> New server registered.\n\n> \n> 1\n# be_id be_name\n3 b1 1 s1\n\n> "
+	var got []string
+	data := []byte(stream)
+	for len(data) > 0 {
+		adv, tok, err := splitAnswers(data, true)
+		require.NoError(t, err)
+		require.NotZero(t, adv)
+		got = append(got, string(tok))
+		data = data[adv:]
+	}
+	require.Equal(t, []string{"", "New server registered.\n", "", "1\n# be_id be_name\n3 b1 1 s1\n"}, got)
+
+	// An answer cut before its prompt waits for more, or is an error at EOF.
+	adv, tok, err := splitAnswers([]byte("New server reg"), false)
+	require.NoError(t, err)
+	require.Zero(t, adv)
+	require.Nil(t, tok)
+	_, _, err = splitAnswers([]byte("New server reg"), true)
+	require.Error(t, err)
+}

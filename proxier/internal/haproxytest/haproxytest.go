@@ -16,35 +16,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	cfgtest "kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 )
 
-// Binary returns the path of the haproxy binary, or skips the test (fails
-// it when CI=true) when there is none.
+// Binary returns the haproxy binary ($HAPROXY, else haproxy from PATH);
+// without one the test fails under CI=true and is skipped otherwise.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("HAPROXY"); p != "" {
-		return p
-	}
-	p, err := exec.LookPath("haproxy")
-	if err != nil {
-		for _, c := range []string{"/usr/sbin/haproxy", "/usr/local/sbin/haproxy"} {
-			if _, serr := os.Stat(c); serr == nil {
-				return c
-			}
-		}
-		Require(t, "haproxy binary not found in PATH or /usr/sbin (install the haproxy package: make deps)")
-	}
-	return p
-}
-
-// Require fails the test when CI=true and skips it otherwise: what a test
-// that needs the host's HAProxy does when it cannot have it.
-func Require(t testing.TB, why string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true and this test cannot run: %s", why)
-	}
-	t.Skip(why)
+	return cfgtest.Binary(t)
 }
 
 // Instance is a running HAProxy.
