@@ -104,7 +104,7 @@ func TestRealServicesToHAProxy(t *testing.T) {
 	reach := func(ip string, n int) map[string]bool {
 		seen := map[string]bool{}
 		for i := 0; i < n; i++ {
-			seen[dialAndRead(t, ip, svcPort)] = true
+			seen[dialAndRead(t, "127.0.0.1", ip, svcPort)] = true
 		}
 		return seen
 	}
