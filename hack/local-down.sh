@@ -9,6 +9,7 @@ BIN="${KH_ROOT}/_output/bin"
 if [ ! -x "${BIN}/local-cluster" ]; then
   go build -o "${BIN}/local-cluster" ./cmd/local-cluster
 fi
-"${BIN}/local-cluster" down -dir "${KH_ROOT}/_output/local"
-rm -f "${KH_ROOT}/_output/local-cluster.log"
+STATE="${LOCAL_DIR:-${KH_ROOT}/_output/local}"
+"${BIN}/local-cluster" down -dir "${STATE}"
+rm -f "${STATE}.log"
 echo "local-down: done"

@@ -12,7 +12,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "${KH_ROOT}"
 
-STATE="${KH_ROOT}/_output/local"
+STATE="${LOCAL_DIR:-${KH_ROOT}/_output/local}"
 BIN="${KH_ROOT}/_output/bin"
 export KH_BIN_DIR="${BIN}"
 
@@ -44,6 +44,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   hack/build.sh "${missing[@]}"
 fi
 
+# What a crashed run left (namespaces, processes in them, files) goes first.
+"${BIN}/local-cluster" down -dir "${STATE}"
+
 mode=(-mode "${MODE:-haproxy}")
 if [ -n "${FOREGROUND:-}" ]; then
   exec "${BIN}/local-cluster" up -dir "${STATE}" "${mode[@]}"
@@ -52,7 +55,7 @@ fi
 # `up` cleans what a crashed run left (namespaces, files), then holds the
 # cluster; its output goes to a log beside the state directory, which `up`
 # and `down` remove.
-log="${KH_ROOT}/_output/local-cluster.log"
+log="${STATE}.log"
 setsid "${BIN}/local-cluster" up -dir "${STATE}" "${mode[@]}" >"${log}" 2>&1 </dev/null &
 pid=$!
 for _ in $(seq 1 600); do

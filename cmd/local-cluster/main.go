@@ -162,7 +162,16 @@ func down(dir string) error {
 		}
 	}
 	// The namespaces of a pid that no longer runs, with what runs in them.
-	if err := netns.SweepStale(); err != nil {
+	// Another sweeper (a test run starting) may delete some of them at the
+	// same moment: only a namespace still there after a retry is an error.
+	var err error
+	for range 3 {
+		if err = netns.SweepStale(); err == nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if err != nil {
 		return fmt.Errorf("removing stale namespaces: %w", err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
