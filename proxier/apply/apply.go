@@ -229,6 +229,11 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 		return fmt.Errorf("apply: %w", err)
 	}
 	want := cloneBackends(merged)
+	if want.Global.StatsSocket == "" {
+		// Without it every endpoint change would cost a reload.
+		configRejectedTotal.WithLabelValues("model").Inc()
+		return fmt.Errorf("%w: invalid model: the global section has no stats socket for the runtime API", ErrRejected)
+	}
 
 	if !a.started {
 		adopted, err := a.opts.Process.Adopt(ctx)
@@ -738,9 +743,10 @@ func writeTempFile(path string, data []byte, durable bool) (string, error) {
 // configuration.
 var ErrBinaryMissing = supervisor.ErrBinaryMissing
 
-// validateWithBinary runs "haproxy -c -q -f file".
+// validateWithBinary runs "haproxy -c -f file" (not -q, which hides the
+// alerts that say what is wrong).
 func validateWithBinary(ctx context.Context, bin, file string) error {
-	out, err := exec.CommandContext(ctx, bin, "-c", "-q", "-f", file).CombinedOutput()
+	out, err := exec.CommandContext(ctx, bin, "-c", "-f", file).CombinedOutput()
 	var exitErr *exec.ExitError
 	if err != nil && !errors.As(err, &exitErr) {
 		return fmt.Errorf("%w: %s: %w", ErrBinaryMissing, bin, err)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -477,4 +478,24 @@ func TestRealUnmanaged(t *testing.T) {
 	require.Equal(t, reloads+1, s.reloads())
 	require.Equal(t, set(e1), s.reached(2, 3))
 	require.Equal(t, cmd.Process.Pid, s.masterPID(), "the proxier never starts an HAProxy of its own")
+}
+
+func TestRealValidation(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.cfg")
+	require.NoError(t, os.WriteFile(bad, []byte("global\n  not_a_keyword\n"), 0o644))
+	err := validateWithBinary(context.Background(), bin, bad)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, ErrBinaryMissing)
+	require.Contains(t, err.Error(), "not_a_keyword", "the error names what HAProxy refused")
+
+	// Valid, but HAProxy would not start: nothing to listen on. The
+	// rendered configuration always has the stats socket.
+	idle := filepath.Join(dir, "idle.cfg")
+	require.NoError(t, os.WriteFile(idle, []byte("global\n  nbthread 1\n"), 0o644))
+	require.ErrorContains(t, validateWithBinary(context.Background(), bin, idle), "no listener")
+	good := filepath.Join(dir, "good.cfg")
+	require.NoError(t, os.WriteFile(good, []byte("global\n  stats socket "+filepath.Join(dir, "s.sock")+" level admin\n"), 0o644))
+	require.NoError(t, validateWithBinary(context.Background(), bin, good))
 }

@@ -197,7 +197,10 @@ func TestProxierServesServicesFromTheNode(t *testing.T) {
 	refusedEventually(t, tp.client, clusterIP+":80")
 	refusedEventually(t, tp.client, fmt.Sprintf("%s:%d", nodeIP, nodePort))
 
+	// After cancel no sync touches the host; let one that started before
+	// finish (syncs are 100ms apart at most and take a few ms here).
 	cancel()
+	time.Sleep(time.Second)
 	require.False(t, proxier.CleanupLeftovers(context.Background(), cfg))
 	assert.Empty(t, strings.TrimSpace(tp.node.IP("route", "show", "table", "all", "proto", "66")), "no route of ours is left")
 	assert.NotContains(t, tp.node.MustExec("nft", "list", "tables"), "kube-haproxy")
