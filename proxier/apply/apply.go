@@ -251,8 +251,10 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 	if a.started {
 		loaded, err = a.readLoaded(ctx)
 		if err != nil {
+			// HAProxy may be restarting; it comes back with the file,
+			// whose structure is still loadedKey, so keep it.
 			a.logger.Error(err, "Reading the servers HAProxy has loaded failed; reloading instead")
-			a.loadedKey = ""
+			loaded = nil
 		}
 	}
 	a.assignIDs(want, loaded)
