@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/component-base/metrics"
 	"k8s.io/component-base/metrics/testutil"
+	proxyutil "k8s.io/kubernetes/pkg/proxy/util"
 	proxyutiltest "k8s.io/kubernetes/pkg/proxy/util/testing"
 	"k8s.io/utils/ptr"
 
@@ -311,4 +312,17 @@ func counterValue(t *testing.T, c metrics.CounterMetric) float64 {
 	v, err := testutil.GetCounterMetricValue(c)
 	require.NoError(t, err)
 	return v
+}
+
+func nodePortAddressesFor(t *testing.T, family v1.IPFamily, cidrs ...string) *proxyutil.NodePortAddresses {
+	t.Helper()
+	return proxyutil.NewNodePortAddresses(family, cidrs)
+}
+
+// loopbackNetwork is a host whose only interface is lo (127.0.0.1/8).
+func loopbackNetwork() proxyutil.NetworkInterfacer {
+	network := proxyutiltest.NewFakeNetwork()
+	itf := net.Interface{Index: 1, Name: "lo"}
+	network.AddInterfaceAddr(&itf, []net.Addr{&net.IPNet{IP: net.ParseIP("127.0.0.1"), Mask: net.CIDRMask(8, 32)}})
+	return network
 }

@@ -21,11 +21,11 @@ var errNoApplier = errors.New("haproxy proxier: no HAProxy applier is available 
 // newApplier builds the Applier shared by the proxiers of one HAProxy.
 // nil means none is available: the exported constructors then fail with
 // errNoApplier rather than run a proxier that changes nothing.
-var newApplier func(ctx context.Context, cfg Config) (Applier, error)
+var newApplier func(ctx context.Context, cfg Config, families []v1.IPFamily) (Applier, error)
 
 // prepare defaults and validates cfg and builds the shared Applier. It
 // returns a nil Applier and no error for InitOnly: nothing is started.
-func prepare(ctx context.Context, cfg *Config) (Applier, error) {
+func prepare(ctx context.Context, cfg *Config, families ...v1.IPFamily) (Applier, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -39,7 +39,7 @@ func prepare(ctx context.Context, cfg *Config) (Applier, error) {
 	if newApplier == nil {
 		return nil, errNoApplier
 	}
-	applier, err := newApplier(ctx, *cfg)
+	applier, err := newApplier(ctx, *cfg, families)
 	if err != nil {
 		return nil, fmt.Errorf("haproxy proxier: starting the HAProxy applier: %w", err)
 	}
@@ -54,7 +54,7 @@ func prepare(ctx context.Context, cfg *Config) (Applier, error) {
 // NewDualStackProxier returns a Provider serving both IP families through one
 // HAProxy, via upstream's metaproxier.
 func NewDualStackProxier(ctx context.Context, cfg Config) (proxy.Provider, error) {
-	applier, err := prepare(ctx, &cfg)
+	applier, err := prepare(ctx, &cfg, v1.IPv4Protocol, v1.IPv6Protocol)
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +75,7 @@ func NewDualStackProxier(ctx context.Context, cfg Config) (proxy.Provider, error
 
 // NewProxier returns a single-family Provider.
 func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Provider, error) {
-	applier, err := prepare(ctx, &cfg)
+	applier, err := prepare(ctx, &cfg, ipFamily)
 	if err != nil {
 		return nil, err
 	}
@@ -97,6 +97,11 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 func CleanupLeftovers(ctx context.Context, cfg Config) (encounteredError bool) {
 	if err := hostnet.Cleanup(ctx); err != nil {
 		klog.FromContext(ctx).Error(err, "Failed to remove the Service IP routes and guard")
+		encounteredError = true
+	}
+	cfg.SetDefaults()
+	if err := cleanupHAProxy(ctx, cfg); err != nil {
+		klog.FromContext(ctx).Error(err, "Failed to stop HAProxy and remove its state")
 		encounteredError = true
 	}
 	return encounteredError

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -1149,14 +1150,19 @@ func TestServiceCIDRsReachTheApplier(t *testing.T) {
 	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("fd00:10:96::/112")}, applier.cidrs[v1.IPv6Protocol])
 }
 
-func TestExportedConstructorsNeedAnApplier(t *testing.T) {
+func TestExportedConstructors(t *testing.T) {
 	p, err := NewProxier(t.Context(), v1.IPv4Protocol, Config{NodeName: testHostname, InitOnly: true})
 	require.NoError(t, err, "init-only needs no HAProxy")
 	assert.Nil(t, p)
-	_, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{NodeName: testHostname})
-	assert.ErrorIs(t, err, errNoApplier)
-	_, err = NewDualStackProxier(t.Context(), Config{NodeName: testHostname})
-	assert.ErrorIs(t, err, errNoApplier)
+	// The real applier is wired in; it touches HAProxy only at the first
+	// sync, so building the proxiers needs neither root nor haproxy.
+	stateDir := t.TempDir()
+	p, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{NodeName: testHostname, StateDir: stateDir, HAProxyPath: filepath.Join(stateDir, "no-haproxy")})
+	require.NoError(t, err)
+	assert.NotNil(t, p)
+	p, err = NewDualStackProxier(t.Context(), Config{NodeName: testHostname, StateDir: stateDir})
+	require.NoError(t, err)
+	assert.NotNil(t, p)
 	_, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{Scope: ScopeCluster})
 	assert.ErrorContains(t, err, "not implemented yet")
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -85,14 +84,25 @@ func (c *Client) exchange(ctx context.Context, lines []string) ([]string, error)
 		writeErr <- err
 	}()
 
-	r := bufio.NewReaderSize(conn, 64*1024)
+	sc := bufio.NewScanner(conn)
+	sc.Buffer(make([]byte, 64*1024), maxAnswer)
+	sc.Split(splitAnswers)
+	read := func() (string, error) {
+		if sc.Scan() {
+			return sc.Text(), nil
+		}
+		if err := sc.Err(); err != nil {
+			return "", err
+		}
+		return "", io.ErrUnexpectedEOF
+	}
 	// The answer to "prompt" is the first prompt alone.
-	if _, err := readAnswer(r); err != nil {
+	if _, err := read(); err != nil {
 		return nil, fmt.Errorf("HAProxy socket %s: enter prompt mode: %w", c.Socket, err)
 	}
 	answers := make([]string, 0, len(lines))
 	for range lines {
-		a, err := readAnswer(r)
+		a, err := read()
 		if err != nil {
 			return answers, fmt.Errorf("HAProxy socket %s: read answer %d of %d: %w", c.Socket, len(answers)+1, len(lines), err)
 		}
@@ -104,27 +114,20 @@ func (c *Client) exchange(ctx context.Context, lines []string) ([]string, error)
 	return answers, nil
 }
 
-// readAnswer reads up to and including the next prompt and returns the
-// text before it.
-func readAnswer(r *bufio.Reader) (string, error) {
-	var out []byte
-	for {
-		b, err := r.ReadByte()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return string(out), err
-		}
-		out = append(out, b)
-		// A prompt at the very start of an answer is an empty answer.
-		if len(out) == 2 && out[0] == '>' && out[1] == ' ' {
-			return "", nil
-		}
-		if bytes.HasSuffix(out, prompt) {
-			return string(out[:len(out)-len(prompt)]), nil
-		}
+// maxAnswer bounds one answer ("show servers state" of 100,000 servers
+// is about 10 MB).
+const maxAnswer = 256 << 20
+
+// splitAnswers splits the prompt-mode stream into answers: each ends with
+// the prompt "\n> " (an empty answer is the prompt alone).
+func splitAnswers(data []byte, atEOF bool) (advance int, token []byte, err error) {
+	if i := bytes.Index(data, prompt); i >= 0 {
+		return i + len(prompt), data[:i], nil
 	}
+	if atEOF && len(data) > 0 {
+		return 0, nil, io.ErrUnexpectedEOF
+	}
+	return 0, nil, nil
 }
 
 // Run implements Interface.

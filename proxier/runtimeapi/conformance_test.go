@@ -310,3 +310,27 @@ func appendFile(path, s string) error {
 	_, err = f.WriteString(s)
 	return err
 }
+
+// BenchmarkClientBatch adds and readies 1,000 servers in one batch on a
+// real HAProxy, then deletes them.
+func BenchmarkClientBatch(b *testing.B) {
+	in := haproxytest.Start(b, "backend dyn\n  balance roundrobin\n")
+	api := New(in.StatsSocket)
+	const n = 1000
+	for i := 0; i < b.N; i++ {
+		var add, del Batch
+		for j := 1; j <= n; j++ {
+			name := "s" + strconv.Itoa(j)
+			add.AddServer("dyn", ServerSpec{Name: name, ID: j, Addr: "127.0.0.1", Port: 10000 + j})
+			add.SetState("dyn", name, StateReady)
+			del.SetState("dyn", name, StateMaint)
+			del.DelServer("dyn", name)
+		}
+		if err := api.Run(context.Background(), &add); err != nil {
+			b.Fatal(err)
+		}
+		if err := api.Run(context.Background(), &del); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -6,47 +6,25 @@ package haproxytest
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	cfgtest "kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 )
 
-// Binary returns the path of the haproxy binary, or skips the test (fails
-// it when CI=true) when there is none.
+// Binary returns the haproxy binary ($HAPROXY, else haproxy from PATH);
+// without one the test fails under CI=true and is skipped otherwise.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("HAPROXY"); p != "" {
-		return p
-	}
-	p, err := exec.LookPath("haproxy")
-	if err != nil {
-		for _, c := range []string{"/usr/sbin/haproxy", "/usr/local/sbin/haproxy"} {
-			if _, serr := os.Stat(c); serr == nil {
-				return c
-			}
-		}
-		Require(t, "haproxy binary not found in PATH or /usr/sbin (install the haproxy package: make deps)")
-	}
-	return p
-}
-
-// Require fails the test when CI=true and skips it otherwise: what a test
-// that needs the host's HAProxy does when it cannot have it.
-func Require(t testing.TB, why string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true and this test cannot run: %s", why)
-	}
-	t.Skip(why)
+	return cfgtest.Binary(t)
 }
 
 // Instance is a running HAProxy.
@@ -65,14 +43,13 @@ type Instance struct {
 func Global(dir string) string {
 	return fmt.Sprintf(`global
   stats socket %s mode 600 level admin expose-fd listeners
-  pidfile %s
   nbthread 2
 defaults
   mode tcp
   timeout connect 2s
   timeout client 30s
   timeout server 30s
-`, filepath.Join(dir, "haproxy.sock"), filepath.Join(dir, "haproxy.pid"))
+`, filepath.Join(dir, "haproxy.sock"))
 }
 
 // Start writes Global(dir)+body to a config file in a temporary directory
@@ -97,7 +74,7 @@ func Start(t testing.TB, body string) *Instance {
 		t.Fatal(err)
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "-Ws", "-S", in.MasterSocket, "-f", in.Config)
+	cmd := exec.Command(bin, "-Ws", "-S", in.MasterSocket, "-f", in.Config, "-p", in.PIDFile)
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -130,16 +107,6 @@ func Start(t testing.TB, body string) *Instance {
 
 // MasterPID returns the PID of the master process.
 func (in *Instance) MasterPID() int { return in.cmd.Process.Pid }
-
-// Run runs a haproxy subcommand line (e.g. "-c -f file") and returns its
-// combined output; for tests that check the binary's own answers.
-func Run(ctx context.Context, bin string, args ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
-// Itoa is strconv.Itoa, here so test configs read short.
-func Itoa(i int) string { return strconv.Itoa(i) }
 
 func ready(socket string) bool {
 	c, err := net.Dial("unix", socket)

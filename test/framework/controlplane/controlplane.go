@@ -95,14 +95,35 @@ func Start(t testing.TB, cfg Config) *ControlPlane {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
 	defer cancel()
 
-	etcdURL, err := cp.startEtcd(ctx, etcdBin)
+	var etcdURL string
+	err = retryPortClash(func() (*process, error) {
+		var err error
+		etcdURL, err = cp.startEtcd(ctx, etcdBin)
+		return cp.etcd, err
+	})
 	if err != nil {
 		t.Fatalf("controlplane: %v\n%s", err, cp.etcd.logTail())
 	}
-	if err := cp.startAPIServer(ctx, apiserverBin, etcdURL, cfg); err != nil {
+	err = retryPortClash(func() (*process, error) {
+		return cp.apiserver, cp.startAPIServer(ctx, apiserverBin, etcdURL, cfg)
+	})
+	if err != nil {
 		t.Fatalf("controlplane: %v\n%s", err, cp.apiserver.logTail())
 	}
 	return cp
+}
+
+// retryPortClash runs start up to three times while it fails because
+// another process took one of its free ports between the check and the
+// bind.
+func retryPortClash(start func() (*process, error)) error {
+	for attempt := 1; ; attempt++ {
+		p, err := start()
+		if err == nil || attempt == 3 || p == nil || !strings.Contains(p.logTail(), "address already in use") {
+			return err
+		}
+		p.stop()
+	}
 }
 
 // Cleanup stops kube-apiserver and etcd and removes their files. It is safe

@@ -46,9 +46,8 @@ func TestClusterIPPools(t *testing.T) {
 	ctx := context.Background()
 
 	createPool(t, c, "lb", "lb", poolV4.String(), poolV6.String())
-	waitForPool(t, c, "lb")
-
-	var poolIPs []string // IPv4 ClusterIPs held by pool Services, for the fill step
+	// IPv4 ClusterIPs held by pool Services, for the fill step.
+	poolIPs := []string{waitForPool(t, c, "lb").Spec.ClusterIP}
 
 	t.Run("a Service without a pool request gets an address outside the pool", func(t *testing.T) {
 		svc := create(t, c, service("plain", "", v1.IPFamilyPolicyRequireDualStack))
@@ -61,16 +60,17 @@ func TestClusterIPPools(t *testing.T) {
 
 	t.Run("a static ClusterIP inside the pool needs the pool request", func(t *testing.T) {
 		before := ipAddresses(t, c)
+		ip := freeAddress(t, c, poolV4)
 		svc := service("squatter", "", v1.IPFamilyPolicySingleStack)
-		svc.Spec.ClusterIP = "10.100.0.6"
+		svc.Spec.ClusterIP = ip
 		err := createErr(c, svc)
-		assertInvalid(t, err, `ClusterIP pool "lb" contains 10.100.0.6: only Services with the annotation haproxy.kube-haproxy.io/pool=lb may use its addresses`)
+		assertInvalid(t, err, `ClusterIP pool "lb" contains `+ip+`: only Services with the annotation haproxy.kube-haproxy.io/pool=lb may use its addresses`)
 		assert.Equal(t, before, ipAddresses(t, c), "a refused Service must leave no IPAddress")
 
 		svc = service("static-in-pool", "lb", v1.IPFamilyPolicySingleStack)
-		svc.Spec.ClusterIP = "10.100.0.6"
+		svc.Spec.ClusterIP = ip
 		got := create(t, c, svc)
-		assert.Equal(t, "10.100.0.6", got.Spec.ClusterIP)
+		assert.Equal(t, ip, got.Spec.ClusterIP)
 		poolIPs = append(poolIPs, got.Spec.ClusterIP)
 	})
 
@@ -123,8 +123,8 @@ func TestClusterIPPools(t *testing.T) {
 	})
 
 	t.Run("a full pool gives a clear error and leaks nothing", func(t *testing.T) {
-		// 6 usable IPv4 addresses, 3 taken above.
-		require.Len(t, poolIPs, 3)
+		// 6 usable IPv4 addresses, 4 taken above.
+		require.Len(t, poolIPs, 4)
 		for i := 0; len(poolIPs) < 6; i++ {
 			svc := create(t, c, service(fmt.Sprintf("fill-%d", i), "lb", v1.IPFamilyPolicySingleStack))
 			assertIn(t, svc.Spec.ClusterIP, poolV4)
@@ -135,14 +135,62 @@ func TestClusterIPPools(t *testing.T) {
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), `ClusterIP pool "lb" is full (ServiceCIDR "lb" (10.100.0.0/29)): range is full`)
 		// Dual-stack: the IPv6 half may be allocated before the IPv4 half
-		// fails; it must be released.
-		err = createErr(c, service("overflow-ds", "lb", v1.IPFamilyPolicyRequireDualStack))
-		require.Error(t, err)
-		assert.Contains(t, err.Error(), `ClusterIP pool "lb" is full`)
+		// fails (map order); it must be released. Repeat so both orders run.
+		for i := 0; i < 8; i++ {
+			err = createErr(c, service("overflow-ds", "lb", v1.IPFamilyPolicyRequireDualStack))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), `ClusterIP pool "lb" is full`)
+		}
 		assert.Equal(t, before, ipAddresses(t, c), "a refused Service must leave no IPAddress")
 		// The default range is unaffected.
 		svc := create(t, c, service("still-plain", "", v1.IPFamilyPolicySingleStack))
 		assertIn(t, svc.Spec.ClusterIP, defaultV4)
+	})
+
+	t.Run("the IPAddress repair controller finds nothing to repair", func(t *testing.T) {
+		// Positive control: an IPAddress of the Service allocator that does
+		// not reference a Service is repaired (deleted, with an event) at once.
+		bogusIP := freeAddress(t, c, defaultV4)
+		bogus := &networkingv1.IPAddress{
+			ObjectMeta: metav1.ObjectMeta{Name: bogusIP, Labels: map[string]string{
+				networkingv1.LabelIPAddressFamily: string(v1.IPv4Protocol),
+				networkingv1.LabelManagedBy:       "ipallocator.k8s.io",
+			}},
+			Spec: networkingv1.IPAddressSpec{ParentRef: &networkingv1.ParentReference{Resource: "pods", Namespace: ns, Name: "not-a-service"}},
+		}
+		_, err := c.NetworkingV1().IPAddresses().Create(ctx, bogus, metav1.CreateOptions{})
+		require.NoError(t, err)
+		var repairs []repairEvent
+		pollUntil(t, func() bool {
+			repairs = repairEvents(t, c)
+			for _, r := range repairs {
+				if r.kind == "IPAddress" && r.name == bogusIP {
+					return true
+				}
+			}
+			return false
+		})
+		_, err = c.NetworkingV1().IPAddresses().Get(ctx, bogus.Name, metav1.GetOptions{})
+		assert.True(t, apierrors.IsNotFound(err), "the bogus IPAddress should be deleted, got %v", err)
+		// By now the controller has looked at every Service and IPAddress
+		// above. Besides the bogus address it may only have met its own
+		// informer race: a Service seen before the IPAddress created just
+		// before it ("not allocated; repairing", then AlreadyExists). Then
+		// the IPAddress exists and references that Service.
+		sawBogus := false
+		for _, r := range repairs {
+			switch {
+			case r.kind == "IPAddress" && r.name == bogusIP:
+				sawBogus = true
+			case r.kind == "Service" && r.reason == "ClusterIPNotAllocated":
+				svc, err := c.CoreV1().Services(r.namespace).Get(ctx, r.name, metav1.GetOptions{})
+				require.NoError(t, err)
+				assertIPAddressRefs(t, c, svc)
+			default:
+				t.Errorf("unexpected repair: %s", r)
+			}
+		}
+		assert.True(t, sawBogus, "the repair controller did not report the bogus IPAddress: %v", repairs)
 	})
 
 	t.Run("pools whose ServiceCIDRs overlap are refused until fixed", func(t *testing.T) {
@@ -154,18 +202,23 @@ func TestClusterIPPools(t *testing.T) {
 			return err != nil && strings.Contains(err.Error(), "overlaps")
 		})
 		assertInvalid(t, err, `ServiceCIDR "lb" (10.100.0.0/29) of pool "lb" overlaps ServiceCIDR "lb-overlap" (10.100.0.0/30) of pool "other": the CIDRs of different ClusterIP pools must not overlap`)
-		// Free one pool address: the pool is still refused while it overlaps.
-		require.NoError(t, c.CoreV1().Services(ns).Delete(ctx, "fill-0", metav1.DeleteOptions{}))
+		// The conflict is reported before the pool's fullness.
 		err = createErr(c, service("in-lb", "lb", v1.IPFamilyPolicySingleStack))
 		assertInvalid(t, err, `ClusterIP pool "lb" cannot be used: ServiceCIDR "lb" (10.100.0.0/29) of pool "lb" overlaps`)
+		// Default allocation keeps away from both pools.
+		svc := create(t, c, service("plain-during-overlap", "", v1.IPFamilyPolicySingleStack))
+		assertIn(t, svc.Spec.ClusterIP, defaultV4)
 
+		// Removing the overlap makes pool "lb" usable again (and full).
 		require.NoError(t, c.NetworkingV1().ServiceCIDRs().Delete(ctx, "lb-overlap", metav1.DeleteOptions{}))
-		var svc *v1.Service
 		pollUntil(t, func() bool {
-			svc, err = c.CoreV1().Services(ns).Create(ctx, service("in-lb", "lb", v1.IPFamilyPolicySingleStack), metav1.CreateOptions{})
-			return err == nil
+			err = createErr(c, service("in-lb", "lb", v1.IPFamilyPolicySingleStack))
+			return err != nil && !strings.Contains(err.Error(), "overlaps")
 		})
-		assertIn(t, svc.Spec.ClusterIP, poolV4)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `ClusterIP pool "lb" is full`)
+		err = createErr(c, service("in-other", "other", v1.IPFamilyPolicySingleStack))
+		assertInvalid(t, err, `ClusterIP pool "other" does not exist`)
 	})
 
 	t.Run("deleting Services releases their addresses", func(t *testing.T) {
@@ -182,12 +235,46 @@ func TestClusterIPPools(t *testing.T) {
 		want := append([]string(nil), kubernetes.Spec.ClusterIPs...)
 		sort.Strings(want)
 		var got []string
-		pollUntil(t, func() bool {
+		// Normally immediate; up to a minute when the repair controller
+		// raced a deletion (see waitForPool) and must expire its re-created
+		// IPAddress.
+		_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 90*time.Second, true, func(context.Context) (bool, error) {
 			got = ipAddresses(t, c)
-			return strings.Join(got, ",") == strings.Join(want, ",")
+			return strings.Join(got, ",") == strings.Join(want, ","), nil
 		})
 		assert.Equal(t, want, got, "only the kubernetes Service's IPAddresses remain")
 	})
+}
+
+// A pool carved out of the default range: until the default range is
+// exhausted, no Service without the pool request gets a pool address, and a
+// Service asking for the pool still gets one afterwards.
+func TestClusterIPPoolCarvedOutOfDefaultRange(t *testing.T) {
+	cp := controlplane.Start(t, controlplane.Config{ServiceClusterIPRange: "10.0.0.0/25"})
+	c := cp.Client
+	carved := netip.MustParsePrefix("10.0.0.64/26")
+	createPool(t, c, "carved", "carved", carved.String())
+	first := create(t, c, service("first-of-carved", "carved", v1.IPFamilyPolicySingleStack))
+	assertIn(t, first.Spec.ClusterIP, carved)
+
+	// The /25 hands out 10.0.0.1-126; 10.0.0.64-126 are the pool's and
+	// 10.0.0.1 is the kubernetes Service's: 62 left for the others.
+	var err error
+	n := 0
+	for ; n < 100; n++ {
+		var svc *v1.Service
+		svc, err = c.CoreV1().Services(ns).Create(context.Background(), service(fmt.Sprintf("plain-%d", n), "", v1.IPFamilyPolicySingleStack), metav1.CreateOptions{})
+		if err != nil {
+			break
+		}
+		assertNotIn(t, svc.Spec.ClusterIP, carved)
+	}
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "range is full")
+	assert.Equal(t, 62, n, "Services that got a default address")
+
+	svc := create(t, c, service("second-of-carved", "carved", v1.IPFamilyPolicySingleStack))
+	assertIn(t, svc.Spec.ClusterIP, carved)
 }
 
 func service(name, pool string, policy v1.IPFamilyPolicy) *v1.Service {
@@ -216,11 +303,33 @@ func createPool(t *testing.T, c kubernetes.Interface, name, pool string, cidrs .
 }
 
 // waitForPool waits until the allocator knows pool and its CIDRs of both
-// families, by allocating from it once.
-func waitForPool(t *testing.T, c kubernetes.Interface, pool string) {
+// families, by creating a dual-stack Service in it. The Service stays:
+// deleting a Service right after creating it can race with the upstream
+// IPAddress repair controller, which then re-creates the released
+// IPAddress and only removes it after a minute.
+func waitForPool(t *testing.T, c kubernetes.Interface, pool string) *v1.Service {
 	t.Helper()
-	probe := create(t, c, service("probe-"+pool, pool, v1.IPFamilyPolicyRequireDualStack))
-	require.NoError(t, c.CoreV1().Services(ns).Delete(context.Background(), probe.Name, metav1.DeleteOptions{}))
+	svc := create(t, c, service("first-of-"+pool, pool, v1.IPFamilyPolicyRequireDualStack))
+	require.Len(t, svc.Spec.ClusterIPs, 2)
+	assertIn(t, svc.Spec.ClusterIPs[0], poolV4)
+	assertIn(t, svc.Spec.ClusterIPs[1], poolV6)
+	return svc
+}
+
+// freeAddress returns an address of p that no IPAddress object holds.
+func freeAddress(t *testing.T, c kubernetes.Interface, p netip.Prefix) string {
+	t.Helper()
+	used := map[string]bool{}
+	for _, ip := range ipAddresses(t, c) {
+		used[ip] = true
+	}
+	for a := p.Addr().Next(); p.Contains(a.Next()); a = a.Next() {
+		if !used[a.String()] {
+			return a.String()
+		}
+	}
+	t.Fatalf("no free address in %s", p)
+	return ""
 }
 
 // create creates svc, retrying while the allocator has not yet seen a pool
@@ -289,6 +398,27 @@ func ipAddresses(t *testing.T, c kubernetes.Interface) []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+type repairEvent struct{ kind, namespace, name, reason, note string }
+
+func (r repairEvent) String() string {
+	return fmt.Sprintf("%s %s/%s %s: %s", r.kind, r.namespace, r.name, r.reason, r.note)
+}
+
+// repairEvents lists what the IPAddress repair controller reported.
+func repairEvents(t *testing.T, c kubernetes.Interface) []repairEvent {
+	t.Helper()
+	list, err := c.EventsV1().Events(metav1.NamespaceAll).List(context.Background(), metav1.ListOptions{})
+	require.NoError(t, err)
+	var out []repairEvent
+	for _, e := range list.Items {
+		if e.ReportingController != "ipallocator-repair-controller" {
+			continue
+		}
+		out = append(out, repairEvent{e.Regarding.Kind, e.Regarding.Namespace, e.Regarding.Name, e.Reason, e.Note})
+	}
+	return out
 }
 
 func pollUntil(t *testing.T, cond func() bool) {

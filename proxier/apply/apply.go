@@ -1,0 +1,756 @@
+// Package apply makes a running HAProxy serve the desired configuration
+// model, choosing the cheapest safe way for each change.
+//
+// Endpoint changes, the frequent case, go through the runtime API and never
+// cost a reload: a new endpoint is added with an explicit, stable id and set
+// ready; an endpoint that goes away is set to drain (no new connections),
+// and once its connections are gone or DrainTimeout has passed it is put in
+// maintenance, its sessions are shut down and it is deleted. What HAProxy
+// has loaded is read back from the runtime API at every sync, so an HAProxy
+// that restarted, was reloaded by someone else, or was adopted after a
+// proxier restart is corrected the same way.
+//
+// Any other change (a frontend, bind, ACL, backend or global setting) is
+// structural: the whole model is rendered with every current endpoint as a
+// real server line (stable names and ids; nothing depends on a server-state
+// file), validated with "haproxy -c", written atomically (temporary file,
+// rename) and loaded with a reload through the master CLI, confirmed from
+// "show proc". A configuration that fails validation, or a reload that
+// fails, is never retried blindly: the last good configuration keeps
+// serving (and is put back on disk), an event and a metric say why, and the
+// same structure is tried again only after a backoff; a different one is
+// tried at once.
+package apply
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
+	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
+	"kube-haproxy.io/kube-haproxy/proxier/supervisor"
+)
+
+// Process is the HAProxy process as the applier needs it; a
+// *supervisor.Supervisor is one.
+type Process interface {
+	// Adopt reports whether an HAProxy already runs (and watches it).
+	Adopt(ctx context.Context) (bool, error)
+	// Start runs HAProxy on the configuration file.
+	Start(ctx context.Context) error
+	// Reload loads the configuration file into the running HAProxy and
+	// confirms it; an error means the previous configuration keeps serving.
+	Reload(ctx context.Context) error
+}
+
+// ReloadHooks run around each structural change: BeforeReload with the
+// configuration about to be loaded (e.g. make its bind addresses local),
+// AfterReload with the one now loaded (e.g. remove what the previous one
+// needed). An error from BeforeReload aborts the change.
+type ReloadHooks interface {
+	BeforeReload(ctx context.Context, next *haproxycfg.Config) error
+	AfterReload(ctx context.Context, loaded *haproxycfg.Config) error
+}
+
+// Options configure an Applier.
+type Options struct {
+	// ConfigFile is the haproxy.cfg HAProxy reads.
+	ConfigFile string
+	// Binary is the haproxy executable, used for "haproxy -c".
+	Binary string
+	// Runtime is the runtime API of the HAProxy.
+	Runtime runtimeapi.Interface
+	// Process starts and reloads HAProxy.
+	Process Process
+	// Families are the IP families whose proxiers share this HAProxy. No
+	// structural change is made before each has handed its first model,
+	// so an adopted HAProxy never loses the listeners of a family whose
+	// proxier has not synced yet.
+	Families []v1.IPFamily
+	// Validate checks a configuration file; default: "haproxy -c -f".
+	Validate func(ctx context.Context, file string) error
+	// DrainTimeout bounds how long a removed endpoint keeps its
+	// connections before they are shut down and the server deleted.
+	DrainTimeout time.Duration
+	// DrainCheckInterval is how often draining servers are looked at, to
+	// delete them as soon as their last connection is gone.
+	DrainCheckInterval time.Duration
+	// RetryBackoff is the first delay before the same rejected structure
+	// is tried again; it doubles up to MaxRetryBackoff.
+	RetryBackoff, MaxRetryBackoff time.Duration
+	// Hooks, when set, run around each structural change.
+	Hooks ReloadHooks
+	// Recorder and NodeName: events about rejected configurations are
+	// recorded on the Node, as kube-proxy records its own.
+	Recorder events.EventRecorder
+	NodeName string
+	// Clock, for tests; default the real clock.
+	Clock  clock.WithDelayedExecution
+	Logger klog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.Validate == nil {
+		bin := o.Binary
+		o.Validate = func(ctx context.Context, file string) error { return validateWithBinary(ctx, bin, file) }
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = 30 * time.Second
+	}
+	if o.DrainCheckInterval == 0 {
+		o.DrainCheckInterval = time.Second
+	}
+	if o.RetryBackoff == 0 {
+		o.RetryBackoff = 10 * time.Second
+	}
+	if o.MaxRetryBackoff == 0 {
+		o.MaxRetryBackoff = 5 * time.Minute
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+}
+
+// ErrRejected wraps every error that means "HAProxy keeps serving the last
+// good configuration": validation failed, the reload failed, or the same
+// structure was rejected recently and its retry backoff has not passed.
+var ErrRejected = errors.New("HAProxy configuration not loaded")
+
+// Applier implements the proxier's Applier for one HAProxy shared by the
+// proxiers of every IP family.
+type Applier struct {
+	opts   Options
+	logger klog.Logger
+
+	mu sync.Mutex
+	// desired is the latest model of each family.
+	desired map[v1.IPFamily]*haproxycfg.Config
+	// started: HAProxy runs (adopted or started by us).
+	started bool
+	// loadedKey is the structural key of the configuration HAProxy has
+	// loaded ("" when unknown: the next sync reloads).
+	loadedKey string
+	// lastModel is the last model written (ids are kept from it).
+	lastModel *haproxycfg.Config
+	// lastGood is the content of the file HAProxy last loaded successfully.
+	lastGood []byte
+	// rejectedKey/rejectedErr/retryAt/backoff remember the last rejected
+	// structure, so it is not retried before retryAt.
+	rejectedKey string
+	rejectedErr error
+	retryAt     time.Time
+	backoff     time.Duration
+	// draining maps backend/server to when it was set to drain.
+	draining map[string]time.Time
+	// timer re-applies the stored models to finish drains.
+	timer clock.Timer
+	// reloads counts successful reloads, for tests.
+	reloads int
+}
+
+// New returns an Applier. Nothing touches HAProxy before the first Apply.
+func New(opts Options) (*Applier, error) {
+	opts.setDefaults()
+	if opts.ConfigFile == "" || opts.Runtime == nil || opts.Process == nil {
+		return nil, errors.New("apply: ConfigFile, Runtime and Process are required")
+	}
+	if len(opts.Families) == 0 {
+		return nil, errors.New("apply: at least one IP family is required")
+	}
+	registerMetrics()
+	return &Applier{
+		opts:     opts,
+		logger:   opts.Logger,
+		desired:  map[v1.IPFamily]*haproxycfg.Config{},
+		draining: map[string]time.Time{},
+	}, nil
+}
+
+// Reloads returns how many reloads (and starts) this Applier made.
+func (a *Applier) Reloads() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.reloads
+}
+
+// Apply implements the proxier's Applier: it records family's model and
+// makes HAProxy serve the merge of every family's latest model.
+func (a *Applier) Apply(ctx context.Context, family v1.IPFamily, desired *haproxycfg.Config) error {
+	if !slices.Contains(a.opts.Families, family) {
+		return fmt.Errorf("apply: IP family %s is not served by this HAProxy", family)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.desired[family] = desired
+	return a.syncLocked(ctx)
+}
+
+// Resync applies the stored models again, e.g. after HAProxy was
+// restarted (servers added at runtime are then gone).
+func (a *Applier) Resync(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.desired) == 0 {
+		return nil
+	}
+	return a.syncLocked(ctx)
+}
+
+func (a *Applier) syncLocked(ctx context.Context) error {
+	for _, f := range a.opts.Families {
+		if a.desired[f] == nil {
+			a.logger.V(2).Info("Waiting for the model of every IP family before changing HAProxy", "missing", f)
+			return nil
+		}
+	}
+	parts := make([]*haproxycfg.Config, 0, len(a.opts.Families))
+	for _, f := range a.opts.Families {
+		parts = append(parts, a.desired[f])
+	}
+	merged, err := haproxycfg.Merge(parts...)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	want := cloneBackends(merged)
+
+	if !a.started {
+		adopted, err := a.opts.Process.Adopt(ctx)
+		if err != nil {
+			return fmt.Errorf("apply: looking for a running HAProxy: %w", err)
+		}
+		if adopted {
+			a.started = true
+			a.adoptLoadedKey()
+		}
+	}
+
+	// What HAProxy runs now (nothing when it does not run yet).
+	var loaded *loadedState
+	if a.started {
+		loaded, err = a.readLoaded(ctx)
+		if err != nil {
+			a.logger.Error(err, "Reading the servers HAProxy has loaded failed; reloading instead")
+			a.loadedKey = ""
+		}
+	}
+	a.assignIDs(want, loaded)
+
+	// Render validates the whole model: an invalid one is never loaded.
+	text, err := haproxycfg.Render(want)
+	if err != nil {
+		configRejectedTotal.WithLabelValues("model").Inc()
+		return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
+	}
+	key, err := structuralKey(want)
+	if err != nil {
+		configRejectedTotal.WithLabelValues("model").Inc()
+		return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
+	}
+	if a.started && loaded != nil && key == a.loadedKey {
+		err := a.runtimeSync(ctx, want, loaded)
+		if err == nil {
+			a.writeCurrent(want, text)
+			return nil
+		}
+		a.logger.Error(err, "Runtime API update failed; reloading to load the servers from the configuration file")
+		a.loadedKey = ""
+	}
+	reloadErr := a.reload(ctx, want, key, text)
+	if reloadErr != nil && a.started && loaded != nil {
+		// The structure cannot be loaded now, but endpoints of the
+		// backends that are loaded must keep following their pods.
+		if err := a.runtimeSync(ctx, want, loaded); err != nil {
+			a.logger.Error(err, "Runtime API update of the loaded backends failed")
+		}
+	}
+	return reloadErr
+}
+
+// cloneBackends copies c deeply enough that server ids can be assigned
+// without touching the models the proxiers handed in.
+func cloneBackends(c *haproxycfg.Config) *haproxycfg.Config {
+	out := &haproxycfg.Config{Global: c.Global, Defaults: c.Defaults, Frontends: c.Frontends}
+	out.Backends = make([]*haproxycfg.Backend, len(c.Backends))
+	for i, be := range c.Backends {
+		cp := *be
+		cp.Servers = slices.Clone(be.Servers)
+		out.Backends[i] = &cp
+	}
+	return out
+}
+
+// structuralKey identifies everything of c that the runtime API cannot
+// change: c rendered without servers.
+func structuralKey(c *haproxycfg.Config) (string, error) {
+	bare := &haproxycfg.Config{Global: c.Global, Defaults: c.Defaults, Frontends: c.Frontends}
+	for _, be := range c.Backends {
+		cp := *be
+		cp.Servers = nil
+		bare.Backends = append(bare.Backends, &cp)
+	}
+	text, err := haproxycfg.Render(bare)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(text)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// loadedState is what the runtime API says HAProxy serves.
+type loadedState struct {
+	// backends are the loaded backends, with their servers by name.
+	backends map[string]map[string]runtimeapi.ServerStatus
+	// sessions are the current sessions per backend/server.
+	sessions map[string]int
+}
+
+func (a *Applier) readLoaded(ctx context.Context) (*loadedState, error) {
+	rows, err := a.opts.Runtime.ShowStat(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st := &loadedState{backends: map[string]map[string]runtimeapi.ServerStatus{}, sessions: map[string]int{}}
+	for _, r := range rows {
+		switch r.Name {
+		case "BACKEND":
+			st.backends[r.Proxy] = map[string]runtimeapi.ServerStatus{}
+		case "FRONTEND":
+		default:
+			st.sessions[r.Proxy+"/"+r.Name] = r.CurrentSessions
+		}
+	}
+	servers, err := a.opts.Runtime.ShowServers(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range servers {
+		if st.backends[s.Backend] == nil {
+			st.backends[s.Backend] = map[string]runtimeapi.ServerStatus{}
+		}
+		st.backends[s.Backend][s.Name] = s
+	}
+	return st, nil
+}
+
+// assignIDs gives every server of want its id: the one HAProxy has loaded
+// for that name, else the one it had in the last model, else the lowest id
+// no loaded server (draining ones included) and no other server uses.
+func (a *Applier) assignIDs(want *haproxycfg.Config, loaded *loadedState) {
+	var lastBackends map[string]*haproxycfg.Backend
+	if a.lastModel != nil {
+		lastBackends = make(map[string]*haproxycfg.Backend, len(a.lastModel.Backends))
+		for _, be := range a.lastModel.Backends {
+			lastBackends[be.Name] = be
+		}
+	}
+	for _, be := range want.Backends {
+		used := map[int]bool{}
+		var loadedServers map[string]runtimeapi.ServerStatus
+		if loaded != nil {
+			loadedServers = loaded.backends[be.Name]
+		}
+		for _, s := range loadedServers {
+			used[s.ID] = true
+		}
+		var prev map[string]int
+		if pb := lastBackends[be.Name]; pb != nil {
+			prev = make(map[string]int, len(pb.Servers))
+			for _, s := range pb.Servers {
+				prev[s.Name] = s.ID
+			}
+		}
+		taken := map[int]bool{}
+		for i := range be.Servers {
+			s := &be.Servers[i]
+			s.ID = 0
+			if ls, ok := loadedServers[s.Name]; ok && !taken[ls.ID] {
+				s.ID = ls.ID
+			} else if id, ok := prev[s.Name]; ok && id > 0 && !used[id] && !taken[id] {
+				s.ID = id
+			}
+			if s.ID != 0 {
+				taken[s.ID] = true
+			}
+		}
+		free := 1
+		for i := range be.Servers {
+			s := &be.Servers[i]
+			if s.ID != 0 {
+				continue
+			}
+			for used[free] || taken[free] {
+				free++
+			}
+			s.ID = free
+			taken[free] = true
+		}
+	}
+}
+
+// runtimeSync brings the servers of every backend that is both wanted and
+// loaded to the wanted set through the runtime API, in one batch.
+func (a *Applier) runtimeSync(ctx context.Context, want *haproxycfg.Config, loaded *loadedState) error {
+	now := a.opts.Clock.Now()
+	var b runtimeapi.Batch
+	var added, drained, deleted int
+	nextDeadline := time.Time{}
+	for _, be := range want.Backends {
+		have, ok := loaded.backends[be.Name]
+		if !ok {
+			continue
+		}
+		wanted := make(map[string]bool, len(be.Servers))
+		for _, s := range be.Servers {
+			wanted[s.Name] = true
+			key := be.Name + "/" + s.Name
+			addr := s.Addr.Unmap().String()
+			cur, ok := have[s.Name]
+			switch {
+			case !ok:
+				b.AddServer(be.Name, runtimeapi.ServerSpec{Name: s.Name, ID: s.ID, Addr: addr, Port: int(s.Port)})
+				b.SetState(be.Name, s.Name, runtimeapi.StateReady)
+				added++
+			default:
+				if cur.Addr != addr || cur.Port != int(s.Port) {
+					b.SetAddr(be.Name, s.Name, addr, int(s.Port))
+				}
+				if cur.State() != runtimeapi.StateReady {
+					// Back before its drain ended: serve again.
+					b.SetState(be.Name, s.Name, runtimeapi.StateReady)
+				}
+			}
+			delete(a.draining, key)
+		}
+		for name, cur := range have {
+			if wanted[name] {
+				continue
+			}
+			key := be.Name + "/" + name
+			since, isDraining := a.draining[key]
+			if !isDraining {
+				since = now
+				a.draining[key] = now
+			}
+			deadline := since.Add(a.opts.DrainTimeout)
+			if loaded.sessions[key] == 0 || !now.Before(deadline) {
+				// No connection left (or no more patience): remove it.
+				b.SetState(be.Name, name, runtimeapi.StateMaint)
+				b.ShutdownSessions(be.Name, name)
+				b.DelServer(be.Name, name)
+				deleted++
+				continue
+			}
+			if cur.State() == runtimeapi.StateReady {
+				b.SetState(be.Name, name, runtimeapi.StateDrain)
+				drained++
+			}
+			// Look again soon: connections may be gone before the deadline.
+			if check := now.Add(a.opts.DrainCheckInterval); check.Before(deadline) {
+				deadline = check
+			}
+			if nextDeadline.IsZero() || deadline.Before(nextDeadline) {
+				nextDeadline = deadline
+			}
+		}
+	}
+	// Forget drains of servers that no longer exist.
+	for key := range a.draining {
+		bn, sn, _ := strings.Cut(key, "/")
+		if _, ok := loaded.backends[bn][sn]; !ok {
+			delete(a.draining, key)
+		}
+	}
+	a.scheduleDrainCheck(nextDeadline, now)
+	if b.Len() == 0 {
+		return nil
+	}
+	err := a.opts.Runtime.Run(ctx, &b)
+	var be *runtimeapi.BatchError
+	if errors.As(err, &be) {
+		fatal := false
+		for _, f := range be.Failed {
+			// A connection opened since we looked: delete it next time.
+			if !errors.Is(f, runtimeapi.ErrServerHasConns) {
+				fatal = true
+			}
+		}
+		if !fatal {
+			err = nil
+		}
+	}
+	if err != nil {
+		runtimeUpdatesTotal.WithLabelValues("failed").Inc()
+		return fmt.Errorf("runtime API: %w", err)
+	}
+	runtimeUpdatesTotal.WithLabelValues("success").Inc()
+	a.logger.V(2).Info("Updated HAProxy servers through the runtime API", "added", added, "draining", drained, "deleted", deleted, "commands", b.Len())
+	return nil
+}
+
+// scheduleDrainCheck arranges a re-apply when the next drain times out.
+func (a *Applier) scheduleDrainCheck(deadline, now time.Time) {
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+	if deadline.IsZero() {
+		return
+	}
+	a.timer = a.opts.Clock.AfterFunc(deadline.Sub(now), func() {
+		// A goroutine of its own: the clock may call this while it holds
+		// its lock, and Resync sets the next timer.
+		go func() {
+			if err := a.Resync(context.Background()); err != nil {
+				a.logger.Error(err, "Finishing drained servers failed")
+			}
+		}()
+	})
+}
+
+// reload renders want, validates it, writes it and reloads (or starts)
+// HAProxy. On any failure the last good file is put back.
+func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key string, text []byte) error {
+	now := a.opts.Clock.Now()
+	if key == a.rejectedKey && now.Before(a.retryAt) {
+		return fmt.Errorf("%w: the same structure was rejected, next try after %s: %w", ErrRejected, a.retryAt.Format(time.RFC3339), a.rejectedErr)
+	}
+	dir := filepath.Dir(a.opts.ConfigFile)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	tmp, err := writeTemp(a.opts.ConfigFile, text)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	defer os.Remove(tmp)
+	if err := a.opts.Validate(ctx, tmp); err != nil {
+		if errors.Is(err, ErrBinaryMissing) {
+			// Not the configuration's fault: try again at the next sync.
+			configRejectedTotal.WithLabelValues("binary").Inc()
+			return fmt.Errorf("%w: %w", ErrRejected, err)
+		}
+		return a.reject(key, "validation", fmt.Errorf("haproxy -c: %w", err))
+	}
+	if a.opts.Hooks != nil {
+		if err := a.opts.Hooks.BeforeReload(ctx, want); err != nil {
+			return fmt.Errorf("apply: preparing the host for the new configuration: %w", err)
+		}
+	}
+	if err := os.Rename(tmp, a.opts.ConfigFile); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	start := a.opts.Clock.Now()
+	action := "reload"
+	if a.started {
+		err = a.opts.Process.Reload(ctx)
+	} else {
+		action = "start"
+		err = a.opts.Process.Start(ctx)
+	}
+	if err != nil {
+		reloadsTotal.WithLabelValues("failed").Inc()
+		a.restoreLastGood()
+		if errors.Is(err, supervisor.ErrNotRunning) || errors.Is(err, supervisor.ErrBinaryMissing) {
+			// HAProxy is down or cannot run (the supervisor restarts it and
+			// the model is applied again then): nothing says the
+			// configuration is bad, so no backoff for it.
+			configRejectedTotal.WithLabelValues(action).Inc()
+			return fmt.Errorf("%w: HAProxy %s: %w", ErrRejected, action, err)
+		}
+		return a.reject(key, action, fmt.Errorf("HAProxy %s: %w", action, err))
+	}
+	reloadsTotal.WithLabelValues("success").Inc()
+	reloadDuration.Observe(a.opts.Clock.Since(start).Seconds())
+	a.started = true
+	a.reloads++
+	a.loadedKey = key
+	a.lastGood = text
+	a.lastModel = want
+	a.rejectedKey, a.rejectedErr, a.backoff = "", nil, 0
+	// The new worker has exactly the servers of the file.
+	clear(a.draining)
+	a.scheduleDrainCheck(time.Time{}, now)
+	a.writeLoadedMarker(key, text)
+	a.logger.Info("HAProxy configuration loaded", "action", action, "frontends", len(want.Frontends), "backends", len(want.Backends), "elapsed", a.opts.Clock.Since(start))
+	if a.opts.Hooks != nil {
+		if err := a.opts.Hooks.AfterReload(ctx, want); err != nil {
+			a.logger.Error(err, "Cleaning up the host after a reload failed")
+		}
+	}
+	return nil
+}
+
+// reject records a rejected structure, its backoff, an event and a metric.
+func (a *Applier) reject(key, reason string, err error) error {
+	configRejectedTotal.WithLabelValues(reason).Inc()
+	if key == a.rejectedKey && a.backoff > 0 {
+		a.backoff = min(2*a.backoff, a.opts.MaxRetryBackoff)
+	} else {
+		a.backoff = a.opts.RetryBackoff
+	}
+	a.rejectedKey = key
+	a.rejectedErr = err
+	a.retryAt = a.opts.Clock.Now().Add(a.backoff)
+	a.logger.Error(err, "HAProxy configuration rejected; the last good configuration keeps serving", "reason", reason, "retryAfter", a.backoff)
+	if a.opts.Recorder != nil && a.opts.NodeName != "" {
+		node := &v1.ObjectReference{Kind: "Node", Name: a.opts.NodeName, UID: types.UID(a.opts.NodeName)}
+		a.opts.Recorder.Eventf(node, nil, v1.EventTypeWarning, "HAProxyConfigRejected", reason,
+			"HAProxy configuration rejected (%s), the last good configuration keeps serving: %v", reason, err)
+	}
+	return fmt.Errorf("%w (%s): %w", ErrRejected, reason, err)
+}
+
+// restoreLastGood puts the last configuration HAProxy loaded back on disk,
+// so that a restart of HAProxy comes back with it.
+func (a *Applier) restoreLastGood() {
+	if a.lastGood == nil {
+		return
+	}
+	tmp, err := writeTemp(a.opts.ConfigFile, a.lastGood)
+	if err == nil {
+		err = os.Rename(tmp, a.opts.ConfigFile)
+	}
+	if err != nil {
+		a.logger.Error(err, "Restoring the last good HAProxy configuration file failed", "file", a.opts.ConfigFile)
+	}
+}
+
+// writeCurrent rewrites the configuration file with the current servers
+// after a runtime update (same structure, already loaded), so that an
+// HAProxy restarted from the file starts with today's endpoints.
+func (a *Applier) writeCurrent(want *haproxycfg.Config, text []byte) {
+	a.lastModel = want
+	if bytes.Equal(text, a.lastGood) {
+		return
+	}
+	tmp, err := writeTempFile(a.opts.ConfigFile, text, false)
+	if err == nil {
+		err = os.Rename(tmp, a.opts.ConfigFile)
+	}
+	if err != nil {
+		a.logger.Error(err, "Writing the HAProxy configuration file failed", "file", a.opts.ConfigFile)
+		return
+	}
+	a.lastGood = text
+	a.writeLoadedMarker(a.loadedKey, text)
+}
+
+// The marker file next to the configuration records which structure the
+// running HAProxy loaded and a checksum of the file, so a restarted
+// proxier that adopts HAProxy knows whether endpoint changes suffice. A
+// file edited by hand (checksum mismatch) forces a reload.
+func (a *Applier) markerFile() string { return a.opts.ConfigFile + ".loaded" }
+
+func (a *Applier) writeLoadedMarker(key string, text []byte) {
+	sum := sha256.Sum256(text)
+	content := key + " " + hex.EncodeToString(sum[:]) + "\n"
+	tmp, err := writeTemp(a.markerFile(), []byte(content))
+	if err == nil {
+		err = os.Rename(tmp, a.markerFile())
+	}
+	if err != nil {
+		a.logger.Error(err, "Writing the loaded-configuration marker failed", "file", a.markerFile())
+	}
+}
+
+// adoptLoadedKey trusts the marker of an adopted HAProxy only when the
+// configuration file still has the content the marker describes.
+func (a *Applier) adoptLoadedKey() {
+	a.loadedKey = ""
+	marker, err := os.ReadFile(a.markerFile())
+	if err != nil {
+		return
+	}
+	key, fileSum, ok := strings.Cut(strings.TrimSpace(string(marker)), " ")
+	if !ok {
+		return
+	}
+	text, err := os.ReadFile(a.opts.ConfigFile)
+	if err != nil {
+		return
+	}
+	sum := sha256.Sum256(text)
+	if hex.EncodeToString(sum[:]) != fileSum {
+		a.logger.Info("HAProxy configuration file changed since it was loaded; reloading it", "file", a.opts.ConfigFile)
+		return
+	}
+	a.loadedKey = key
+	a.lastGood = text
+}
+
+// writeTemp writes data to a new temporary file beside path (same file
+// system, so a rename is atomic) and flushes it to disk: a configuration
+// that is about to be loaded must survive a crash of the node whole.
+func writeTemp(path string, data []byte) (string, error) {
+	return writeTempFile(path, data, true)
+}
+
+// writeTempFile is writeTemp; durable=false skips the flush, for the
+// rewrites after runtime updates, which happen at every endpoint change
+// and which the next sync rewrites anyway if a crash lost them.
+func writeTempFile(path string, data []byte, durable bool) (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	if durable {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return "", err
+		}
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// ErrBinaryMissing: the haproxy binary cannot be run to validate a
+// configuration.
+var ErrBinaryMissing = supervisor.ErrBinaryMissing
+
+// validateWithBinary runs "haproxy -c -q -f file".
+func validateWithBinary(ctx context.Context, bin, file string) error {
+	out, err := exec.CommandContext(ctx, bin, "-c", "-q", "-f", file).CombinedOutput()
+	var exitErr *exec.ExitError
+	if err != nil && !errors.As(err, &exitErr) {
+		return fmt.Errorf("%w: %s: %w", ErrBinaryMissing, bin, err)
+	}
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if msg == "" {
+			return err
+		}
+		return fmt.Errorf("%w: %s", err, strings.ReplaceAll(msg, "\n", " | "))
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+package apply
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+// Metrics of applying models to HAProxy, registered with the legacy
+// registry that kube-proxy's /metrics serves, beside upstream's.
+var (
+	// reloadsTotal counts reloads (and starts) of HAProxy by result.
+	reloadsTotal = metrics.NewCounterVec(
+		&metrics.CounterOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_reloads_total",
+			Help:           "Cumulative number of HAProxy reloads and starts, by result (success, failed)",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"result"},
+	)
+
+	// reloadDuration is how long successful reloads took, until the new
+	// worker was confirmed.
+	reloadDuration = metrics.NewHistogram(
+		&metrics.HistogramOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_reload_duration_seconds",
+			Help:           "Duration of successful HAProxy reloads, until the new worker is confirmed",
+			Buckets:        metrics.ExponentialBuckets(0.01, 2, 12),
+			StabilityLevel: metrics.ALPHA,
+		},
+	)
+
+	// configRejectedTotal counts configurations that were not loaded, by
+	// reason: model (invalid model), validation (haproxy -c), reload,
+	// start, binary (haproxy cannot be run).
+	configRejectedTotal = metrics.NewCounterVec(
+		&metrics.CounterOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_config_rejected_total",
+			Help:           "Cumulative number of HAProxy configurations not loaded, by reason (model, validation, reload, start, binary); the last good configuration keeps serving",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"reason"},
+	)
+
+	// runtimeUpdatesTotal counts runtime API batches (endpoint changes
+	// applied without a reload) by result.
+	runtimeUpdatesTotal = metrics.NewCounterVec(
+		&metrics.CounterOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_runtime_updates_total",
+			Help:           "Cumulative number of endpoint updates applied through the HAProxy runtime API without a reload, by result (success, failed)",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"result"},
+	)
+
+	// RestartsTotal counts HAProxy processes started again after they died.
+	RestartsTotal = metrics.NewCounterVec(
+		&metrics.CounterOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_restarts_total",
+			Help:           "Cumulative number of times HAProxy died and was started again, by result (success, failed)",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"result"},
+	)
+)
+
+var registerOnce sync.Once
+
+func registerMetrics() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(reloadsTotal)
+		legacyregistry.MustRegister(reloadDuration)
+		legacyregistry.MustRegister(configRejectedTotal)
+		legacyregistry.MustRegister(runtimeUpdatesTotal)
+		legacyregistry.MustRegister(RestartsTotal)
+	})
+}

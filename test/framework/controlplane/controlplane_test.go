@@ -1,0 +1,93 @@
+package controlplane
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestPKIServingCertificateVerifiesForLoopback(t *testing.T) {
+	dir := t.TempDir()
+	p, err := newPKI(dir)
+	require.NoError(t, err)
+
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(p.caCertPEM))
+	data, err := os.ReadFile(p.servingCert)
+	require.NoError(t, err)
+	block, _ := pem.Decode(data)
+	require.NotNil(t, block)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	require.NoError(t, err)
+	for _, name := range []string{"127.0.0.1", "::1", "localhost"} {
+		_, err := cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: name})
+		assert.NoError(t, err, "serving certificate for %s", name)
+	}
+	_, err = cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: "example.org"})
+	assert.Error(t, err, "serving certificate must not verify for other names")
+
+	for _, f := range []string{p.servingKey, p.serviceAccount} {
+		data, err := os.ReadFile(f)
+		require.NoError(t, err)
+		block, _ := pem.Decode(data)
+		require.NotNil(t, block, f)
+		_, err = x509.ParseECPrivateKey(block.Bytes)
+		assert.NoError(t, err, f)
+		info, err := os.Stat(f)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), info.Mode().Perm(), "%s must be private", f)
+	}
+}
+
+func TestBinDir(t *testing.T) {
+	t.Setenv("KH_BIN_DIR", "/opt/kh/bin")
+	assert.Equal(t, "/opt/kh/bin", BinDir())
+
+	t.Setenv("KH_BIN_DIR", "")
+	dir := BinDir()
+	assert.True(t, strings.HasSuffix(filepath.ToSlash(dir), "_output/bin"), dir)
+	_, err := os.Stat(filepath.Join(dir, "..", "..", "go.mod"))
+	assert.NoError(t, err, "BinDir should be <repo>/_output/bin")
+}
+
+// recordingTB records Fatal and Skip instead of stopping the test.
+type recordingTB struct {
+	testing.TB
+	fatal, skip string
+}
+
+func (r *recordingTB) Helper()           {}
+func (r *recordingTB) Fatal(args ...any) { r.fatal = fmt.Sprint(args...) }
+func (r *recordingTB) Skip(args ...any)  { r.skip = fmt.Sprint(args...) }
+
+func TestBinaryMissing(t *testing.T) {
+	t.Setenv("KH_BIN_DIR", t.TempDir())
+
+	t.Setenv("CI", "true")
+	r := &recordingTB{TB: t}
+	Binary(r, "kube-apiserver")
+	assert.Contains(t, r.fatal, "kube-apiserver not found")
+	assert.Contains(t, r.fatal, "run make build")
+
+	t.Setenv("CI", "")
+	r = &recordingTB{TB: t}
+	Binary(r, "kube-apiserver")
+	assert.Empty(t, r.fatal)
+	assert.Contains(t, r.skip, "run make build")
+}
+
+func TestBinaryPresent(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("KH_BIN_DIR", dir)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "etcd"), []byte("#!/bin/sh\n"), 0o755))
+	r := &recordingTB{TB: t}
+	assert.Equal(t, filepath.Join(dir, "etcd"), Binary(r, "etcd"))
+	assert.Empty(t, r.fatal+r.skip)
+}
