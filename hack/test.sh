@@ -22,11 +22,5 @@ echo "== integration tests (network namespaces, real HAProxy; root)"
 go test ./test/...
 
 echo "== patched upstream: Service IP allocation and storage (ClusterIP pools)"
-if [ -f staging/go.work ]; then
-  GOWORK="${KH_ROOT}/staging/go.work" go test k8s.io/kubernetes/pkg/registry/core/service/...
-elif [ "${CI:-}" = "true" ]; then
-  echo "staging/go.work missing: run make build" >&2
-  exit 1
-else
-  echo "skipped: staging/go.work missing (run make build)"
-fi
+hack/stage.sh
+GOWORK="${KH_ROOT}/staging/go.work" go test k8s.io/kubernetes/pkg/registry/core/service/...

@@ -3,6 +3,7 @@ package proxier
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"runtime"
 	"time"
@@ -76,10 +77,17 @@ type Config struct {
 	NodeName          string
 	NodeIPs           map[v1.IPFamily]net.IP
 	NodePortAddresses []string
-	SyncPeriod        time.Duration
-	MinSyncPeriod     time.Duration
-	Recorder          events.EventRecorder
-	HealthzServer     *healthcheck.ProxyHealthServer
+	// ClusterCIDRs are the cluster's pod CIDRs (kube-proxy's clusterCIDR,
+	// both families allowed). A pod's connection to a NodePort, LB IP or
+	// external IP of a Service with externalTrafficPolicy Local then uses
+	// all endpoints, as kube-proxy's other modes do for traffic their
+	// local-traffic detector recognises. Empty: only the node's own
+	// connections are recognised.
+	ClusterCIDRs  []string
+	SyncPeriod    time.Duration
+	MinSyncPeriod time.Duration
+	Recorder      events.EventRecorder
+	HealthzServer *healthcheck.ProxyHealthServer
 	// InitOnly: prepare the host and return without serving.
 	InitOnly bool
 
@@ -187,6 +195,11 @@ func (c *Config) Validate() error {
 	}
 	if c.MinSyncPeriod > c.SyncPeriod {
 		return fmt.Errorf("minSyncPeriod %v must not exceed syncPeriod %v", c.MinSyncPeriod, c.SyncPeriod)
+	}
+	for _, cidr := range c.ClusterCIDRs {
+		if _, err := netip.ParsePrefix(cidr); err != nil {
+			return fmt.Errorf("clusterCIDRs: %q: %w", cidr, err)
+		}
 	}
 	if c.MaxConn*2 >= c.FileLimit {
 		return fmt.Errorf("haproxy.maxConn %d needs more than fileLimit %d file descriptors (two per connection)", c.MaxConn, c.FileLimit)

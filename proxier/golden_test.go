@@ -150,6 +150,7 @@ func TestGolden(t *testing.T) {
 				p, _, _ := newFakeProxierWithApplier(t, family, applier, func(c *Config) {
 					// Fixed so the file does not depend on the machine.
 					c.NBThread = 2
+					c.ClusterCIDRs = []string{"10.244.0.0/16", "fd00:244::/56"}
 				})
 				makeServiceMap(p, sc.services...)
 				populateEndpointSlices(p, sc.slices...)

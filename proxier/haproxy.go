@@ -10,6 +10,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	"kube-haproxy.io/kube-haproxy/proxier/apply"
@@ -54,12 +55,19 @@ func newHAProxyApplier(ctx context.Context, cfg Config, families []v1.IPFamily) 
 	}
 	var a *apply.Applier
 	opts := cfg.supervisorOptions()
+	node := &v1.ObjectReference{Kind: "Node", Name: cfg.NodeName, UID: types.UID(cfg.NodeName)}
 	opts.OnRestart = func(err error) {
 		if err != nil {
 			apply.RestartsTotal.WithLabelValues("failed").Inc()
+			if cfg.Recorder != nil {
+				cfg.Recorder.Eventf(node, nil, v1.EventTypeWarning, "HAProxyRestartFailed", "Restart", "HAProxy died and could not be started again: %v", err)
+			}
 			return
 		}
 		apply.RestartsTotal.WithLabelValues("success").Inc()
+		if cfg.Recorder != nil {
+			cfg.Recorder.Eventf(node, nil, v1.EventTypeWarning, "HAProxyRestarted", "Restart", "HAProxy died and was started again")
+		}
 		// Servers added at runtime died with the old process; the file
 		// has the latest ones, but re-apply to be exact.
 		if rerr := a.Resync(ctx); rerr != nil {

@@ -73,6 +73,11 @@ func (a *hostNetworkApplier) host(family v1.IPFamily) (*hostnet.Host, []netip.Pr
 // Apply implements Applier. Each family's proxier calls it from its own
 // sync loop, and each family has its own Host, so the Hosts need no lock.
 func (a *hostNetworkApplier) Apply(ctx context.Context, family v1.IPFamily, desired *haproxycfg.Config) error {
+	// A proxier shutting down must not put back routes or a guard that a
+	// cleanup is removing.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	h, cidrs, err := a.host(family)
 	if err != nil {
 		return err

@@ -150,3 +150,16 @@ func (c *cidrRecorder) SetServiceCIDRs(family v1.IPFamily, cidrs []netip.Prefix)
 	}
 	c.got[family] = cidrs
 }
+
+func TestHostNetworkLeavesTheHostAloneAfterShutdown(t *testing.T) {
+	next := &observingApplier{}
+	a, s := newObservedHostNetwork(next)
+	called := false
+	next.observe = func(*haproxycfg.Config) { called = true }
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.ErrorIs(t, a.Apply(ctx, v1.IPv4Protocol, webModel("203.0.113.10")), context.Canceled)
+	assert.Empty(t, s.ourRoutes())
+	assert.Empty(t, s.nft.Dump())
+	assert.False(t, called, "HAProxy is not given a model either")
+}

@@ -342,6 +342,8 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 		}
 	}
 
+	opts.ClusterSources = p.clusterSources(opts.NodeIP, opts.NodePortAddresses)
+
 	// Phase 3: translate Services and endpoints into the model.
 	res := translate.Translate(opts, p.svcPortMap, p.endpointsMap)
 	p.reportSkipped(res)
@@ -387,6 +389,25 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 		p.logger.Error(err, "Error syncing healthcheck endpoints")
 	}
 	return nil
+}
+
+// clusterSources are the clients whose connections to external Service
+// addresses count as cluster traffic: the pod CIDRs of this family and the
+// node's addresses. (The node reaching an LB or external IP local to it
+// connects from that address; the translation adds those.)
+func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range p.cfg.ClusterCIDRs {
+		if prefix, err := netip.ParsePrefix(c); err == nil && prefix.Addr().Is4() == (p.ipFamily == v1.IPv4Protocol) {
+			out = append(out, prefix.Masked())
+		}
+	}
+	for _, a := range append([]netip.Addr{nodeIP}, nodeAddrs...) {
+		if a.IsValid() {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out
 }
 
 // reportSkipped logs what the translation left out and sets the gauges.

@@ -263,7 +263,8 @@ func TestNodePorts(t *testing.T) {
 }
 
 func TestExternalTrafficPolicyLocal(t *testing.T) {
-	p, applier, hs := newFakeProxier(t, v1.IPv4Protocol)
+	// Pods are in 10.0.0.0/8, as in upstream's tests.
+	p, applier, hs := newFakeProxier(t, v1.IPv4Protocol, func(c *Config) { c.ClusterCIDRs = []string{"10.0.0.0/8", "fd00:10::/48"} })
 	makeServiceMap(p, lbService(func(svc *v1.Service) {
 		svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
 		svc.Spec.HealthCheckNodePort = 30000
@@ -271,27 +272,71 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 	populateEndpointSlices(p, lbEndpoints(nil))
 	require.NoError(t, p.syncProxyRules())
 
+	both, local := "10.180.0.1:80, 10.180.2.1:80", "10.180.0.1:80"
 	runConnectionTests(t, applier, []connectionTest{
-		{name: "pod to cluster IP hits both endpoints", sourceIP: testPodClient, destIP: "172.30.0.41", destPort: 80, output: "10.180.0.1:80, 10.180.2.1:80"},
-		{name: "external to LB IP hits only local endpoint", sourceIP: testExternalClient, destIP: "1.2.3.4", destPort: 80, output: "10.180.0.1:80"},
-		{name: "external to NodePort hits only local endpoint", sourceIP: testExternalClient, destIP: testNodeIP, destPort: 3001, output: "10.180.0.1:80"},
-		{name: "external to external IP hits only local endpoint", sourceIP: testExternalClient, destIP: "192.168.99.11", destPort: 80, output: "10.180.0.1:80"},
+		{name: "pod to cluster IP hits both endpoints", sourceIP: testPodClient, destIP: "172.30.0.41", destPort: 80, output: both},
+		{name: "pod to external IP hits both endpoints (short-circuit)", sourceIP: testPodClient, destIP: "192.168.99.11", destPort: 80, output: both},
+		{name: "external to external IP hits only local endpoint", sourceIP: testExternalClient, destIP: "192.168.99.11", destPort: 80, output: local},
+		{name: "pod to LB IP hits both endpoints (short-circuit)", sourceIP: testPodClient, destIP: "1.2.3.4", destPort: 80, output: both},
+		{name: "external to LB IP hits only local endpoint", sourceIP: testExternalClient, destIP: "1.2.3.4", destPort: 80, output: local},
+		{name: "pod to NodePort hits both endpoints (short-circuit)", sourceIP: testPodClient, destIP: testNodeIP, destPort: 3001, output: both},
+		{name: "external to NodePort hits only local endpoint", sourceIP: testExternalClient, destIP: testNodeIP, destPort: 3001, output: local},
+		{name: "node to its NodePort hits both endpoints", sourceIP: testNodeIP, destIP: testNodeIP, destPort: 3001, output: both},
+		{name: "node to its local LB IP hits both endpoints", sourceIP: "1.2.3.4", destIP: "1.2.3.4", destPort: 80, output: both},
 	})
 	assert.Equal(t, map[types.NamespacedName]uint16{{Namespace: "ns1", Name: "svc1"}: 30000}, hs.services)
 	assert.Equal(t, map[types.NamespacedName]int{{Namespace: "ns1", Name: "svc1"}: 1}, hs.endpoints)
 
 	// Without a local endpoint, external traffic is dropped (an external
-	// LB's health check sends it elsewhere), internal traffic still served.
+	// LB's health check sends it elsewhere); internal and short-circuited
+	// traffic is still served.
 	p.OnEndpointSliceUpdate(nil, lbEndpoints(func(eps *discovery.EndpointSlice) {
 		eps.Endpoints = eps.Endpoints[1:]
 	}))
 	require.NoError(t, p.syncProxyRules())
 	runConnectionTests(t, applier, []connectionTest{
 		{name: "no local endpoints: cluster IP", sourceIP: testPodClient, destIP: "172.30.0.41", destPort: 80, output: "10.180.2.1:80"},
-		{name: "no local endpoints: LB IP", sourceIP: testExternalClient, destIP: "1.2.3.4", destPort: 80, output: "DROP"},
-		{name: "no local endpoints: NodePort", sourceIP: testExternalClient, destIP: testNodeIP, destPort: 3001, output: "DROP"},
+		{name: "no local endpoints: external to LB IP", sourceIP: testExternalClient, destIP: "1.2.3.4", destPort: 80, output: "DROP"},
+		{name: "no local endpoints: external to NodePort", sourceIP: testExternalClient, destIP: testNodeIP, destPort: 3001, output: "DROP"},
+		{name: "no local endpoints: pod to LB IP", sourceIP: testPodClient, destIP: "1.2.3.4", destPort: 80, output: "10.180.2.1:80"},
+		{name: "no local endpoints: node to NodePort", sourceIP: testNodeIP, destIP: testNodeIP, destPort: 3001, output: "10.180.2.1:80"},
 	})
 	assert.Zero(t, hs.endpoints[types.NamespacedName{Namespace: "ns1", Name: "svc1"}], "no local endpoint: health check fails")
+
+	// No endpoint at all: everyone is rejected.
+	p.OnEndpointSliceDelete(lbEndpoints(nil))
+	require.NoError(t, p.syncProxyRules())
+	runConnectionTests(t, applier, []connectionTest{
+		{name: "no endpoints: pod to LB IP", sourceIP: testPodClient, destIP: "1.2.3.4", destPort: 80, output: "REJECT"},
+		{name: "no endpoints: external to NodePort", sourceIP: testExternalClient, destIP: testNodeIP, destPort: 3001, output: "REJECT"},
+	})
+}
+
+// TestExternalTrafficPolicyLocalBothPolicies: with both policies Local,
+// internal traffic stays on this node while external traffic from the
+// cluster is still short-circuited to every endpoint.
+func TestExternalTrafficPolicyLocalBothPolicies(t *testing.T) {
+	p, applier, _ := newFakeProxier(t, v1.IPv4Protocol, func(c *Config) { c.ClusterCIDRs = []string{"10.0.0.0/8"} })
+	makeServiceMap(p, lbService(func(svc *v1.Service) {
+		svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		svc.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		svc.Spec.HealthCheckNodePort = 30000
+	}))
+	populateEndpointSlices(p, lbEndpoints(nil))
+	require.NoError(t, p.syncProxyRules())
+	both, local := "10.180.0.1:80, 10.180.2.1:80", "10.180.0.1:80"
+	runConnectionTests(t, applier, []connectionTest{
+		{name: "pod to cluster IP: internal Local", sourceIP: testPodClient, destIP: "172.30.0.41", destPort: 80, output: local},
+		{name: "pod to LB IP: short-circuit", sourceIP: testPodClient, destIP: "1.2.3.4", destPort: 80, output: both},
+		{name: "external to LB IP: external Local", sourceIP: testExternalClient, destIP: "1.2.3.4", destPort: 80, output: local},
+	})
+	p.OnEndpointSliceUpdate(nil, lbEndpoints(func(eps *discovery.EndpointSlice) { eps.Endpoints = eps.Endpoints[1:] }))
+	require.NoError(t, p.syncProxyRules())
+	runConnectionTests(t, applier, []connectionTest{
+		{name: "no local: pod to cluster IP dropped", sourceIP: testPodClient, destIP: "172.30.0.41", destPort: 80, output: "DROP"},
+		{name: "no local: pod to LB IP short-circuited", sourceIP: testPodClient, destIP: "1.2.3.4", destPort: 80, output: "10.180.2.1:80"},
+		{name: "no local: external to NodePort dropped", sourceIP: testExternalClient, destIP: testNodeIP, destPort: 3001, output: "DROP"},
+	})
 }
 
 func TestExternalTrafficPolicyCluster(t *testing.T) {
@@ -1182,4 +1227,27 @@ func render(t *testing.T, c *haproxycfg.Config) string {
 	out, err := haproxycfg.Render(c)
 	require.NoError(t, err)
 	return string(out)
+}
+
+func TestSyncProxyRulesStartup(t *testing.T) {
+	p, applier, _ := newFakeProxier(t, v1.IPv4Protocol)
+	p.setInitialized(false)
+	p.servicesSynced, p.endpointSlicesSynced = false, false
+	svc := makeTestService("ns1", "svc1", func(svc *v1.Service) {
+		svc.Spec.ClusterIP = "172.30.0.41"
+		svc.Spec.Ports = addTestPort(nil, "p80", v1.ProtocolTCP, 80, 0, 0)
+	})
+	p.OnServiceAdd(svc)
+	p.OnEndpointSliceAdd(lbEndpoints(nil))
+
+	// Services are known, endpoints not yet: nothing is applied, or
+	// HAProxy would reject connections to Services that have endpoints.
+	p.OnServiceSynced()
+	assert.Zero(t, applier.applies)
+
+	p.OnEndpointSlicesSynced()
+	assert.Equal(t, 1, applier.applies)
+	runConnectionTests(t, applier, []connectionTest{
+		{name: "served from the first sync", sourceIP: testPodClient, destIP: "172.30.0.41", destPort: 80, output: "10.180.0.1:80, 10.180.2.1:80"},
+	})
 }

@@ -45,11 +45,16 @@ func freePort(t *testing.T, ip string) int {
 	return port
 }
 
-// dialAndRead connects and returns the first line the server sends, or
-// "CLOSED" when the connection is refused, reset or closed without data.
-func dialAndRead(t *testing.T, ip string, port int) string {
+// dialAndRead connects from src ("" lets the kernel choose) and returns
+// the first line the server sends, or "CLOSED" when the connection is
+// refused, reset or closed without data.
+func dialAndRead(t *testing.T, src, ip string, port int) string {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", net.JoinHostPort(ip, strconv.Itoa(port)), 10*time.Second)
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if src != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	c, err := d.Dial("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 	if err != nil {
 		return "CLOSED"
 	}
@@ -76,7 +81,7 @@ func TestTracerAgreesWithHAProxy(t *testing.T) {
 		clusterIP  = "127.0.10.1"
 		emptyIP    = "127.0.10.2"
 		nodeIP     = "127.0.0.1"
-		clientIP   = "127.0.0.1"
+		clientIP   = "127.0.0.3" // an external client
 		remoteNode = "node-b"
 	)
 	svcPort := freePort(t, clusterIP)
@@ -128,17 +133,23 @@ func TestTracerAgreesWithHAProxy(t *testing.T) {
 	// The tracer's view...
 	assert.Equal(t, sortedEndpointList(local+", "+remote), traceConnection(t, cfg, clientIP, clusterIP, svcPort))
 	assert.Equal(t, local, traceConnection(t, cfg, clientIP, nodeIP, nodePort))
+	assert.Equal(t, sortedEndpointList(local+", "+remote), traceConnection(t, cfg, nodeIP, nodeIP, nodePort))
 	assert.Equal(t, "REJECT", traceConnection(t, cfg, clientIP, emptyIP, svcPort))
 
 	// ...and HAProxy's. Round robin over two servers: two connections to
 	// the ClusterIP reach both.
 	seen := map[string]bool{}
 	for i := 0; i < 4; i++ {
-		seen[dialAndRead(t, clusterIP, svcPort)] = true
+		seen[dialAndRead(t, clientIP, clusterIP, svcPort)] = true
 	}
 	assert.Equal(t, map[string]bool{"local-pod": true, "remote-pod": true}, seen, "ClusterIP reaches every endpoint")
 	for i := 0; i < 4; i++ {
-		assert.Equal(t, "local-pod", dialAndRead(t, nodeIP, nodePort), "NodePort with externalTrafficPolicy Local reaches only the local endpoint")
+		assert.Equal(t, "local-pod", dialAndRead(t, clientIP, nodeIP, nodePort), "NodePort with externalTrafficPolicy Local reaches only the local endpoint")
 	}
-	assert.Equal(t, "CLOSED", dialAndRead(t, emptyIP, svcPort), "a Service without endpoints is refused at once")
+	seen = map[string]bool{}
+	for i := 0; i < 4; i++ {
+		seen[dialAndRead(t, nodeIP, nodeIP, nodePort)] = true
+	}
+	assert.Equal(t, map[string]bool{"local-pod": true, "remote-pod": true}, seen, "the node's own connections to the NodePort are short-circuited to every endpoint")
+	assert.Equal(t, "CLOSED", dialAndRead(t, clientIP, emptyIP, svcPort), "a Service without endpoints is refused at once")
 }

@@ -229,6 +229,11 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 		return fmt.Errorf("apply: %w", err)
 	}
 	want := cloneBackends(merged)
+	if want.Global.StatsSocket == "" {
+		// Without it every endpoint change would cost a reload.
+		configRejectedTotal.WithLabelValues("model").Inc()
+		return fmt.Errorf("%w: invalid model: the global section has no stats socket for the runtime API", ErrRejected)
+	}
 
 	if !a.started {
 		adopted, err := a.opts.Process.Adopt(ctx)
@@ -246,8 +251,10 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 	if a.started {
 		loaded, err = a.readLoaded(ctx)
 		if err != nil {
+			// HAProxy may be restarting; it comes back with the file,
+			// whose structure is still loadedKey, so keep it.
 			a.logger.Error(err, "Reading the servers HAProxy has loaded failed; reloading instead")
-			a.loadedKey = ""
+			loaded = nil
 		}
 	}
 	a.assignIDs(want, loaded)
@@ -738,9 +745,10 @@ func writeTempFile(path string, data []byte, durable bool) (string, error) {
 // configuration.
 var ErrBinaryMissing = supervisor.ErrBinaryMissing
 
-// validateWithBinary runs "haproxy -c -q -f file".
+// validateWithBinary runs "haproxy -c -f file" (not -q, which hides the
+// alerts that say what is wrong).
 func validateWithBinary(ctx context.Context, bin, file string) error {
-	out, err := exec.CommandContext(ctx, bin, "-c", "-q", "-f", file).CombinedOutput()
+	out, err := exec.CommandContext(ctx, bin, "-c", "-f", file).CombinedOutput()
 	var exitErr *exec.ExitError
 	if err != nil && !errors.As(err, &exitErr) {
 		return fmt.Errorf("%w: %s: %w", ErrBinaryMissing, bin, err)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -369,6 +370,8 @@ func TestRealKillAndRestart(t *testing.T) {
 		}
 		took := time.Since(start)
 		require.Equal(t, set(e1, e2), s.reached(1, 6), "both endpoints after the restart")
+		require.NoError(t, s.a.Resync(context.Background()))
+		require.Equal(t, 0, s.reloads(), "the restarted HAProxy runs the file's structure: no reload")
 		t.Logf("SIGKILL of the %s: serving again after %.2f s", victim, took.Seconds())
 		fmt.Printf("RESULT apply: SIGKILL of the HAProxy %s -> serving again after %.2f s\n", victim, took.Seconds())
 	}
@@ -477,4 +480,24 @@ func TestRealUnmanaged(t *testing.T) {
 	require.Equal(t, reloads+1, s.reloads())
 	require.Equal(t, set(e1), s.reached(2, 3))
 	require.Equal(t, cmd.Process.Pid, s.masterPID(), "the proxier never starts an HAProxy of its own")
+}
+
+func TestRealValidation(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.cfg")
+	require.NoError(t, os.WriteFile(bad, []byte("global\n  not_a_keyword\n"), 0o644))
+	err := validateWithBinary(context.Background(), bin, bad)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, ErrBinaryMissing)
+	require.Contains(t, err.Error(), "not_a_keyword", "the error names what HAProxy refused")
+
+	// Valid, but HAProxy would not start: nothing to listen on. The
+	// rendered configuration always has the stats socket.
+	idle := filepath.Join(dir, "idle.cfg")
+	require.NoError(t, os.WriteFile(idle, []byte("global\n  nbthread 1\n"), 0o644))
+	require.ErrorContains(t, validateWithBinary(context.Background(), bin, idle), "no listener")
+	good := filepath.Join(dir, "good.cfg")
+	require.NoError(t, os.WriteFile(good, []byte("global\n  stats socket "+filepath.Join(dir, "s.sock")+" level admin\n"), 0o644))
+	require.NoError(t, validateWithBinary(context.Background(), bin, good))
 }

@@ -143,6 +143,13 @@ func TestGuardInANetworkNamespace(t *testing.T) {
 	assert.NoError(t, client.TCPAccepts("203.0.113.10:2222", wait))
 	assert.True(t, refused(client.TCPAccepts("10.96.0.10:2222", wait)))
 
+	// Somebody deletes the table: the next Sync, with nothing changed,
+	// puts it back.
+	node.MustExec("nft", "delete", "table", "ip", serviceguard.TableName)
+	require.NoError(t, client.TCPAccepts("10.96.0.10:2222", wait))
+	require.NoError(t, node.Do(func() error { return g.Sync(ctx, desired) }))
+	assert.True(t, refused(client.TCPAccepts("10.96.0.10:2222", wait)), "the guard is back")
+
 	require.NoError(t, node.Do(func() error { return g.Cleanup(ctx) }))
 	out, err := node.Exec("nft", "list", "tables")
 	require.NoError(t, err)

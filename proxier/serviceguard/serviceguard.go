@@ -183,12 +183,13 @@ func (n *normalized) equal(o *normalized) bool {
 
 // Sync makes the table match d. The table, chain and sets are (re)declared
 // and both sets are rewritten in one transaction, which the kernel applies
-// atomically. A Sync with the state already applied does nothing.
+// atomically. A Sync with the state already applied only checks that the
+// table is still whole.
 func (g *Guard) Sync(ctx context.Context, d Desired) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	want := g.normalize(d)
-	if want.equal(g.applied) {
+	if want.equal(g.applied) && g.intact(ctx) {
 		return nil
 	}
 	tx := g.nft.NewTransaction()
@@ -212,6 +213,26 @@ func (g *Guard) Sync(ctx context.Context, d Desired) error {
 		"serviceIPRanges", len(want.ranges), "servedPorts", len(want.served))
 	return nil
 }
+
+// intact reports whether the chain and both sets are still there: a Sync
+// with an unchanged state repairs a table someone deleted or flushed.
+// Elements are not compared (that would cost a listing of every element
+// at every sync).
+func (g *Guard) intact(ctx context.Context) bool {
+	chains, err := g.nft.List(ctx, "chains")
+	if err != nil || !slices.Contains(chains, InputChain) {
+		return false
+	}
+	sets, err := g.nft.List(ctx, "sets")
+	if err != nil || !slices.Contains(sets, ServiceIPsSet) || !slices.Contains(sets, ServedPortsSet) {
+		return false
+	}
+	rules, err := g.nft.ListRules(ctx, InputChain)
+	return err == nil && len(rules) == inputRules
+}
+
+// inputRules is the number of rules declare puts in the input chain.
+const inputRules = 5
 
 // declare adds the table, its sets and the input chain with its rules.
 // The chain is flushed and refilled, so rules from an older version of this

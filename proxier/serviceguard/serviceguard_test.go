@@ -152,3 +152,26 @@ func TestCleanup(t *testing.T) {
 	require.NoError(t, g.Cleanup(ctx))
 	assert.Empty(t, fake.Dump())
 }
+
+func TestSyncRepairsATableDeletedBehindItsBack(t *testing.T) {
+	ctx := context.Background()
+	g, fake := newFakeGuard(v1.IPv4Protocol)
+	d := Desired{ServiceIPs: prefixes("10.96.0.0/16"), Served: []Binding{bind("10.96.0.10", v1.ProtocolTCP, 80)}}
+	require.NoError(t, g.Sync(ctx, d))
+	want := fake.Dump()
+
+	// Someone runs "nft delete table ip kube-haproxy".
+	tx := fake.NewTransaction()
+	tx.Delete(&knftables.Table{})
+	require.NoError(t, fake.Run(ctx, tx))
+	require.Empty(t, fake.Dump())
+	require.NoError(t, g.Sync(ctx, d))
+	assert.Equal(t, want, fake.Dump(), "an unchanged Sync puts the table back")
+
+	// Someone flushes the chain.
+	tx = fake.NewTransaction()
+	tx.Flush(&knftables.Chain{Name: InputChain})
+	require.NoError(t, fake.Run(ctx, tx))
+	require.NoError(t, g.Sync(ctx, d))
+	assert.Equal(t, want, fake.Dump(), "an unchanged Sync refills the chain")
+}

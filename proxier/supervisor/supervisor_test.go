@@ -251,8 +251,9 @@ func TestStartErrors(t *testing.T) {
 
 func TestNoCrashLoop(t *testing.T) {
 	e := newEnv(t)
-	e.opts.MinBackoff = 100 * time.Millisecond
-	e.opts.MaxBackoff = 400 * time.Millisecond
+	// Long enough for the test to take the port before the first restart.
+	e.opts.MinBackoff = 500 * time.Millisecond
+	e.opts.MaxBackoff = time.Second
 	var mu sync.Mutex
 	var attempts []error
 	e.opts.OnRestart = func(err error) {

@@ -54,6 +54,9 @@ const (
 	ACLLoadBalancer = "loadbalancer"
 	// ACLLBSourceAllowed: the client is in loadBalancerSourceRanges.
 	ACLLBSourceAllowed = "lb-source-allowed"
+	// ACLFromCluster: the client is a pod or the node itself (see
+	// Options.ClusterSources).
+	ACLFromCluster = "from-cluster"
 )
 
 // Suffixes of names.
@@ -84,6 +87,13 @@ type Options struct {
 	// NodePortsOnAllAddresses makes NodePorts listen on the wildcard
 	// address of Family instead (nodePortAddresses left empty).
 	NodePortsOnAllAddresses bool
+	// ClusterSources are the clients whose connections to a NodePort, LB
+	// IP or external IP count as cluster traffic: under
+	// externalTrafficPolicy Local they use the Cluster endpoints, never
+	// the drop, as upstream's short-circuit rules do for pods (the
+	// cluster's pod CIDRs) and for the node itself (its addresses). The
+	// service port's own external addresses are added.
+	ClusterSources []netip.Prefix
 	// StickTableSize is the number of clients a sessionAffinity stick
 	// table holds; 0 means haproxycfg.DefaultStickTableSize.
 	StickTableSize int
@@ -316,15 +326,48 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	if hasExternalBind {
 		fe.Comment += ", externalTrafficPolicy " + policyName(svc.ExternalPolicyLocal())
 	}
-	needExternalACL := hasInternalBind && hasExternalBind && internalBackend != externalBackend
-	if needExternalACL {
-		fe.ACLs = append(fe.ACLs, haproxycfg.ACL{
-			Name: ACLExternal, Kind: haproxycfg.ACLBindNamePrefix,
-			Values: []string{BindNodePortPrefix, BindLoadBalancerPrefix, BindExternalIPPrefix},
-		})
+	// Traffic classes, told apart by ACLs, and the backend of each:
+	//   - internal: to the ClusterIP;
+	//   - external from the cluster: to a NodePort, LB IP or external IP,
+	//     from a pod or from the node itself; under externalTrafficPolicy
+	//     Local upstream short-circuits it to the Cluster endpoints (it
+	//     never left the cluster), and so do we;
+	//   - external: any other client of those addresses.
+	bothKinds := hasInternalBind && hasExternalBind
+	var fromCluster []netip.Prefix
+	if hasExternalBind && svc.ExternalPolicyLocal() {
+		fromCluster = clusterSources(&opts, fe.Binds)
 	}
+	shortCircuit := len(fromCluster) > 0
+	usesExternalACL := false
+	classCond := func(external bool) haproxycfg.Condition {
+		if !bothKinds {
+			return nil
+		}
+		usesExternalACL = true
+		return haproxycfg.Condition{{ACL: ACLExternal, Negate: !external}}
+	}
+
+	// Routing: default_backend for the class of most listeners,
+	// use_backend for the others, most specific first.
+	defaultBackend := internalBackend
+	if !hasInternalBind {
+		defaultBackend = externalBackend
+	}
+	var uses []haproxycfg.UseBackend
+	if bothKinds && externalBackend != internalBackend {
+		uses = append(uses, haproxycfg.UseBackend{Backend: externalBackend, Cond: classCond(true)})
+	}
+	if shortCircuit && (base != defaultBackend || len(uses) > 0) {
+		uses = append([]haproxycfg.UseBackend{{Backend: base, Cond: append(classCond(true), haproxycfg.Term{ACL: ACLFromCluster})}}, uses...)
+	}
+	fe.UseBackends = uses
+	fe.DefaultBackend = defaultBackend
+
+	// Filtering and fail-fast rules, evaluated in order at accept time.
 	// loadBalancerSourceRanges filter LB IPs only (not NodePorts or
 	// external IPs); a client outside them is dropped, as upstream does.
+	var lbACLs []haproxycfg.ACL
 	if ranges := svc.LoadBalancerSourceRanges(); hasLBBind && len(ranges) > 0 {
 		var prefixes []netip.Prefix
 		allowFromNode := false
@@ -344,33 +387,61 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 			}
 		}
 		if len(prefixes) > 0 {
-			fe.ACLs = append(fe.ACLs,
-				haproxycfg.ACL{Name: ACLLoadBalancer, Kind: haproxycfg.ACLBindNamePrefix, Values: []string{BindLoadBalancerPrefix}},
-				haproxycfg.ACL{Name: ACLLBSourceAllowed, Kind: haproxycfg.ACLSourceIn, Prefixes: prefixes},
-			)
+			lbACLs = []haproxycfg.ACL{
+				{Name: ACLLoadBalancer, Kind: haproxycfg.ACLBindNamePrefix, Values: []string{BindLoadBalancerPrefix}},
+				{Name: ACLLBSourceAllowed, Kind: haproxycfg.ACLSourceIn, Prefixes: prefixes},
+			}
 			fe.TCPRequestConnection = append(fe.TCPRequestConnection, haproxycfg.TCPRule{
 				Action: haproxycfg.TCPSilentDrop,
 				Cond:   haproxycfg.Condition{{ACL: ACLLoadBalancer}, {ACL: ACLLBSourceAllowed, Negate: true}},
 			})
 		}
 	}
-	fe.TCPRequestConnection = append(fe.TCPRequestConnection, failFastRules(svc, base, local, hasInternalBind, hasExternalBind, needExternalACL, hasAnyEndpoints)...)
+	fe.TCPRequestConnection = append(fe.TCPRequestConnection,
+		failFastRules(svc, base, local, hasInternalBind, hasExternalBind, shortCircuit, hasAnyEndpoints, classCond)...)
 	if hasAnyEndpoints && svc.InternalPolicyLocal() && len(localEps) == 0 {
 		res.NoLocalEndpointsInternal++
 	}
 	if hasAnyEndpoints && svc.ExternalPolicyLocal() && len(localEps) == 0 {
 		res.NoLocalEndpointsExternal++
 	}
-	switch {
-	case needExternalACL:
-		fe.UseBackends = append(fe.UseBackends, haproxycfg.UseBackend{Backend: externalBackend, Cond: haproxycfg.Condition{{ACL: ACLExternal}}})
-		fe.DefaultBackend = internalBackend
-	case hasInternalBind:
-		fe.DefaultBackend = internalBackend
-	default:
-		fe.DefaultBackend = externalBackend
+
+	if usesExternalACL {
+		fe.ACLs = append(fe.ACLs, haproxycfg.ACL{
+			Name: ACLExternal, Kind: haproxycfg.ACLBindNamePrefix,
+			Values: []string{BindNodePortPrefix, BindLoadBalancerPrefix, BindExternalIPPrefix},
+		})
 	}
+	if shortCircuit {
+		fe.ACLs = append(fe.ACLs, haproxycfg.ACL{Name: ACLFromCluster, Kind: haproxycfg.ACLSourceIn, Prefixes: fromCluster})
+	}
+	fe.ACLs = append(fe.ACLs, lbACLs...)
 	res.Frontends = append(res.Frontends, fe)
+}
+
+// clusterSources are the clients whose connections to this service
+// port's external addresses count as cluster traffic: opts.ClusterSources
+// (the pod CIDRs, the node's addresses) and the external addresses the
+// service port listens on, because a node connecting to an address that
+// is local to it uses that address as its source.
+func clusterSources(opts *Options, binds []haproxycfg.Bind) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(opts.ClusterSources)+len(binds))
+	seen := make(map[netip.Prefix]bool, cap(out))
+	add := func(p netip.Prefix) {
+		if p.IsValid() && opts.familyOK(p.Addr()) && !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	for _, p := range opts.ClusterSources {
+		add(p.Masked())
+	}
+	for _, b := range binds {
+		if b.Name != BindClusterIP && !b.Addr.IsUnspecified() {
+			add(netip.PrefixFrom(b.Addr, b.Addr.BitLen()))
+		}
+	}
+	return out
 }
 
 // failFastRules make a connection fail at once when it cannot be served,
@@ -379,8 +450,11 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 //     a hang);
 //   - traffic policy Local and no endpoint on this node, while others
 //     exist: drop silently (the client, or an external load balancer
-//     doing health checks, tries elsewhere).
-func failFastRules(svc proxy.ServicePort, base, local string, hasInternalBind, hasExternalBind, needExternalACL, hasAnyEndpoints bool) []haproxycfg.TCPRule {
+//     doing health checks, tries elsewhere). External traffic from the
+//     cluster is short-circuited to the Cluster endpoints, so it is never
+//     dropped for want of a local endpoint.
+func failFastRules(svc proxy.ServicePort, base, local string, hasInternalBind, hasExternalBind, shortCircuit, hasAnyEndpoints bool,
+	classCond func(external bool) haproxycfg.Condition) []haproxycfg.TCPRule {
 	noServers := func(backend string) haproxycfg.Term {
 		return haproxycfg.Term{BackendHasServers: backend, Negate: true}
 	}
@@ -397,17 +471,20 @@ func failFastRules(svc proxy.ServicePort, base, local string, hasInternalBind, h
 	rules := []haproxycfg.TCPRule{{Action: haproxycfg.TCPReject, Cond: haproxycfg.Condition{noServers(base)}}}
 	internalLocal := hasInternalBind && svc.InternalPolicyLocal()
 	externalLocal := hasExternalBind && svc.ExternalPolicyLocal()
-	switch {
-	case needExternalACL && internalLocal:
-		rules = append(rules, haproxycfg.TCPRule{Action: haproxycfg.TCPSilentDrop,
-			Cond: haproxycfg.Condition{{ACL: ACLExternal, Negate: true}, noServers(local)}})
-	case needExternalACL && externalLocal:
-		rules = append(rules, haproxycfg.TCPRule{Action: haproxycfg.TCPSilentDrop,
-			Cond: haproxycfg.Condition{{ACL: ACLExternal}, noServers(local)}})
-	case internalLocal || externalLocal:
+	if internalLocal && externalLocal && !shortCircuit {
 		// Every listener of this frontend uses the Local backend.
+		return append(rules, haproxycfg.TCPRule{Action: haproxycfg.TCPSilentDrop, Cond: haproxycfg.Condition{noServers(local)}})
+	}
+	if internalLocal {
 		rules = append(rules, haproxycfg.TCPRule{Action: haproxycfg.TCPSilentDrop,
-			Cond: haproxycfg.Condition{noServers(local)}})
+			Cond: append(classCond(false), noServers(local))})
+	}
+	if externalLocal {
+		cond := classCond(true)
+		if shortCircuit {
+			cond = append(cond, haproxycfg.Term{ACL: ACLFromCluster, Negate: true})
+		}
+		rules = append(rules, haproxycfg.TCPRule{Action: haproxycfg.TCPSilentDrop, Cond: append(cond, noServers(local))})
 	}
 	return rules
 }
