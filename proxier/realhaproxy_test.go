@@ -45,12 +45,15 @@ func freePort(t *testing.T, ip string) int {
 	return port
 }
 
-// dialAndRead connects from src and returns the first line the server
-// sends, or "CLOSED" when the connection is refused, reset or closed
-// without data.
+// dialAndRead connects from src ("" lets the kernel choose) and returns
+// the first line the server sends, or "CLOSED" when the connection is
+// refused, reset or closed without data.
 func dialAndRead(t *testing.T, src, ip string, port int) string {
 	t.Helper()
-	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if src != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
 	c, err := d.Dial("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 	if err != nil {
 		return "CLOSED"

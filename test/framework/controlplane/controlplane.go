@@ -60,6 +60,11 @@ type Config struct {
 	// StartTimeout bounds the wait for etcd and for kube-apiserver to become
 	// ready; 3 minutes when zero (kube-apiserver is slow on a busy machine).
 	StartTimeout time.Duration
+	// Dir, when set, holds the certificates, data and logs instead of a new
+	// temporary directory (a long-running cluster keeps them in its state
+	// directory, so nothing outlives a crash elsewhere). It is created, and
+	// removed by Cleanup.
+	Dir string
 }
 
 // ControlPlane is a running etcd and kube-apiserver.
@@ -93,7 +98,13 @@ func Start(t testing.TB, cfg Config) *ControlPlane {
 	etcdBin := Binary(t, "etcd")
 	apiserverBin := Binary(t, "kube-apiserver")
 
-	dir, err := os.MkdirTemp("", "kh-controlplane-")
+	dir := cfg.Dir
+	var err error
+	if dir == "" {
+		dir, err = os.MkdirTemp("", "kh-controlplane-")
+	} else {
+		err = os.MkdirAll(dir, 0o700)
+	}
 	if err != nil {
 		t.Fatalf("controlplane: creating temp dir: %v", err)
 	}
