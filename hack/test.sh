@@ -18,9 +18,8 @@ source hack/stage-lib.sh
 mapfile -t kube_proxy_pkgs < <(kh::patched_packages '000*')
 GOWORK="${KH_ROOT}/staging/go.work" go test "${kube_proxy_pkgs[@]}"
 
+echo "== patched upstream: Service IP allocation, storage and repair (kube-apiserver patches)"
+GOWORK="${KH_ROOT}/staging/go.work" go test k8s.io/kubernetes/pkg/registry/core/service/...
+
 echo "== integration tests (network namespaces, real HAProxy; root)"
 go test ./test/...
-
-echo "== patched upstream: Service IP allocation and storage (ClusterIP pools)"
-hack/stage.sh
-GOWORK="${KH_ROOT}/staging/go.work" go test k8s.io/kubernetes/pkg/registry/core/service/...
