@@ -155,3 +155,17 @@ kh::write_gowork() {
     done < <(kh::patched_staging_modules)
   } >"${dir}/go.work"
 }
+
+# kh::patched_packages [GLOB] prints the import paths of the Go packages that
+# the patches of the series matching GLOB (a file-name pattern, default all)
+# add or change, testdata counting for the package that holds it.
+kh::patched_packages() {
+  local glob=${1:-*} p
+  while read -r p; do
+    # shellcheck disable=SC2254
+    case "${p}" in ${glob}) ;; *) continue ;; esac
+    sed -n 's#^+++ b/\(.*\)#\1#p' "${KH_PATCHES_DIR}/${p}"
+  done < <(kh::series_patches) |
+    sed -e 's#/testdata/.*#/x.go#' | grep '\.go$' | xargs -r -n1 dirname |
+    sed -e 's#^staging/src/##' -e 't' -e 's#^#k8s.io/kubernetes/#' | sort -u
+}

@@ -7,6 +7,17 @@ cd "${KH_ROOT}"
 echo "== unit tests"
 go test ./proxier/... 
 
+echo "== patch series: applies to a fresh upstream ${KUBE_VERSION}, generated files current"
+hack/verify-patches.sh
+
+echo "== build: patched kube-proxy and kube-apiserver, etcd (cached under _output)"
+hack/build.sh
+
+echo "== patched upstream: tests of the packages the kube-proxy patches touch"
+source hack/stage-lib.sh
+mapfile -t kube_proxy_pkgs < <(kh::patched_packages '000*')
+GOWORK="${KH_ROOT}/staging/go.work" go test "${kube_proxy_pkgs[@]}"
+
 echo "== integration tests (network namespaces, real HAProxy; root)"
 go test ./test/...
 

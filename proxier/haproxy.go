@@ -70,7 +70,7 @@ func newHAProxyApplier(ctx context.Context, cfg Config, families []v1.IPFamily) 
 		}
 		// Servers added at runtime died with the old process; the file
 		// has the latest ones, but re-apply to be exact.
-		if rerr := a.Resync(ctx); rerr != nil {
+		if rerr := a.Resync(ctx); rerr != nil && !errors.Is(rerr, apply.ErrStopped) {
 			logger.Error(rerr, "Re-applying the model after an HAProxy restart failed")
 		}
 	}
@@ -91,6 +91,13 @@ func newHAProxyApplier(ctx context.Context, cfg Config, families []v1.IPFamily) 
 	if err != nil {
 		return nil, err
 	}
+	// kube-proxy is shutting down: stop changing and watching HAProxy,
+	// which keeps serving for the next kube-proxy to adopt (and is never
+	// started again behind a CleanupLeftovers).
+	context.AfterFunc(ctx, func() {
+		a.Stop()
+		sup.Detach()
+	})
 	return &haproxyApplier{Applier: a, sup: sup}, nil
 }
 

@@ -163,6 +163,24 @@ type Applier struct {
 	timer clock.Timer
 	// reloads counts successful reloads, for tests.
 	reloads int
+	// stopped: Stop was called; nothing touches HAProxy any more.
+	stopped bool
+}
+
+// ErrStopped is returned by Apply and Resync after Stop.
+var ErrStopped = errors.New("apply: stopped")
+
+// Stop makes the Applier leave HAProxy alone from now on (pending drain
+// checks included), as when kube-proxy shuts down: HAProxy keeps serving
+// what it has.
+func (a *Applier) Stop() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stopped = true
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
 }
 
 // New returns an Applier. Nothing touches HAProxy before the first Apply.
@@ -214,6 +232,9 @@ func (a *Applier) Resync(ctx context.Context) error {
 }
 
 func (a *Applier) syncLocked(ctx context.Context) error {
+	if a.stopped {
+		return ErrStopped
+	}
 	for _, f := range a.opts.Families {
 		if a.desired[f] == nil {
 			a.logger.V(2).Info("Waiting for the model of every IP family before changing HAProxy", "missing", f)
@@ -251,8 +272,10 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 	if a.started {
 		loaded, err = a.readLoaded(ctx)
 		if err != nil {
+			// HAProxy may be restarting; it comes back with the file,
+			// whose structure is still loadedKey, so keep it.
 			a.logger.Error(err, "Reading the servers HAProxy has loaded failed; reloading instead")
-			a.loadedKey = ""
+			loaded = nil
 		}
 	}
 	a.assignIDs(want, loaded)
@@ -522,7 +545,7 @@ func (a *Applier) scheduleDrainCheck(deadline, now time.Time) {
 		// A goroutine of its own: the clock may call this while it holds
 		// its lock, and Resync sets the next timer.
 		go func() {
-			if err := a.Resync(context.Background()); err != nil {
+			if err := a.Resync(context.Background()); err != nil && !errors.Is(err, ErrStopped) {
 				a.logger.Error(err, "Finishing drained servers failed")
 			}
 		}()

@@ -429,3 +429,18 @@ func counterValue(t *testing.T, m metrics.CounterMetric) float64 {
 	require.NoError(t, err)
 	return v
 }
+
+func TestStop(t *testing.T) {
+	h := newHarness(t)
+	require.NoError(t, h.apply(model(svc{1, []string{"10.1.0.1:8080", "10.1.0.2:8080"}})))
+	require.NoError(t, h.api.SetSessions(be1, "10.1.0.2:8080", 1))
+	require.NoError(t, h.apply(model(svc{1, []string{"10.1.0.1:8080"}})))
+	batches := len(h.api.Batches)
+	h.a.Stop()
+	// Neither a sync nor a pending drain check touches HAProxy any more.
+	require.ErrorIs(t, h.apply(model(svc{1, nil})), ErrStopped)
+	h.clock.Step(time.Minute)
+	require.ErrorIs(t, h.a.Resync(context.Background()), ErrStopped)
+	require.Len(t, h.api.Batches, batches)
+	require.Equal(t, runtimeapi.StateDrain, h.api.Server(be1, "10.1.0.2:8080").State(), "HAProxy keeps what it has")
+}

@@ -370,6 +370,8 @@ func TestRealKillAndRestart(t *testing.T) {
 		}
 		took := time.Since(start)
 		require.Equal(t, set(e1, e2), s.reached(1, 6), "both endpoints after the restart")
+		require.NoError(t, s.a.Resync(context.Background()))
+		require.Equal(t, 0, s.reloads(), "the restarted HAProxy runs the file's structure: no reload")
 		t.Logf("SIGKILL of the %s: serving again after %.2f s", victim, took.Seconds())
 		fmt.Printf("RESULT apply: SIGKILL of the HAProxy %s -> serving again after %.2f s\n", victim, took.Seconds())
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -203,5 +204,112 @@ func TestProxierServesServicesFromTheNode(t *testing.T) {
 	time.Sleep(time.Second)
 	require.False(t, proxier.CleanupLeftovers(context.Background(), cfg))
 	assert.Empty(t, strings.TrimSpace(tp.node.IP("route", "show", "table", "all", "proto", "66")), "no route of ours is left")
+	assert.NotContains(t, tp.node.MustExec("nft", "list", "tables"), "kube-haproxy")
+}
+
+// TestDualStackProxierServesBothFamilies runs the dual-stack proxier (one
+// HAProxy for both families) on the node: a RequireDualStack Service is
+// reached on its IPv4 and IPv6 ClusterIPs and NodePorts, and the IPv4 and
+// IPv6 guards keep a dual-stack host daemon off both ranges.
+func TestDualStackProxierServesBothFamilies(t *testing.T) {
+	tp := newTopology(t)
+	haproxy := netns.RequireBinary(t, "haproxy")
+	const (
+		nodeIP6      = "fd00:96::1"
+		clusterIP6   = "fd00:10:96::a"
+		serviceCIDR6 = "fd00:10:96::/112"
+	)
+	tp.node.AddAddr("eth0", netip.MustParsePrefix(nodeIP6+"/64"))
+	tp.client.AddAddr("eth0", netip.MustParsePrefix("fd00:96::100/64"))
+	tp.client.DefaultRoute(netip.MustParseAddr(nodeIP6))
+	tp.node.AddAddr("cbr0", netip.MustParsePrefix("fd00:244:1::1/64"))
+	var pods []*netns.Pod
+	for i, name := range []string{"pod1", "pod2"} {
+		p := tp.pod(name, 10+i)
+		p.AddAddr("eth0", netip.MustParsePrefix(fmt.Sprintf("fd00:244:1::%d/64", 10+i)))
+		p.DefaultRoute(netip.MustParseAddr("fd00:244:1::1"))
+		pods = append(pods, p)
+	}
+	sshd, err := tp.node.Listen("tcp", ":2222") // both families
+	require.NoError(t, err)
+	go func() {
+		for {
+			c, err := sshd.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg := proxier.Config{
+		Scope:         proxier.ScopeNode,
+		HAProxyPath:   haproxy,
+		StateDir:      filepath.Join(tp.kit.Dir(), "state"),
+		ManageProcess: true,
+		NodeName:      nodeName,
+		NodeIPs: map[v1.IPFamily]net.IP{
+			v1.IPv4Protocol: net.ParseIP(nodeIP),
+			v1.IPv6Protocol: net.ParseIP(nodeIP6),
+		},
+		NodePortAddresses: []string{nodeIP + "/32", nodeIP6 + "/128"},
+		SyncPeriod:        30 * time.Second,
+		MinSyncPeriod:     100 * time.Millisecond,
+		NBThread:          1,
+	}
+	p, err := proxier.NewDualStackProxier(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		cancel()
+		time.Sleep(time.Second)
+		assert.False(t, proxier.CleanupLeftovers(context.Background(), cfg), "CleanupLeftovers reports an error")
+	})
+	go p.SyncLoop()
+
+	svc := webService()
+	svc.Spec.IPFamilyPolicy = ptr.To(v1.IPFamilyPolicyRequireDualStack)
+	svc.Spec.IPFamilies = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+	svc.Spec.ClusterIPs = []string{clusterIP, clusterIP6}
+	slice6 := webSlice("1")
+	slice6.Name, slice6.AddressType = "web-v6", discovery.AddressTypeIPv6
+	for _, pod := range pods {
+		slice6.Endpoints = append(slice6.Endpoints, discovery.Endpoint{
+			Addresses:  []string{strings.Replace(pod.IP.String(), "10.244.1.", "fd00:244:1::", 1)},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(true)},
+			NodeName:   ptr.To(nodeName),
+		})
+	}
+	p.OnServiceCIDRsChanged([]string{serviceCIDR.String(), serviceCIDR6})
+	p.OnServiceAdd(svc)
+	p.OnServiceSynced()
+	p.OnEndpointSliceAdd(webSlice("1", pods...))
+	p.OnEndpointSliceAdd(slice6)
+	p.OnEndpointSlicesSynced()
+
+	for _, url := range []string{
+		fmt.Sprintf("http://%s:80/", clusterIP),
+		fmt.Sprintf("http://[%s]:80/", clusterIP6),
+		fmt.Sprintf("http://%s:%d/", nodeIP, nodePort),
+		fmt.Sprintf("http://[%s]:%d/", nodeIP6, nodePort),
+	} {
+		servedBy(t, tp.client, url, "pod1", "pod2")
+	}
+	// The IPv6 answer came over IPv6 to the pod.
+	r, err := tp.client.HTTPGet(fmt.Sprintf("http://[%s]:80/", clusterIP6))
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(r.Local, "[fd00:244:1::"), "pod saw %s", r.Local)
+
+	assert.Contains(t, tp.node.IP("-6", "route", "show", "table", "local", "proto", "66"), serviceCIDR6)
+	for _, addr := range []string{clusterIP + ":2222", "[" + clusterIP6 + "]:2222", "[fd00:10:96::99]:80"} {
+		refusedEventually(t, tp.client, addr)
+	}
+	assert.NoError(t, tp.client.TCPAccepts("["+nodeIP6+"]:2222", 2*time.Second), "node addresses stay open")
+
+	cancel()
+	time.Sleep(time.Second)
+	require.False(t, proxier.CleanupLeftovers(context.Background(), cfg))
+	assert.Empty(t, strings.TrimSpace(tp.node.IP("route", "show", "table", "all", "proto", "66")))
+	assert.Empty(t, strings.TrimSpace(tp.node.IP("-6", "route", "show", "table", "all", "proto", "66")))
 	assert.NotContains(t, tp.node.MustExec("nft", "list", "tables"), "kube-haproxy")
 }
