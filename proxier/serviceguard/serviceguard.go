@@ -219,12 +219,9 @@ func (g *Guard) Sync(ctx context.Context, d Desired) error {
 // Elements are not compared (that would cost a listing of every element
 // at every sync).
 func (g *Guard) intact(ctx context.Context) bool {
-	chains, err := g.nft.List(ctx, "chains")
-	if err != nil || !slices.Contains(chains, InputChain) {
-		return false
-	}
-	sets, err := g.nft.List(ctx, "sets")
-	if err != nil || !slices.Contains(sets, ServiceIPsSet) || !slices.Contains(sets, ServedPortsSet) {
+	objects, err := g.nft.ListAll(ctx)
+	if err != nil || !slices.Contains(objects["chain"], InputChain) ||
+		!slices.Contains(objects["set"], ServiceIPsSet) || !slices.Contains(objects["set"], ServedPortsSet) {
 		return false
 	}
 	rules, err := g.nft.ListRules(ctx, InputChain)
