@@ -74,8 +74,6 @@ type Proxier struct {
 	// unsupportedLogged holds the non-TCP service ports already logged,
 	// so each is logged once, not at every sync.
 	unsupportedLogged map[proxy.ServicePortName]bool
-	// lastApplied is the model of the last successful Apply.
-	lastApplied *haproxycfg.Config
 
 	initialized int32
 	syncRunner  *runner.BoundedFrequencyRunner // governs calls to syncProxyRules
@@ -361,7 +359,6 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 		syncFailuresTotal.WithLabelValues(string(p.ipFamily)).Inc()
 		return fmt.Errorf("applying the HAProxy model: %w", err)
 	}
-	p.lastApplied = desired
 
 	// Phase 5: report success: latency of the endpoint changes, gauges,
 	// health servers.

@@ -44,11 +44,16 @@ func checkName(what, s string) error {
 // for IPv4, "fd00::1.8080" for IPv6 (brackets are not allowed in server
 // names). Distinct endpoints get distinct names.
 func ServerName(addr netip.Addr, port uint16) string {
-	addr = addr.Unmap()
+	// One allocation: this runs for every endpoint at every sync.
+	var buf [64]byte
+	addr = addr.Unmap().WithZone("")
+	b := addr.AppendTo(buf[:0])
 	if addr.Is6() {
-		return addr.WithZone("").String() + "." + strconv.Itoa(int(port))
+		b = append(b, '.')
+	} else {
+		b = append(b, ':')
 	}
-	return addr.String() + ":" + strconv.Itoa(int(port))
+	return string(strconv.AppendUint(b, uint64(port), 10))
 }
 
 // EscapeComment makes s safe on a "#" comment line: every byte outside
