@@ -24,3 +24,6 @@ go test ./test/...
 echo "== patched upstream: Service IP allocation and storage (ClusterIP pools)"
 hack/stage.sh
 GOWORK="${KH_ROOT}/staging/go.work" go test k8s.io/kubernetes/pkg/registry/core/service/...
+
+echo "== end-to-end: the local cluster in haproxy and nftables mode, side by side (root; make build)"
+KH_E2E=1 go test -count=1 -v -timeout 30m ./test/e2e/
