@@ -19,7 +19,7 @@ mapfile -t kube_proxy_pkgs < <(kh::patched_packages '000*')
 GOWORK="${KH_ROOT}/staging/go.work" go test "${kube_proxy_pkgs[@]}"
 
 echo "== integration tests (network namespaces, real HAProxy; root)"
-go test ./test/...
+go test ./test/... ./examples/...
 
 echo "== patched upstream: Service IP allocation and storage (ClusterIP pools)"
 hack/stage.sh
