@@ -134,6 +134,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}
+	netns.Require(t)
 	if opts.HAProxyPath == "" && opts.Mode == ModeHAProxy {
 		opts.HAProxyPath = netns.RequireBinary(t, "haproxy")
 	}

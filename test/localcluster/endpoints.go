@@ -302,9 +302,7 @@ func (c *Cluster) SetTerminating(ctx context.Context, p *Pod) error {
 }
 
 // DeletePod removes a pod: terminating for grace (its server still
-// answers), then gone from the slices, then its server stopped and its
-// link taken down. Its namespace stays until the Cluster stops, and its
-// address is never reused.
+// answers), then gone from the slices, then stopped (StopPod).
 func (c *Cluster) DeletePod(ctx context.Context, p *Pod, grace time.Duration) error {
 	if grace > 0 {
 		if err := c.SetTerminating(ctx, p); err != nil {
@@ -312,15 +310,28 @@ func (c *Cluster) DeletePod(ctx context.Context, p *Pod, grace time.Duration) er
 		}
 		time.Sleep(grace)
 	}
+	if err := c.Unlist(ctx, p); err != nil {
+		return err
+	}
+	c.StopPod(p)
+	return nil
+}
+
+// Unlist removes a pod from the slices, leaving its server running (a pod
+// whose endpoint is gone while it still answers, so a client reaching it
+// shows the proxy still sends there).
+func (c *Cluster) Unlist(ctx context.Context, p *Pod) error {
 	c.eps.mu.Lock()
 	delete(c.eps.pods, p.Name)
 	c.eps.mu.Unlock()
-	if err := c.Sync(ctx); err != nil {
-		return err
-	}
+	return c.Sync(ctx)
+}
+
+// StopPod stops a pod's server and takes its link down. Its namespace
+// stays until the Cluster stops, and its address is never reused.
+func (c *Cluster) StopPod(p *Pod) {
 	p.NS.Proc.Stop()
 	_, _ = p.NS.Exec("ip", "link", "set", "eth0", "down")
-	return nil
 }
 
 // Pods returns the running pods, by name.

@@ -1,0 +1,131 @@
+// Package e2e runs end-to-end scenarios against the local cluster of
+// test/localcluster: real kube-apiserver, kube-proxy on two node
+// namespaces, pods, and clients sending real connections. The same
+// scenarios run with kube-proxy in haproxy mode and in upstream's nftables
+// mode (the same patched binary), and the suite prints both results side
+// by side, so our mode is measured against upstream's behaviour.
+//
+//	KH_E2E=1 go test -v -count=1 -timeout 60m ./test/e2e/            # both modes
+//	KH_E2E=1 MODE=nftables go test -v -count=1 ./test/e2e/          # one mode
+//
+// KH_E2E=1 is required because the suite starts two clusters and takes
+// minutes; hack/test.sh runs it. Root, `ip netns`, nft, haproxy and the
+// `make build` binaries are prerequisites: missing, they fail the suite
+// when CI=true and skip it otherwise.
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"text/tabwriter"
+
+	"kube-haproxy.io/kube-haproxy/test/localcluster"
+)
+
+// result is one scenario's outcome in one mode.
+type result struct {
+	status string // pass, FAIL, skip
+	note   string
+}
+
+var (
+	resultsMu sync.Mutex
+	// results[scenario][mode]
+	results = map[string]map[string]result{}
+	order   []string
+	// byDesign explains scenarios whose results differ between modes on
+	// purpose.
+	byDesign = map[string]string{}
+)
+
+func record(scenario, mode string, r result) {
+	resultsMu.Lock()
+	defer resultsMu.Unlock()
+	if results[scenario] == nil {
+		results[scenario] = map[string]result{}
+		order = append(order, scenario)
+	}
+	results[scenario][mode] = r
+}
+
+func modes() []string {
+	if m := os.Getenv("MODE"); m != "" {
+		return strings.Split(m, ",")
+	}
+	return []string{localcluster.ModeHAProxy, localcluster.ModeNFTables}
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("KH_E2E") != "1" {
+		fmt.Println("e2e: set KH_E2E=1 to run the end-to-end suite (hack/test.sh does)")
+		os.Exit(0)
+	}
+	code := m.Run()
+	printSummary(os.Stdout)
+	os.Exit(code)
+}
+
+func printSummary(w *os.File) {
+	resultsMu.Lock()
+	defer resultsMu.Unlock()
+	if len(order) == 0 {
+		return
+	}
+	ms := modes()
+	fmt.Fprintln(w, "\n== end-to-end summary")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprint(tw, "scenario")
+	for _, m := range ms {
+		fmt.Fprintf(tw, "\t%s", m)
+	}
+	fmt.Fprintln(tw)
+	for _, s := range order {
+		fmt.Fprint(tw, s)
+		for _, m := range ms {
+			r, ok := results[s][m]
+			cell := "-"
+			if ok {
+				cell = r.status
+				if r.note != "" {
+					cell += ": " + r.note
+				}
+			}
+			fmt.Fprintf(tw, "\t%s", cell)
+		}
+		fmt.Fprintln(tw)
+	}
+	_ = tw.Flush()
+	var notes []string
+	for s, why := range byDesign {
+		notes = append(notes, fmt.Sprintf("  %s: differs by design: %s", s, why))
+	}
+	sort.Strings(notes)
+	if len(notes) > 0 {
+		fmt.Fprintln(w, strings.Join(notes, "\n"))
+	}
+}
+
+// TestE2E starts a cluster per mode and runs every scenario against it.
+func TestE2E(t *testing.T) {
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			c := localcluster.Start(t, localcluster.Options{Mode: mode, Logf: t.Logf})
+			e := newEnv(t, c)
+			for _, sc := range scenarios {
+				ok := t.Run(sc.name, func(t *testing.T) {
+					note := sc.run(t, e)
+					if !t.Failed() && !t.Skipped() {
+						record(sc.name, mode, result{status: "pass", note: note})
+					}
+				})
+				if !ok {
+					record(sc.name, mode, result{status: "FAIL"})
+				}
+			}
+		})
+	}
+}

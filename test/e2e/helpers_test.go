@@ -1,0 +1,213 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"kube-haproxy.io/kube-haproxy/test/localcluster"
+	"kube-haproxy.io/kube-haproxy/test/netns"
+)
+
+// env is what the scenarios share: a cluster, a client pod on node1 (not
+// selected by any Service), and four "web" pods, two per node.
+type env struct {
+	c      *localcluster.Cluster
+	mode   string
+	client *localcluster.Pod
+	web    []*localcluster.Pod
+	ctx    context.Context
+}
+
+func newEnv(t *testing.T, c *localcluster.Cluster) *env {
+	e := &env{c: c, mode: c.Opts.Mode, ctx: context.Background()}
+	var err error
+	e.client, err = c.AddPod(e.ctx, c.Nodes[0], "client", map[string]string{"app": "client"})
+	require.NoError(t, err)
+	for _, n := range c.Nodes {
+		for _, s := range []string{"a", "b"} {
+			p, err := c.AddPod(e.ctx, n, fmt.Sprintf("web-%s-%s", n.Name, s), map[string]string{"app": "web"})
+			require.NoError(t, err)
+			e.web = append(e.web, p)
+		}
+	}
+	return e
+}
+
+func names(pods ...*localcluster.Pod) []string {
+	out := make([]string, len(pods))
+	for i, p := range pods {
+		out[i] = p.Name
+	}
+	return out
+}
+
+// skip records why a scenario does not apply to this mode, then skips it.
+func (e *env) skip(t *testing.T, why string) {
+	t.Helper()
+	record(scenarioName(t), e.mode, result{status: "skip", note: why})
+	t.Skip(why)
+}
+
+func scenarioName(t *testing.T) string {
+	parts := strings.Split(t.Name(), "/")
+	return parts[len(parts)-1]
+}
+
+// service creates a Service selecting app=<selector> with one TCP port 80
+// to the pods' "http" port; mutate adjusts it first.
+func (e *env) service(t *testing.T, name, selector string, mutate func(*v1.Service), lbIPs ...string) *v1.Service {
+	t.Helper()
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: metav1.NamespaceDefault},
+		Spec: v1.ServiceSpec{
+			Selector: map[string]string{"app": selector},
+			Ports:    []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80, TargetPort: intstr.FromString("http")}},
+		},
+	}
+	if mutate != nil {
+		mutate(svc)
+	}
+	created, err := e.c.CreateService(e.ctx, svc, lbIPs...)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = e.c.Client.CoreV1().Services(svc.Namespace).Delete(context.Background(), name, metav1.DeleteOptions{})
+		_ = e.c.Sync(context.Background())
+	})
+	return created
+}
+
+// get sends GET url from ns (from src when valid) on a new connection and
+// decodes the pod's reply.
+func get(ns *netns.Namespace, src netip.Addr, url string, timeout time.Duration) (netns.Reply, error) {
+	var r netns.Reply
+	d := &net.Dialer{}
+	if src.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	}
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := ns.Do(func() error {
+				var err error
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+	resp, err := client.Get(url)
+	if err != nil {
+		return r, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return r, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return r, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return r, fmt.Errorf("GET %s: not a pod reply: %w: %q", url, err, body)
+	}
+	return r, nil
+}
+
+// servedBy waits until a batch of requests to url from ns is answered by
+// exactly the pods want (each seen at least once, no other), and returns
+// how long that took, the batch included.
+func servedBy(t *testing.T, ns *netns.Namespace, src netip.Addr, url string, want ...string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	wantSet := map[string]bool{}
+	for _, w := range want {
+		wantSet[w] = true
+	}
+	deadline := start.Add(30 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		seen := map[string]bool{}
+		ok := true
+		// A full batch with no stranger: a stale endpoint, picked by chance
+		// less often than not, shows up in it.
+		for range max(4*len(want), 10) {
+			r, err := get(ns, src, url, 3*time.Second)
+			if err != nil {
+				last, ok = err.Error(), false
+				break
+			}
+			if !wantSet[r.Name] {
+				last, ok = "answered by "+r.Name, false
+				break
+			}
+			seen[r.Name] = true
+		}
+		if ok && len(seen) == len(wantSet) {
+			return time.Since(start)
+		}
+		if ok {
+			last = fmt.Sprintf("only %d of %v answered", len(seen), want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s from %s: want answers from exactly %v; last: %s", url, ns.Short, want, last)
+	return 0
+}
+
+// refused reports whether a connection to addr from ns fails at once
+// (refused or reset), rather than hanging.
+func refused(ns *netns.Namespace, addr string) (bool, time.Duration, error) {
+	start := time.Now()
+	c, err := ns.Dial("tcp", addr, 3*time.Second)
+	if err == nil {
+		// Accepted: a proxy may still reset it at once.
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		_, _ = c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		buf := make([]byte, 1)
+		_, err = c.Read(buf)
+		c.Close()
+		if err == nil {
+			return false, time.Since(start), errors.New("answered")
+		}
+	}
+	d := time.Since(start)
+	fast := errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)
+	return fast && d < 2*time.Second, d, err
+}
+
+// eventuallyRefused waits until addr refuses from ns.
+func eventuallyRefused(t *testing.T, ns *netns.Namespace, addr string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var err error
+	for time.Since(start) < 30*time.Second {
+		var ok bool
+		ok, _, err = refused(ns, addr)
+		if ok {
+			return time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s from %s: want refused, last: %v", addr, ns.Short, err)
+	return 0
+}
+
+func hostPort(ip string, port int32) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%dms", d.Milliseconds()) }
