@@ -50,6 +50,10 @@ local-up: ## Start a local cluster (etcd, kube-apiserver, nodes as netns, HAProx
 local-down: ## Remove everything local-up created.
 	hack/local-down.sh
 
+.PHONY: image
+image: ## Build the kube-proxy container image (needs docker, podman or nerdctl).
+	hack/image.sh
+
 .PHONY: clean
 clean: ## Remove build output and staged trees.
 	rm -rf $(OUT) staging
