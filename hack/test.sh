@@ -17,12 +17,11 @@ echo "== patched upstream: tests of the packages the kube-proxy patches touch"
 mapfile -t kube_proxy_pkgs < <(source hack/stage-lib.sh && kh::patched_packages '000*')
 GOWORK="${KH_ROOT}/staging/go.work" go test "${kube_proxy_pkgs[@]}"
 
+echo "== patched upstream: Service IP allocation, storage and repair (kube-apiserver patches)"
+GOWORK="${KH_ROOT}/staging/go.work" go test k8s.io/kubernetes/pkg/registry/core/service/...
+
 echo "== integration tests (network namespaces, real HAProxy; root)"
 go test ./test/... ./examples/...
-
-echo "== patched upstream: Service IP allocation and storage (ClusterIP pools)"
-hack/stage.sh
-GOWORK="${KH_ROOT}/staging/go.work" go test k8s.io/kubernetes/pkg/registry/core/service/...
 
 echo "== end-to-end: the local cluster in haproxy and nftables mode, side by side (root; make build)"
 KH_E2E=1 go test -count=1 -v -timeout 30m ./test/e2e/

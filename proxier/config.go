@@ -91,6 +91,17 @@ type Config struct {
 	// InitOnly: prepare the host and return without serving.
 	InitOnly bool
 
+	// DelegateNonTCP hands UDP and SCTP service ports, which HAProxy cannot
+	// proxy, to upstream's nftables proxier on this host (see "UDP and
+	// SCTP" in proxier/README.md). nil means true in scopes node and
+	// cluster, false in scope external, which must not program the kernel.
+	DelegateNonTCP *bool
+	// MasqueradeBit and MasqueradeAll are kube-proxy's settings of the same
+	// name, used by the nftables proxier of the delegated ports. nil means
+	// DefaultMasqueradeBit.
+	MasqueradeBit *int32
+	MasqueradeAll bool
+
 	// HAProxy process settings, rendered into the global and defaults
 	// sections. Zero values take the defaults below.
 
@@ -117,6 +128,10 @@ func (c *Config) SetDefaults() {
 	}
 	if c.HAProxyPath == "" {
 		c.HAProxyPath = DefaultHAProxyPath
+	}
+	if c.DelegateNonTCP == nil {
+		delegate := c.Scope != ScopeExternal
+		c.DelegateNonTCP = &delegate
 	}
 	if c.StateDir == "" {
 		c.StateDir = DefaultStateDir
@@ -183,6 +198,12 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("haproxy.scope: %q is not one of node, cluster, external", c.Scope)
 	}
+	if c.delegating() && c.Scope == ScopeExternal {
+		return fmt.Errorf("haproxy.delegateNonTCP: scope %q runs outside the cluster's data plane and cannot hand UDP and SCTP ports to the kernel", c.Scope)
+	}
+	if c.MasqueradeBit != nil && (*c.MasqueradeBit < 0 || *c.MasqueradeBit > 31) {
+		return fmt.Errorf("masqueradeBit: %d is not in [0, 31]", *c.MasqueradeBit)
+	}
 	for field, p := range map[string]string{
 		"haproxy.binaryPath":    c.HAProxyPath,
 		"haproxy.stateDir":      c.StateDir,
@@ -211,3 +232,7 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// delegating reports whether UDP and SCTP service ports go to the nftables
+// proxier.
+func (c *Config) delegating() bool { return c.DelegateNonTCP != nil && *c.DelegateNonTCP }

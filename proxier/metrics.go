@@ -11,13 +11,25 @@ import (
 // metrics (k8s.io/kubernetes/pkg/proxy/metrics), which the proxier updates
 // under their usual names.
 var (
-	// unsupportedServicePorts counts the service ports HAProxy does not
-	// serve because of their protocol (UDP, SCTP).
+	// unsupportedServicePorts counts the service ports nothing serves
+	// because of their protocol (UDP, SCTP without delegation).
 	unsupportedServicePorts = metrics.NewGaugeVec(
 		&metrics.GaugeOpts{
 			Subsystem:      "kubeproxy",
 			Name:           "haproxy_unsupported_service_ports",
-			Help:           "Number of service ports not served by HAProxy because of their protocol",
+			Help:           "Number of UDP and SCTP service ports not served at all (HAProxy proxies TCP only, and they are not delegated)",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"protocol", "ip_family"},
+	)
+
+	// delegatedServicePorts counts the UDP and SCTP service ports handed
+	// to the nftables proxier.
+	delegatedServicePorts = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_delegated_service_ports",
+			Help:           "Number of UDP and SCTP service ports served by the nftables proxier instead of HAProxy",
 			StabilityLevel: metrics.ALPHA,
 		},
 		[]string{"protocol", "ip_family"},
@@ -66,6 +78,7 @@ var registerOnce sync.Once
 func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(unsupportedServicePorts)
+		legacyregistry.MustRegister(delegatedServicePorts)
 		legacyregistry.MustRegister(listenerConflicts)
 		legacyregistry.MustRegister(badEndpoints)
 		legacyregistry.MustRegister(syncFailuresTotal)

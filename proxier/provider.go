@@ -62,11 +62,11 @@ func NewDualStackProxier(ctx context.Context, cfg Config) (proxy.Provider, error
 		klog.FromContext(ctx).Info("System initialized and --init-only specified")
 		return nil, nil
 	}
-	ipv4, err := newProxier(ctx, v1.IPv4Protocol, cfg, deps{applier: applier})
+	ipv4, err := newFamilyProxier(ctx, v1.IPv4Protocol, cfg, applier)
 	if err != nil {
 		return nil, fmt.Errorf("unable to create ipv4 proxier: %w", err)
 	}
-	ipv6, err := newProxier(ctx, v1.IPv6Protocol, cfg, deps{applier: applier})
+	ipv6, err := newFamilyProxier(ctx, v1.IPv6Protocol, cfg, applier)
 	if err != nil {
 		return nil, fmt.Errorf("unable to create ipv6 proxier: %w", err)
 	}
@@ -83,7 +83,7 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 		klog.FromContext(ctx).Info("System initialized and --init-only specified")
 		return nil, nil
 	}
-	p, err := newProxier(ctx, ipFamily, cfg, deps{applier: applier})
+	p, err := newFamilyProxier(ctx, ipFamily, cfg, applier)
 	if err != nil {
 		// Not "return newProxier(...)": a nil *Proxier would be a non-nil Provider.
 		return nil, err
@@ -91,12 +91,32 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 	return p, nil
 }
 
+// newFamilyProxier builds the Proxier of one family with its real
+// collaborators: the shared Applier and, when UDP and SCTP ports are
+// delegated, upstream's nftables proxier of that family.
+func newFamilyProxier(ctx context.Context, family v1.IPFamily, cfg Config, applier Applier) (*Proxier, error) {
+	d := deps{applier: applier}
+	if cfg.delegating() {
+		delegate, err := newNFTablesDelegate(ctx, family, cfg)
+		if err != nil {
+			return nil, err
+		}
+		d.delegate = delegate
+	}
+	return newProxier(ctx, family, cfg, d)
+}
+
 // CleanupLeftovers removes what the haproxy mode created on this host (HAProxy
-// process, state dir, routes, nftables table). It reports whether an error
+// process, state dir, routes, its nftables table, and upstream's nftables
+// table of the delegated UDP and SCTP ports). It reports whether an error
 // was encountered, as upstream's CleanupLeftovers functions do.
 func CleanupLeftovers(ctx context.Context, cfg Config) (encounteredError bool) {
 	if err := hostnet.Cleanup(ctx); err != nil {
 		klog.FromContext(ctx).Error(err, "Failed to remove the Service IP routes and guard")
+		encounteredError = true
+	}
+	// Whatever DelegateNonTCP says now, an earlier run may have delegated.
+	if cleanupNFTables(ctx) {
 		encounteredError = true
 	}
 	cfg.SetDefaults()

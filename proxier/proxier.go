@@ -71,9 +71,14 @@ type Proxier struct {
 	topologyLabels       map[string]string
 	endpointSlicesSynced bool
 	servicesSynced       bool
-	// unsupportedLogged holds the non-TCP service ports already logged,
-	// so each is logged once, not at every sync.
+	// unsupportedLogged holds the non-TCP service ports already logged
+	// (and, without delegation, recorded as an event), so each is
+	// reported once, not at every sync.
 	unsupportedLogged map[proxy.ServicePortName]bool
+
+	// delegate serves the UDP and SCTP service ports (upstream's nftables
+	// proxier behind a filtered view); nil when they are not served.
+	delegate *nonTCPDelegate
 
 	initialized int32
 	syncRunner  *runner.BoundedFrequencyRunner // governs calls to syncProxyRules
@@ -98,6 +103,8 @@ type deps struct {
 	applier             Applier
 	serviceHealthServer healthcheck.ServiceHealthServer
 	networkInterfacer   proxyutil.NetworkInterfacer
+	// delegate, when set, serves the UDP and SCTP service ports.
+	delegate *nonTCPDelegate
 }
 
 // newProxier builds the Proxier of one family. cfg must be defaulted and
@@ -127,6 +134,7 @@ func newProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config, d deps) (
 		endpointsMap:        make(proxy.EndpointsMap),
 		endpointsChanges:    proxy.NewEndpointsChangeTracker(ipFamily, cfg.NodeName, nil, nil),
 		unsupportedLogged:   make(map[proxy.ServicePortName]bool),
+		delegate:            d.delegate,
 		applier:             d.applier,
 		nodeName:            cfg.NodeName,
 		nodeIP:              cfg.NodeIPs[ipFamily],
@@ -160,6 +168,11 @@ func (p *Proxier) SyncLoop() {
 		p.healthzServer.Updated(p.ipFamily)
 	}
 	metrics.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(string(p.ipFamily)).SetToCurrentTime()
+	if p.delegate != nil {
+		// The delegate has a sync runner of its own; like ours it never
+		// stops.
+		go p.delegate.SyncLoop()
+	}
 	p.syncRunner.Loop(wait.NeverStop)
 }
 
@@ -190,6 +203,9 @@ func (p *Proxier) OnServiceUpdate(oldService, service *v1.Service) {
 	if !p.inScope(service) {
 		service = nil
 	}
+	if p.delegate != nil {
+		p.delegate.OnServiceUpdate(oldService, service)
+	}
 	if p.serviceChanges.Update(oldService, service) && p.isInitialized() {
 		p.Sync()
 	}
@@ -203,6 +219,9 @@ func (p *Proxier) OnServiceDelete(service *v1.Service) {
 // OnServiceSynced is called once all the initial event handlers were
 // called and the state is fully propagated to local cache.
 func (p *Proxier) OnServiceSynced() {
+	if p.delegate != nil {
+		p.delegate.OnServiceSynced()
+	}
 	p.mu.Lock()
 	p.servicesSynced = true
 	p.setInitialized(p.endpointSlicesSynced)
@@ -213,13 +232,19 @@ func (p *Proxier) OnServiceSynced() {
 
 // OnEndpointSliceAdd is called whenever creation of a new endpoint slice object is observed.
 func (p *Proxier) OnEndpointSliceAdd(endpointSlice *discovery.EndpointSlice) {
+	if p.delegate != nil {
+		p.delegate.OnEndpointSliceAdd(endpointSlice)
+	}
 	if p.endpointsChanges.EndpointSliceUpdate(endpointSlice, false) && p.isInitialized() {
 		p.Sync()
 	}
 }
 
 // OnEndpointSliceUpdate is called whenever modification of an existing endpoint slice object is observed.
-func (p *Proxier) OnEndpointSliceUpdate(_, endpointSlice *discovery.EndpointSlice) {
+func (p *Proxier) OnEndpointSliceUpdate(oldSlice, endpointSlice *discovery.EndpointSlice) {
+	if p.delegate != nil {
+		p.delegate.OnEndpointSliceUpdate(oldSlice, endpointSlice)
+	}
 	if p.endpointsChanges.EndpointSliceUpdate(endpointSlice, false) && p.isInitialized() {
 		p.Sync()
 	}
@@ -227,6 +252,9 @@ func (p *Proxier) OnEndpointSliceUpdate(_, endpointSlice *discovery.EndpointSlic
 
 // OnEndpointSliceDelete is called whenever deletion of an existing endpoint slice object is observed.
 func (p *Proxier) OnEndpointSliceDelete(endpointSlice *discovery.EndpointSlice) {
+	if p.delegate != nil {
+		p.delegate.OnEndpointSliceDelete(endpointSlice)
+	}
 	if p.endpointsChanges.EndpointSliceUpdate(endpointSlice, true) && p.isInitialized() {
 		p.Sync()
 	}
@@ -235,6 +263,9 @@ func (p *Proxier) OnEndpointSliceDelete(endpointSlice *discovery.EndpointSlice) 
 // OnEndpointSlicesSynced is called once all the initial event handlers were
 // called and the state is fully propagated to local cache.
 func (p *Proxier) OnEndpointSlicesSynced() {
+	if p.delegate != nil {
+		p.delegate.OnEndpointSlicesSynced()
+	}
 	p.mu.Lock()
 	p.endpointSlicesSynced = true
 	p.setInitialized(p.servicesSynced)
@@ -245,6 +276,9 @@ func (p *Proxier) OnEndpointSlicesSynced() {
 
 // OnTopologyChange is called whenever the node's topology labels change.
 func (p *Proxier) OnTopologyChange(topologyLabels map[string]string) {
+	if p.delegate != nil {
+		p.delegate.OnTopologyChange(topologyLabels)
+	}
 	p.mu.Lock()
 	p.topologyLabels = topologyLabels
 	p.mu.Unlock()
@@ -255,7 +289,8 @@ func (p *Proxier) OnTopologyChange(topologyLabels map[string]string) {
 // OnServiceCIDRsChanged is called whenever the Service CIDRs change. The
 // model only holds Service addresses, so the ranges matter only to an
 // Applier that makes them local (ServiceCIDRObserver); those of this
-// family are passed on.
+// family are passed on. They are not passed to the delegate: see
+// nonTCPDelegate.
 func (p *Proxier) OnServiceCIDRsChanged(cidrs []string) {
 	var mine []netip.Prefix
 	for _, c := range cidrs {
@@ -408,22 +443,27 @@ func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr) []ne
 }
 
 // reportSkipped logs what the translation left out and sets the gauges.
-// Non-TCP service ports are logged once each (they are left out at every
-// sync); the other reasons point at a conflict or a bad object and are
-// logged every time.
+// Non-TCP service ports are reported once each (they are left out at every
+// sync): delegated ones with a log line, the others with a log line and a
+// Warning event on the Service, since nothing serves them. The other
+// reasons point at a conflict or a bad object and are logged every time.
 func (p *Proxier) reportSkipped(res *translate.Result) {
 	unsupported := map[v1.Protocol]int{v1.ProtocolUDP: 0, v1.ProtocolSCTP: 0}
+	delegated := map[v1.Protocol]int{v1.ProtocolUDP: 0, v1.ProtocolSCTP: 0}
 	seen := make(map[proxy.ServicePortName]bool)
 	conflicts := 0
 	for _, s := range res.Skipped {
 		switch s.Reason {
 		case translate.UnsupportedProtocol:
-			unsupported[s.Protocol]++
 			seen[s.Name] = true
+			if p.delegate != nil {
+				delegated[s.Protocol]++
+			} else {
+				unsupported[s.Protocol]++
+			}
 			if !p.unsupportedLogged[s.Name] {
 				p.unsupportedLogged[s.Name] = true
-				p.logger.Info("Service port not served by HAProxy: protocol not supported",
-					"servicePort", s.Name.String(), "protocol", s.Protocol)
+				p.reportNonTCP(s)
 			}
 		case translate.AddressConflict:
 			conflicts++
@@ -441,9 +481,42 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 	for proto, n := range unsupported {
 		unsupportedServicePorts.WithLabelValues(strings.ToLower(string(proto)), string(p.ipFamily)).Set(float64(n))
 	}
+	for proto, n := range delegated {
+		delegatedServicePorts.WithLabelValues(strings.ToLower(string(proto)), string(p.ipFamily)).Set(float64(n))
+	}
 	listenerConflicts.WithLabelValues(string(p.ipFamily)).Set(float64(conflicts))
 	badEndpoints.WithLabelValues(string(p.ipFamily)).Set(float64(res.BadEndpoints))
 	if res.BadEndpoints > 0 {
 		p.logger.V(2).Info("Endpoints left out: unusable address or port", "count", res.BadEndpoints)
 	}
+}
+
+// Reason of the event recorded on a Service whose UDP or SCTP port nothing
+// serves.
+const eventReasonProtocolNotSupported = "ProtocolNotSupported"
+
+// reportNonTCP reports, once, a service port HAProxy leaves out because of
+// its protocol.
+func (p *Proxier) reportNonTCP(s translate.Skipped) {
+	if p.delegate != nil {
+		p.logger.Info("Service port served by the nftables proxier: HAProxy proxies TCP only",
+			"servicePort", s.Name.String(), "protocol", s.Protocol)
+		return
+	}
+	p.logger.Info("Service port not served: HAProxy proxies TCP only and no kernel data plane is used",
+		"servicePort", s.Name.String(), "protocol", s.Protocol, "scope", p.cfg.Scope)
+	if p.cfg.Recorder != nil {
+		ref := &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: s.Name.Namespace, Name: s.Name.Name}
+		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, eventReasonProtocolNotSupported, "Proxying",
+			"Port %s/%s (%s family) is not served by kube-proxy in haproxy mode (scope %s): HAProxy proxies TCP only",
+			portLabel(s.Name), s.Protocol, p.ipFamily, p.cfg.Scope)
+	}
+}
+
+// portLabel is the port's name, or "(unnamed)".
+func portLabel(n proxy.ServicePortName) string {
+	if n.Port == "" {
+		return "(unnamed)"
+	}
+	return n.Port
 }

@@ -1200,12 +1200,14 @@ func TestExportedConstructors(t *testing.T) {
 	require.NoError(t, err, "init-only needs no HAProxy")
 	assert.Nil(t, p)
 	// The real applier is wired in; it touches HAProxy only at the first
-	// sync, so building the proxiers needs neither root nor haproxy.
+	// sync, so building the proxiers needs neither root nor haproxy. (The
+	// nftables proxier of the delegated ports needs nft and CAP_NET_ADMIN
+	// to be built: test/integration/netns covers it.)
 	stateDir := t.TempDir()
-	p, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{NodeName: testHostname, StateDir: stateDir, HAProxyPath: filepath.Join(stateDir, "no-haproxy")})
+	p, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{NodeName: testHostname, StateDir: stateDir, HAProxyPath: filepath.Join(stateDir, "no-haproxy"), DelegateNonTCP: ptr.To(false)})
 	require.NoError(t, err)
 	assert.NotNil(t, p)
-	p, err = NewDualStackProxier(t.Context(), Config{NodeName: testHostname, StateDir: stateDir})
+	p, err = NewDualStackProxier(t.Context(), Config{NodeName: testHostname, StateDir: stateDir, DelegateNonTCP: ptr.To(false)})
 	require.NoError(t, err)
 	assert.NotNil(t, p)
 	_, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{Scope: ScopeCluster})

@@ -345,24 +345,16 @@ func structuralKey(c *haproxycfg.Config) (string, error) {
 type loadedState struct {
 	// backends are the loaded backends, with their servers by name.
 	backends map[string]map[string]runtimeapi.ServerStatus
-	// sessions are the current sessions per backend/server.
-	sessions map[string]int
 }
 
 func (a *Applier) readLoaded(ctx context.Context) (*loadedState, error) {
-	rows, err := a.opts.Runtime.ShowStat(ctx)
+	names, err := a.opts.Runtime.ShowBackends(ctx)
 	if err != nil {
 		return nil, err
 	}
-	st := &loadedState{backends: map[string]map[string]runtimeapi.ServerStatus{}, sessions: map[string]int{}}
-	for _, r := range rows {
-		switch r.Name {
-		case "BACKEND":
-			st.backends[r.Proxy] = map[string]runtimeapi.ServerStatus{}
-		case "FRONTEND":
-		default:
-			st.sessions[r.Proxy+"/"+r.Name] = r.CurrentSessions
-		}
+	st := &loadedState{backends: make(map[string]map[string]runtimeapi.ServerStatus, len(names))}
+	for _, n := range names {
+		st.backends[n] = map[string]runtimeapi.ServerStatus{}
 	}
 	servers, err := a.opts.Runtime.ShowServers(ctx, "")
 	if err != nil {
@@ -375,6 +367,22 @@ func (a *Applier) readLoaded(ctx context.Context) (*loadedState, error) {
 		st.backends[s.Backend][s.Name] = s
 	}
 	return st, nil
+}
+
+// sessions returns the current sessions of every server, by
+// backend/server ("show stat"; read only when servers are to be removed).
+func (a *Applier) sessions(ctx context.Context) (map[string]int, error) {
+	rows, err := a.opts.Runtime.ShowStat(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int, len(rows))
+	for _, r := range rows {
+		if r.Name != "BACKEND" && r.Name != "FRONTEND" {
+			out[r.Proxy+"/"+r.Name] = r.CurrentSessions
+		}
+	}
+	return out, nil
 }
 
 // assignIDs gives every server of want its id: the one HAProxy has loaded
@@ -439,6 +447,13 @@ func (a *Applier) runtimeSync(ctx context.Context, want *haproxycfg.Config, load
 	var b runtimeapi.Batch
 	var added, drained, deleted int
 	nextDeadline := time.Time{}
+	var sessions map[string]int
+	if removals(want, loaded) {
+		var err error
+		if sessions, err = a.sessions(ctx); err != nil {
+			return fmt.Errorf("runtime API: %w", err)
+		}
+	}
 	for _, be := range want.Backends {
 		have, ok := loaded.backends[be.Name]
 		if !ok {
@@ -477,7 +492,7 @@ func (a *Applier) runtimeSync(ctx context.Context, want *haproxycfg.Config, load
 				a.draining[key] = now
 			}
 			deadline := since.Add(a.opts.DrainTimeout)
-			if loaded.sessions[key] == 0 || !now.Before(deadline) {
+			if sessions[key] == 0 || !now.Before(deadline) {
 				// No connection left (or no more patience): remove it.
 				b.SetState(be.Name, name, runtimeapi.StateMaint)
 				b.ShutdownSessions(be.Name, name)
@@ -530,6 +545,30 @@ func (a *Applier) runtimeSync(ctx context.Context, want *haproxycfg.Config, load
 	runtimeUpdatesTotal.WithLabelValues("success").Inc()
 	a.logger.V(2).Info("Updated HAProxy servers through the runtime API", "added", added, "draining", drained, "deleted", deleted, "commands", b.Len())
 	return nil
+}
+
+// removals says whether a loaded backend that is wanted has a server
+// that is not.
+func removals(want *haproxycfg.Config, loaded *loadedState) bool {
+	for _, be := range want.Backends {
+		have := loaded.backends[be.Name]
+		if len(have) > len(be.Servers) {
+			return true
+		}
+		if len(have) == 0 {
+			continue
+		}
+		wanted := make(map[string]bool, len(be.Servers))
+		for _, s := range be.Servers {
+			wanted[s.Name] = true
+		}
+		for name := range have {
+			if !wanted[name] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // scheduleDrainCheck arranges a re-apply when the next drain times out.

@@ -186,6 +186,15 @@ func (c *Client) ShowStat(ctx context.Context) ([]StatRow, error) {
 	return parseStat(answers[0])
 }
 
+// ShowBackends implements Interface.
+func (c *Client) ShowBackends(ctx context.Context) ([]string, error) {
+	answers, err := c.exchange(ctx, []string{"show backend"})
+	if err != nil {
+		return nil, err
+	}
+	return parseBackends(answers[0])
+}
+
 // Master talks to the master CLI of an HAProxy in master-worker mode (the
 // socket given with -S).
 type Master struct {

@@ -121,6 +121,10 @@ func conformance(t *testing.T, api Interface, s2Addr string, s2Port int, holdCon
 	_, err = api.ShowServers(ctx, "nope")
 	require.ErrorIs(t, err, ErrNoSuchBackend)
 
+	backends, err := api.ShowBackends(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{"dyn", "static"}, backends)
+
 	rows, err := api.ShowStat(ctx)
 	require.NoError(t, err)
 	found := false

@@ -316,6 +316,20 @@ func (f *Fake) ShowStat(ctx context.Context) ([]StatRow, error) {
 	return rows, nil
 }
 
+// ShowBackends implements Interface.
+func (f *Fake) ShowBackends(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var names []string
+	for _, be := range f.sortedBackends() {
+		names = append(names, be.Name)
+	}
+	return names, nil
+}
+
 // FakeMaster is an in-memory MasterInterface. Each Reload calls OnReload
 // (which a test uses to load the new configuration into a Fake) and records
 // the outcome the way "show proc" of HAProxy 2.6 shows it.

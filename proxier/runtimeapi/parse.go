@@ -274,3 +274,23 @@ func firstLine(s string) string {
 	}
 	return s
 }
+
+// parseBackends parses the answer to "show backend": a "# name" header,
+// then one name per line.
+func parseBackends(out string) ([]string, error) {
+	out = strings.TrimSpace(out)
+	lines := strings.Split(out, "\n")
+	if lines[0] != "# name" {
+		if err := responseError(out); err != ErrUnexpectedResponse {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: show backend answered %q", ErrUnexpectedResponse, firstLine(out))
+	}
+	names := make([]string, 0, len(lines)-1)
+	for _, l := range lines[1:] {
+		if l = strings.TrimSpace(l); l != "" {
+			names = append(names, l)
+		}
+	}
+	return names, nil
+}

@@ -20,6 +20,9 @@ type Interface interface {
 	// ShowStat returns the rows of "show stat": one per frontend, backend and
 	// server, with their current session counts.
 	ShowStat(ctx context.Context) ([]StatRow, error)
+	// ShowBackends returns the names of the loaded backends ("show
+	// backend"), also those without servers.
+	ShowBackends(ctx context.Context) ([]string, error)
 }
 
 // MasterInterface is what the proxier needs from the master CLI of an

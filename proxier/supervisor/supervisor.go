@@ -273,6 +273,9 @@ func (s *Supervisor) startLocked(ctx context.Context) error {
 	// container runtime stopping the proxier) must not stop HAProxy, and
 	// HAProxy must outlive a proxier restart.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// With -Ws HAProxy reports readiness to systemd when NOTIFY_SOCKET is
+	// set: that socket belongs to the proxier's own unit, not to HAProxy.
+	cmd.Env = withoutEnv(os.Environ(), "NOTIFY_SOCKET")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrStartFailed, err)
@@ -611,4 +614,15 @@ func (r *lineRing) String() string {
 		alerts = r.lines
 	}
 	return strings.Join(alerts, " | ")
+}
+
+// withoutEnv returns env without the variable name.
+func withoutEnv(env []string, name string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }

@@ -315,3 +315,14 @@ func TestUnmanaged(t *testing.T) {
 	require.ErrorIs(t, gone.Start(ctx), ErrNotRunning)
 	require.True(t, errors.Is(gone.Reload(ctx), ErrNotRunning))
 }
+
+func TestNotifySocketNotPassed(t *testing.T) {
+	e := newEnv(t)
+	t.Setenv("NOTIFY_SOCKET", filepath.Join(e.dir, "notify.sock"))
+	s := newSupervisor(t, e.opts)
+	require.NoError(t, s.Start(context.Background()))
+	environ, err := os.ReadFile("/proc/" + strconv.Itoa(s.MasterPID()) + "/environ")
+	require.NoError(t, err)
+	require.NotContains(t, string(environ), "NOTIFY_SOCKET=", "the proxier's systemd socket is not HAProxy's")
+	require.Contains(t, string(environ), "PATH=")
+}

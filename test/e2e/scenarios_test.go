@@ -319,6 +319,8 @@ func serviceDeleted(t *testing.T, e *env) string {
 	// Upstream leaves a deleted ClusterIP unhandled (the packet follows the
 	// node's routes), HAProxy's node refuses it: either way it must stop
 	// answering.
+	byDesign["service-deleted"] = "a deleted ClusterIP is refused by HAProxy's node (the ServiceCIDR is local and guarded); " +
+		"upstream leaves it to the node's routes, so it gets no answer"
 	d, how := stopsAnswering(t, e.client.NS.Namespace, netip.Addr{}, "http://"+addr+"/")
 	_, npHow := stopsAnswering(t, e.c.Outside, localcluster.OutsideIP, "http://"+np+"/")
 	return fmt.Sprintf("ClusterIP stops in %s (%s), NodePort: %s", ms(d), how, npHow)
@@ -345,6 +347,7 @@ func stopsAnswering(t *testing.T, ns *netns.Namespace, src netip.Addr, url strin
 
 func udpClusterIP(t *testing.T, e *env) string {
 	if e.mode == localcluster.ModeHAProxy {
+		byDesign["udp-clusterip"] = "HAProxy community proxies TCP only; delegating UDP to upstream's nftables proxier is still to come"
 		e.skip(t, "UDP is not served in haproxy mode yet (proxier/README.md, UDP and SCTP)")
 	}
 	svc := e.service(t, "udp", "web", func(s *v1.Service) {

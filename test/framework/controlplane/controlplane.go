@@ -11,6 +11,13 @@
 // Binaries are looked up in $KH_BIN_DIR (the Makefile exports it), else in
 // the repository's _output/bin. When one is missing the test fails under
 // CI=true and is skipped otherwise.
+//
+//	cp := controlplane.Start(t, controlplane.Config{ServiceClusterIPRange: "10.96.0.0/24"})
+//	svc, err := cp.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
+//	cmd := exec.Command(kubeProxy, "--kubeconfig="+cp.Kubeconfig, ...)
+//
+// Each Start runs its own etcd and kube-apiserver (about 5 seconds on an
+// idle machine), so tests that can share a cluster should share one.
 package controlplane
 
 import (

@@ -145,16 +145,18 @@ func TestProxierServesServicesFromTheNode(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg := proxier.Config{
-		Scope:             proxier.ScopeNode,
-		HAProxyPath:       haproxy,
-		StateDir:          filepath.Join(tp.kit.Dir(), "state"),
-		ManageProcess:     true,
-		NodeName:          nodeName,
-		NodeIPs:           map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP(nodeIP)},
-		NodePortAddresses: []string{nodeIP + "/32"},
-		SyncPeriod:        30 * time.Second,
-		MinSyncPeriod:     100 * time.Millisecond,
-		NBThread:          1,
+		Scope:         proxier.ScopeNode,
+		HAProxyPath:   haproxy,
+		StateDir:      filepath.Join(tp.kit.Dir(), "state"),
+		ManageProcess: true,
+		NodeName:      nodeName,
+		NodeIPs:       map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP(nodeIP)},
+		SyncPeriod:    30 * time.Second,
+		MinSyncPeriod: 100 * time.Millisecond,
+		NBThread:      1,
+		// No NodePortAddresses: NodePorts listen on every address, so
+		// HAProxy's own wildcard bind would answer on every ClusterIP too
+		// if the guard let it.
 	}
 	p, err := proxier.NewProxier(ctx, v1.IPv4Protocol, cfg)
 	require.NoError(t, err)
@@ -182,6 +184,7 @@ func TestProxierServesServicesFromTheNode(t *testing.T) {
 	assert.Contains(t, tp.node.IP("route", "show", "table", "local", "proto", "66"), serviceCIDR.String())
 	refusedEventually(t, tp.client, clusterIP+":2222")
 	refusedEventually(t, tp.client, "10.96.0.99:80")
+	refusedEventually(t, tp.client, fmt.Sprintf("%s:%d", clusterIP, nodePort))
 	assert.NoError(t, tp.client.TCPAccepts(nodeIP+":2222", 2*time.Second), "node addresses stay open")
 
 	// An endpoint is added, then the first one removed.

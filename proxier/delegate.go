@@ -1,0 +1,126 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/kubernetes/pkg/proxy"
+	"k8s.io/kubernetes/pkg/proxy/nftables"
+	proxyutil "k8s.io/kubernetes/pkg/proxy/util"
+)
+
+// DefaultMasqueradeBit is kube-proxy's default --masquerade-bit, used by the
+// nftables proxier that serves the delegated UDP and SCTP ports.
+const DefaultMasqueradeBit = 14
+
+// nonTCPDelegate hands the UDP and SCTP service ports, which HAProxy cannot
+// proxy, to another proxy.Provider (upstream's nftables proxier of the
+// same family). It shows that provider a filtered view: each Service
+// keeps only its non-TCP ports, a Service with none does not exist, and
+// EndpointSlices pass through unchanged (the provider uses only the
+// endpoints of the ports it knows).
+//
+// The ServiceCIDRs are deliberately not passed on: upstream drops traffic
+// to every ServiceCIDR address that is not a ClusterIP of its view, and
+// that view lacks every TCP-only Service. The guard (package serviceguard)
+// already turns away what nothing serves.
+type nonTCPDelegate struct {
+	provider proxy.Provider
+}
+
+// nonTCPOnly returns the Service as the delegate sees it: the same object
+// with only its UDP and SCTP ports and without a healthCheckNodePort (the
+// HAProxy proxier serves it for the whole Service; two health servers
+// would fight over the port). It returns nil for nil or a Service without
+// such ports. svc is not modified: it belongs to the informer cache.
+func nonTCPOnly(svc *v1.Service) *v1.Service {
+	if svc == nil {
+		return nil
+	}
+	var ports []v1.ServicePort
+	for _, p := range svc.Spec.Ports {
+		if p.Protocol != v1.ProtocolTCP && p.Protocol != "" {
+			ports = append(ports, p)
+		}
+	}
+	if len(ports) == 0 {
+		return nil
+	}
+	// A shallow copy suffices: the change trackers only read Services.
+	out := *svc
+	out.Spec.Ports = ports
+	out.Spec.HealthCheckNodePort = 0
+	return &out
+}
+
+func (d *nonTCPDelegate) OnServiceUpdate(oldService, service *v1.Service) {
+	oldView, newView := nonTCPOnly(oldService), nonTCPOnly(service)
+	switch {
+	case oldView == nil && newView == nil:
+	case oldView == nil:
+		d.provider.OnServiceAdd(newView)
+	case newView == nil:
+		d.provider.OnServiceDelete(oldView)
+	default:
+		d.provider.OnServiceUpdate(oldView, newView)
+	}
+}
+
+func (d *nonTCPDelegate) OnServiceSynced() { d.provider.OnServiceSynced() }
+
+func (d *nonTCPDelegate) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
+	d.provider.OnEndpointSliceAdd(s)
+}
+
+func (d *nonTCPDelegate) OnEndpointSliceUpdate(oldSlice, s *discovery.EndpointSlice) {
+	d.provider.OnEndpointSliceUpdate(oldSlice, s)
+}
+
+func (d *nonTCPDelegate) OnEndpointSliceDelete(s *discovery.EndpointSlice) {
+	d.provider.OnEndpointSliceDelete(s)
+}
+
+func (d *nonTCPDelegate) OnEndpointSlicesSynced() { d.provider.OnEndpointSlicesSynced() }
+
+func (d *nonTCPDelegate) OnTopologyChange(labels map[string]string) {
+	d.provider.OnTopologyChange(labels)
+}
+
+// SyncLoop runs the delegate's own sync runner; it does not return.
+func (d *nonTCPDelegate) SyncLoop() { d.provider.SyncLoop() }
+
+// newNFTablesDelegate builds upstream's nftables proxier of one family for
+// the delegated ports. It gets no healthz server: kube-proxy's health
+// reflects the HAProxy proxier, which serves the healthCheckNodePorts.
+func newNFTablesDelegate(ctx context.Context, family v1.IPFamily, cfg Config) (*nonTCPDelegate, error) {
+	masqueradeBit := DefaultMasqueradeBit
+	if cfg.MasqueradeBit != nil {
+		masqueradeBit = int(*cfg.MasqueradeBit)
+	}
+	p, err := nftables.NewProxier(ctx, family, cfg.SyncPeriod, cfg.MinSyncPeriod,
+		cfg.MasqueradeAll, masqueradeBit, localDetector(family, cfg.ClusterCIDRs),
+		cfg.NodeName, cfg.NodeIPs[family], cfg.Recorder, nil, cfg.NodePortAddresses, false)
+	if err != nil {
+		return nil, fmt.Errorf("starting the nftables proxier for UDP and SCTP service ports (%s): %w", family, err)
+	}
+	return &nonTCPDelegate{provider: p}, nil
+}
+
+// localDetector recognises pod traffic by the family's cluster CIDR, as
+// kube-proxy's default (--detect-local-mode=ClusterCIDR) does; without one,
+// nothing is recognised and ClusterIP traffic is not masqueraded.
+func localDetector(family v1.IPFamily, clusterCIDRs []string) proxyutil.LocalTrafficDetector {
+	for _, c := range clusterCIDRs {
+		prefix, err := netip.ParsePrefix(c)
+		if err == nil && prefix.Addr().Is4() == (family == v1.IPv4Protocol) {
+			return proxyutil.NewDetectLocalByCIDR(prefix.Masked().String())
+		}
+	}
+	return proxyutil.NewNoOpLocalDetector()
+}
+
+// cleanupNFTables removes upstream's nftables table of both families.
+func cleanupNFTables(ctx context.Context) bool { return nftables.CleanupLeftovers(ctx) }
