@@ -54,8 +54,25 @@ export GOWORK="${KH_ROOT}/staging/go.work"
 for t in "${targets[@]}"; do
   case "${t}" in
     kube-proxy | kube-apiserver) pkg="k8s.io/kubernetes/cmd/${t}" flags=(-ldflags "${ldflags}") ;;
-    # The workspace's build list holds the etcd version upstream's go.mod pins.
-    etcd) pkg=go.etcd.io/etcd/server/v3 flags=() ;;
+    etcd)
+      # etcd's main package needs modules (grpc-middleware v1, groupcache)
+      # that no package of the workspace imports, so the workspace cannot
+      # build it: build it in a throwaway module that requires the etcd
+      # version upstream's go.mod pins, letting go resolve the rest.
+      etcd_version=$(sed -n 's#^[[:space:]]*go\.etcd\.io/etcd/server/v3 \(v[^[:space:]]*\).*#\1#p' \
+        "$(kh::module_dir k8s.io/kubernetes "${KUBE_VERSION}")/go.mod")
+      echo "build: _output/bin/etcd <- go.etcd.io/etcd/server/v3@${etcd_version}"
+      etcd_mod=$(mktemp -d "${TMPDIR:-/tmp}/kh-etcd-build.XXXXXX")
+      (
+        cd "${etcd_mod}"
+        export GOWORK=off GOFLAGS=-mod=mod
+        go mod init kh-etcd-build >/dev/null 2>&1
+        go mod edit -require="go.etcd.io/etcd/server/v3@${etcd_version}"
+        go build -trimpath -buildvcs=false -o "${KH_ROOT}/_output/bin/etcd" go.etcd.io/etcd/server/v3
+      ) || { rm -rf "${etcd_mod}"; exit 1; }
+      rm -rf "${etcd_mod}"
+      continue
+      ;;
     *) echo "build: unknown binary ${t} (kube-proxy, kube-apiserver, etcd)" >&2; exit 2 ;;
   esac
   echo "build: _output/bin/${t} <- ${pkg}"
