@@ -48,16 +48,38 @@ kh::version_ldflags() {
   echo "${flags[*]}"
 }
 
+# kh::build_etcd builds etcd at the version upstream's go.mod pins, with
+# etcd's own dependency versions: in a module of its own under _output whose
+# only requirement is go.etcd.io/etcd/server/v3 (its go.mod has relative
+# replaces, so `go install module@version` cannot build it).
+kh::build_etcd() {
+  local version dir
+  version=$(sed -n 's#^[[:space:]]*go\.etcd\.io/etcd/server/v3 \(v[^ ]*\).*#\1#p' "${KH_ROOT}/staging/kubernetes/go.mod")
+  if [ -z "${version}" ]; then
+    echo "build: upstream's go.mod does not pin go.etcd.io/etcd/server/v3" >&2
+    return 1
+  fi
+  dir="${KH_ROOT}/_output/etcd-${version}"
+  if [ ! -f "${dir}/go.sum" ]; then
+    rm -rf "${dir}"
+    mkdir -p "${dir}"
+    printf 'module kube-haproxy.io/build/etcd\n\ngo 1.26.0\n' >"${dir}/go.mod"
+    (cd "${dir}" && GOWORK=off GOFLAGS=-mod=mod go get "go.etcd.io/etcd/server/v3@${version}")
+  fi
+  echo "build: _output/bin/etcd <- go.etcd.io/etcd/server/v3@${version}"
+  (cd "${dir}" && GOWORK=off go build -trimpath -buildvcs=false -o "${KH_ROOT}/_output/bin/etcd" go.etcd.io/etcd/server/v3)
+}
+
 ldflags=$(kh::version_ldflags)
 mkdir -p "${KH_ROOT}/_output/bin"
-export GOWORK="${KH_ROOT}/staging/go.work"
 for t in "${targets[@]}"; do
   case "${t}" in
-    kube-proxy | kube-apiserver) pkg="k8s.io/kubernetes/cmd/${t}" flags=(-ldflags "${ldflags}") ;;
-    # The workspace's build list holds the etcd version upstream's go.mod pins.
-    etcd) pkg=go.etcd.io/etcd/server/v3 flags=() ;;
+    kube-proxy | kube-apiserver)
+      echo "build: _output/bin/${t} <- k8s.io/kubernetes/cmd/${t}"
+      GOWORK="${KH_ROOT}/staging/go.work" go build -trimpath -buildvcs=false -ldflags "${ldflags}" \
+        -o "${KH_ROOT}/_output/bin/${t}" "k8s.io/kubernetes/cmd/${t}"
+      ;;
+    etcd) kh::build_etcd ;;
     *) echo "build: unknown binary ${t} (kube-proxy, kube-apiserver, etcd)" >&2; exit 2 ;;
   esac
-  echo "build: _output/bin/${t} <- ${pkg}"
-  go build -trimpath -buildvcs=false "${flags[@]}" -o "${KH_ROOT}/_output/bin/${t}" "${pkg}"
 done

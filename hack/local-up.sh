@@ -6,6 +6,7 @@
 #   make local-up                 in the background; make local-down removes it
 #   FOREGROUND=1 make local-up    in the foreground; Ctrl-C removes it
 #   MODE=nftables make local-up   upstream's nftables mode, same kube-proxy
+#   KUBECTL=1 make local-up       also build _output/bin/kubectl (pinned upstream)
 #
 # The cluster is held by one process, _output/bin/local-cluster; its state
 # (pid, generated files, logs) is in _output/local.
@@ -46,6 +47,12 @@ fi
 
 # What a crashed run left (namespaces, processes in them, files) goes first.
 "${BIN}/local-cluster" down -dir "${STATE}"
+
+# kubectl is optional: built from the same pinned tree on request.
+if [ -n "${KUBECTL:-}" ] && [ ! -x "${BIN}/kubectl" ]; then
+  echo "local-up: building kubectl"
+  GOWORK="${KH_ROOT}/staging/go.work" go build -trimpath -buildvcs=false -o "${BIN}/kubectl" k8s.io/kubernetes/cmd/kubectl
+fi
 
 mode=(-mode "${MODE:-haproxy}")
 if [ -n "${FOREGROUND:-}" ]; then

@@ -14,8 +14,7 @@ echo "== build: patched kube-proxy and kube-apiserver, etcd (cached under _outpu
 hack/build.sh
 
 echo "== patched upstream: tests of the packages the kube-proxy patches touch"
-source hack/stage-lib.sh
-mapfile -t kube_proxy_pkgs < <(kh::patched_packages '000*')
+mapfile -t kube_proxy_pkgs < <(source hack/stage-lib.sh && kh::patched_packages '000*')
 GOWORK="${KH_ROOT}/staging/go.work" go test "${kube_proxy_pkgs[@]}"
 
 echo "== patched upstream: Service IP allocation, storage and repair (kube-apiserver patches)"

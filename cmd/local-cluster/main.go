@@ -118,7 +118,15 @@ func up(dir, mode string) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 
 	r := &runner{dir: dir}
-	defer r.cleanup()
+	started := false
+	defer func() {
+		r.cleanup()
+		// The generated files and logs go with the cluster; after a failed
+		// start they stay for a look (`down` removes them).
+		if started {
+			_ = os.RemoveAll(dir)
+		}
+	}()
 	err := r.run(func() {
 		c := localcluster.Start(r, localcluster.Options{
 			Mode: mode, Dir: dir,
@@ -137,8 +145,9 @@ func up(dir, mode string) error {
 		}
 	})
 	if err != nil {
-		return err
+		return fmt.Errorf("%w\n(logs kept in %s; make local-down removes them)", err, dir)
 	}
+	started = true
 	sig := <-sigs
 	fmt.Printf("local-cluster: %v: removing the cluster\n", sig)
 	return nil

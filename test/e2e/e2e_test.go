@@ -43,6 +43,7 @@ var (
 )
 
 func record(scenario, mode string, r result) {
+	// Scenarios run one at a time; the lock keeps the summary safe anyway.
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
 	if results[scenario] == nil {

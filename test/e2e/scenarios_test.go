@@ -319,6 +319,8 @@ func serviceDeleted(t *testing.T, e *env) string {
 	// Upstream leaves a deleted ClusterIP unhandled (the packet follows the
 	// node's routes), HAProxy's node refuses it: either way it must stop
 	// answering.
+	byDesign["service-deleted"] = "a deleted ClusterIP is refused by HAProxy's node (the ServiceCIDR is local and guarded); " +
+		"upstream leaves it to the node's routes, so it gets no answer"
 	d, how := stopsAnswering(t, e.client.NS.Namespace, netip.Addr{}, "http://"+addr+"/")
 	_, npHow := stopsAnswering(t, e.c.Outside, localcluster.OutsideIP, "http://"+np+"/")
 	return fmt.Sprintf("ClusterIP stops in %s (%s), NodePort: %s", ms(d), how, npHow)

@@ -3,12 +3,16 @@ package localcluster
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
 )
 
 // Demo addresses: fixed so the printed commands work as shown.
@@ -108,8 +112,14 @@ func (c *Cluster) demoHelp(client *Pod) string {
 	for _, p := range c.Pods() {
 		fmt.Fprintf(&b, "  pod %-12s %s (%s on %s)\n", p.Name, p.NS.Name, p.IP, p.Node.Name)
 	}
-	fmt.Fprintf(&b, "\nAPI (kubectl is not built here; any kubectl works):\n")
-	fmt.Fprintf(&b, "  kubectl --kubeconfig %s get nodes,services,endpointslices -A\n", c.Kubeconfig)
+	kubectl := filepath.Join(controlplane.BinDir(), "kubectl")
+	if _, err := os.Stat(kubectl); err != nil {
+		fmt.Fprintf(&b, "\nAPI (any kubectl works; KUBECTL=1 make local-up builds _output/bin/kubectl):\n")
+		kubectl = "kubectl"
+	} else {
+		fmt.Fprintf(&b, "\nAPI:\n")
+	}
+	fmt.Fprintf(&b, "  %s --kubeconfig %s get nodes,services,endpointslices -A\n", kubectl, c.Kubeconfig)
 	fmt.Fprintf(&b, "\nTry the Services:\n")
 	fmt.Fprintf(&b, "  ip netns exec %s curl -s http://%s/                       # ClusterIP from a pod\n", client.NS.Name, DemoClusterIP)
 	fmt.Fprintf(&b, "  ip netns exec %s curl -s http://%s:%d/                # NodePort from outside\n", c.Outside.Name, c.Nodes[len(c.Nodes)-1].IP, DemoNodePort)

@@ -76,6 +76,12 @@ func TestLocalUpDown(t *testing.T) {
 	first := strings.TrimSpace(string(pidBytes))
 	assert.Len(t, namespacesOf(t, first), 9, "lan, 2 nodes, outside, 5 pods")
 	assert.NotEmpty(t, processesUsing(t, dir))
+	// The printed LoadBalancer command works (bash instead of curl, which
+	// a CI machine may lack).
+	answer, err := exec.Command("ip", "netns", "exec", netns.Prefix+first+"-1-outside", "bash", "-c",
+		`exec 3<>/dev/tcp/192.0.2.10/80 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && timeout 5 cat <&3`).CombinedOutput()
+	require.NoError(t, err, string(answer))
+	assert.Contains(t, string(answer), `"name":"demo-node`)
 
 	out, err = script(t, dir, "local-up")
 	require.NoError(t, err, out)
