@@ -50,6 +50,17 @@ local-up: ## Start a local cluster (etcd, kube-apiserver, nodes as netns, HAProx
 local-down: ## Remove everything local-up created.
 	hack/local-down.sh
 
+# Benchmarks: not part of `make test` (minutes, root, timing on a shared
+# machine). docs/benchmarks.md describes them.
+BENCH_ENV = KH_BENCH=1 BENCH_OUT=$(abspath $(OUT))/bench
+.PHONY: bench
+bench: build ## Benchmarks, haproxy beside nftables mode (SCALES=100,1000); writes _output/bench and docs/benchmarks.md.
+	$(BENCH_ENV) BENCH_DOCS=$(abspath docs/benchmarks.md) $(GO) test -count=1 -v -timeout 120m -run '^TestBench$$' ./test/bench/
+
+.PHONY: bench-smoke
+bench-smoke: build ## A short benchmark run (20 Services, few changes) to check that make bench works.
+	$(BENCH_ENV) SCALES=20 CHANGES=10 NEW_SERVICES=5 WRK_DURATION=1s $(GO) test -count=1 -v -timeout 20m -run '^TestBench$$' ./test/bench/
+
 .PHONY: image
 image: ## Build the kube-proxy container image (needs docker, podman or nerdctl).
 	hack/image.sh

@@ -1,0 +1,296 @@
+// Package bench measures kube-proxy in haproxy mode beside upstream's
+// nftables mode on the local cluster of test/localcluster: network
+// programming latency (an endpoint change, a new Service), memory
+// (kube-proxy and every HAProxy process), HAProxy reloads per scenario, and
+// the data plane through a ClusterIP with wrk.
+//
+// The measuring runs in bench_test.go (`make bench`, KH_BENCH=1); this file
+// holds what it is built from and what its unit tests check: percentiles,
+// reading /proc and Prometheus text, parsing wrk's output, and the
+// Markdown report.
+package bench
+
+import (
+	"bufio"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Percentile returns the p-th percentile (0 < p <= 100) of ds by the
+// nearest-rank method: a value that was measured, never an interpolation.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	rank := int(math.Ceil(p / 100 * float64(len(s))))
+	if rank < 1 {
+		rank = 1
+	}
+	if rank > len(s) {
+		rank = len(s)
+	}
+	return s[rank-1]
+}
+
+// ProcHWM returns a process's peak resident set size (VmHWM) in bytes.
+func ProcHWM(procRoot string, pid int) (int64, error) {
+	f, err := os.Open(filepath.Join(procRoot, strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, fmt.Errorf("reading the status of pid %d: %w", pid, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "VmHWM:" {
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("pid %d: VmHWM %q: %w", pid, fields[1], err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("reading the status of pid %d: %w", pid, err)
+	}
+	return 0, fmt.Errorf("pid %d has no VmHWM (a kernel thread, or gone)", pid)
+}
+
+// procInfo is what Descendants needs of a process.
+type procInfo struct {
+	ppid int
+	comm string
+}
+
+func readProcs(procRoot string) (map[int]procInfo, error) {
+	entries, err := os.ReadDir(procRoot)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", procRoot, err)
+	}
+	out := map[int]procInfo{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(procRoot, e.Name(), "stat"))
+		if err != nil {
+			continue // ended meanwhile
+		}
+		// comm is in parentheses and may hold spaces: split at the last ')'.
+		s := string(b)
+		open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || closing < open {
+			continue
+		}
+		fields := strings.Fields(s[closing+1:])
+		if len(fields) < 2 {
+			continue
+		}
+		ppid, err := strconv.Atoi(fields[1])
+		if err != nil {
+			continue
+		}
+		out[pid] = procInfo{ppid: ppid, comm: s[open+1 : closing]}
+	}
+	return out, nil
+}
+
+// Descendants returns the pids below root (children, their children, ...)
+// whose command name is comm, sorted.
+func Descendants(procRoot string, root int, comm string) ([]int, error) {
+	procs, err := readProcs(procRoot)
+	if err != nil {
+		return nil, err
+	}
+	children := map[int][]int{}
+	for pid, p := range procs {
+		children[p.ppid] = append(children[p.ppid], pid)
+	}
+	var out []int
+	queue := []int{root}
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		for _, c := range children[pid] {
+			if procs[c].comm == comm {
+				out = append(out, c)
+			}
+			queue = append(queue, c)
+		}
+	}
+	sort.Ints(out)
+	return out, nil
+}
+
+// MetricSum returns the sum of the samples of metric name in Prometheus
+// text exposition whose labels contain every one of labels (each written
+// as `key="value"`), and whether any sample matched.
+func MetricSum(text, name string, labels ...string) (float64, bool) {
+	var sum float64
+	found := false
+	for _, line := range strings.Split(text, "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		var lbls string
+		if strings.HasPrefix(rest, "{") {
+			end := strings.LastIndexByte(rest, '}')
+			if end < 0 {
+				continue
+			}
+			lbls, rest = rest[1:end], rest[end+1:]
+		}
+		match := true
+		for _, l := range labels {
+			if !strings.Contains(lbls, l) {
+				match = false
+				break
+			}
+		}
+		fields := strings.Fields(rest)
+		if !match || len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			continue
+		}
+		sum += v
+		found = true
+	}
+	return sum, found
+}
+
+// WrkResult is what one wrk run measured.
+type WrkResult struct {
+	RequestsPerSec float64
+	P50, P99       time.Duration
+	// Errors counts socket errors (connect, read, write, timeout) and
+	// non-2xx/3xx responses.
+	Errors int
+}
+
+// ParseWrk reads the output of `wrk --latency`.
+func ParseWrk(out string) (WrkResult, error) {
+	var r WrkResult
+	var haveRate, have50, have99 bool
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "Requests/sec:":
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				return r, fmt.Errorf("wrk: requests/sec %q: %w", f[1], err)
+			}
+			r.RequestsPerSec, haveRate = v, true
+		case len(f) == 2 && (f[0] == "50%" || f[0] == "99%"):
+			d, err := parseWrkDuration(f[1])
+			if err != nil {
+				return r, err
+			}
+			if f[0] == "50%" {
+				r.P50, have50 = d, true
+			} else {
+				r.P99, have99 = d, true
+			}
+		case len(f) >= 2 && f[0] == "Socket" && f[1] == "errors:":
+			// Socket errors: connect 0, read 0, write 0, timeout 0
+			for i := 2; i+1 < len(f); i += 2 {
+				n, err := strconv.Atoi(strings.TrimSuffix(f[i+1], ","))
+				if err != nil {
+					return r, fmt.Errorf("wrk: socket errors %q: %w", line, err)
+				}
+				r.Errors += n
+			}
+		case len(f) >= 5 && f[0] == "Non-2xx":
+			n, err := strconv.Atoi(f[len(f)-1])
+			if err != nil {
+				return r, fmt.Errorf("wrk: %q: %w", line, err)
+			}
+			r.Errors += n
+		}
+	}
+	if !haveRate || !have50 || !have99 {
+		return r, fmt.Errorf("wrk: no requests/sec or latency distribution in its output:\n%s", out)
+	}
+	return r, nil
+}
+
+// parseWrkDuration reads wrk's durations: 512.00us, 1.20ms, 2.00s, 1.00m.
+func parseWrkDuration(s string) (time.Duration, error) {
+	if strings.HasSuffix(s, "m") && !strings.HasSuffix(s, "ms") {
+		s += "0s" // "1.00m" is minutes: Go wants "1.00m0s"
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("wrk: duration %q: %w", s, err)
+	}
+	return d, nil
+}
+
+// EstimateBytes is the memory a cluster with n benchmark Services needs,
+// generously: etcd, kube-apiserver and two kube-proxies with HAProxy start
+// near 1.5 GiB, and every Service with its slice costs them some 256 KiB.
+func EstimateBytes(n int) int64 {
+	return 3<<29 + int64(n)*256<<10
+}
+
+// MaxServices bounds a scale: the Service CIDR is a /16, and beyond this
+// the bench's setup alone would take longer than it measures anything.
+const MaxServices = 20000
+
+// CheckScale refuses a scale the machine cannot hold, saying why.
+func CheckScale(n int, memAvailable int64) error {
+	if n < 1 {
+		return fmt.Errorf("scale %d: at least one Service is needed", n)
+	}
+	if n > MaxServices {
+		return fmt.Errorf("scale %d: more than %d Services is not supported (Service CIDR /16, setup time)", n, MaxServices)
+	}
+	if need := EstimateBytes(n); float64(need) > 0.8*float64(memAvailable) {
+		return fmt.Errorf("scale %d: needs about %d MiB, and 80%% of this machine's available memory is %d MiB",
+			n, need>>20, int64(0.8*float64(memAvailable))>>20)
+	}
+	return nil
+}
+
+// MemAvailable reads MemAvailable from /proc/meminfo, in bytes.
+func MemAvailable(procRoot string) (int64, error) {
+	return meminfoField(procRoot, "MemAvailable:")
+}
+
+// MemTotal reads MemTotal from /proc/meminfo, in bytes.
+func MemTotal(procRoot string) (int64, error) {
+	return meminfoField(procRoot, "MemTotal:")
+}
+
+func meminfoField(procRoot, field string) (int64, error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, "meminfo"))
+	if err != nil {
+		return 0, fmt.Errorf("reading meminfo: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == field {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("meminfo %s %q: %w", field, f[1], err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("meminfo has no %s", field)
+}

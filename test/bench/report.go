@@ -1,0 +1,230 @@
+package bench
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Modes, as test/localcluster names them.
+const (
+	ModeHAProxy  = "haproxy"
+	ModeNFTables = "nftables"
+)
+
+// Wrk targets and connection styles.
+const (
+	TargetClusterIP = "clusterip"
+	TargetDirect    = "direct"
+	ConnKeepAlive   = "keep-alive"
+	ConnClose       = "new connection per request"
+)
+
+// WrkKey names one data-plane measurement.
+type WrkKey struct{ Target, Conn string }
+
+// Run is everything measured on one cluster: one mode at one scale. A Run
+// exists only when every step of it succeeded.
+type Run struct {
+	Mode      string
+	Services  int
+	Endpoints int
+
+	// InitialSync is the time from the first Service created to the last
+	// one answering on its ClusterIP.
+	InitialSync time.Duration
+	// EndpointChange: EndpointSlice update to the first request served by
+	// a new endpoint.
+	EndpointChange []time.Duration
+	// NPL is kube-proxy's kubeproxy_network_programming_duration_seconds
+	// over the endpoint changes: its mean and number of observations.
+	NPLMean  time.Duration
+	NPLCount int
+	// NewService: Service and slice creation to the ClusterIP answering.
+	NewService []time.Duration
+	// Reloads of HAProxy during each scenario; HasReloads false in a mode
+	// without HAProxy.
+	HasReloads        bool
+	ReloadsEndpoint   int
+	ReloadsNewService int
+	// Peak RSS (VmHWM) of kube-proxy and the sum over HAProxy's processes.
+	ProxyHWM     int64
+	HAProxyHWM   int64
+	HAProxyProcs int
+	// Wrk results; empty when the data plane was not measured.
+	Wrk map[WrkKey]WrkResult
+}
+
+// Meta describes where and with what the runs were measured.
+type Meta struct {
+	Date      time.Time
+	CPUs      int
+	MemTotal  int64
+	KubeProxy string
+	HAProxy   string
+	Kernel    string
+	Command   string
+	WrkArgs   string
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// ratio formats ours/theirs; "–" when undefined.
+func ratio(ours, theirs float64) string {
+	if theirs == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", ours/theirs)
+}
+
+// Report renders the runs as Markdown: per scale, a table with haproxy
+// mode, nftables mode and their ratio.
+func Report(meta Meta, runs []Run) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Measured %s on %d CPUs, %.1f GiB memory, Linux %s.\n\n",
+		meta.Date.UTC().Format("2006-01-02 15:04 MST"), meta.CPUs, float64(meta.MemTotal)/(1<<30), meta.Kernel)
+	fmt.Fprintf(&b, "- kube-proxy: `%s` (both modes: the same binary)\n- HAProxy: `%s`\n- command: `%s`\n\n",
+		meta.KubeProxy, meta.HAProxy, meta.Command)
+
+	byScale := map[int]map[string]*Run{}
+	for i := range runs {
+		r := &runs[i]
+		if byScale[r.Services] == nil {
+			byScale[r.Services] = map[string]*Run{}
+		}
+		byScale[r.Services][r.Mode] = r
+	}
+	scales := make([]int, 0, len(byScale))
+	for s := range byScale {
+		scales = append(scales, s)
+	}
+	sort.Ints(scales)
+	for _, s := range scales {
+		writeScale(&b, meta, byScale[s])
+	}
+	return b.String()
+}
+
+func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
+	ours, theirs := m[ModeHAProxy], m[ModeNFTables]
+	any := ours
+	if any == nil {
+		any = theirs
+	}
+	fmt.Fprintf(b, "## %d Services × %d endpoints\n\n", any.Services, any.Endpoints)
+	fmt.Fprintf(b, "| measurement | haproxy | nftables | haproxy / nftables |\n|---|---|---|---|\n")
+	row := func(name string, f func(*Run) (string, float64, bool)) {
+		cells := [2]string{"–", "–"}
+		var vals [2]float64
+		var ok [2]bool
+		for i, r := range []*Run{ours, theirs} {
+			if r == nil {
+				continue
+			}
+			var s string
+			s, vals[i], ok[i] = f(r)
+			if ok[i] {
+				cells[i] = s
+			}
+		}
+		rat := "–"
+		if ok[0] && ok[1] {
+			rat = ratio(vals[0], vals[1])
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", name, cells[0], cells[1], rat)
+	}
+	dur := func(d time.Duration) (string, float64, bool) { return ms(d), float64(d), true }
+	row("initial sync: first Service created → last ClusterIP answering", func(r *Run) (string, float64, bool) {
+		return dur(r.InitialSync)
+	})
+	n := len(any.EndpointChange)
+	row(fmt.Sprintf("endpoint change → first request served by a new endpoint, p50 (%d changes)", n), func(r *Run) (string, float64, bool) {
+		return dur(Percentile(r.EndpointChange, 50))
+	})
+	row(fmt.Sprintf("endpoint change → first request served by a new endpoint, p99 (%d changes)", n), func(r *Run) (string, float64, bool) {
+		return dur(Percentile(r.EndpointChange, 99))
+	})
+	row("kubeproxy_network_programming_duration_seconds, mean over the endpoint changes (node1)", func(r *Run) (string, float64, bool) {
+		if r.NPLCount == 0 {
+			return "", 0, false
+		}
+		return fmt.Sprintf("%s (%d obs.)", ms(r.NPLMean), r.NPLCount), float64(r.NPLMean), true
+	})
+	k := len(any.NewService)
+	row(fmt.Sprintf("new Service + slice → ClusterIP answers, p50 (%d Services)", k), func(r *Run) (string, float64, bool) {
+		return dur(Percentile(r.NewService, 50))
+	})
+	row(fmt.Sprintf("new Service + slice → ClusterIP answers, p99 (%d Services)", k), func(r *Run) (string, float64, bool) {
+		return dur(Percentile(r.NewService, 99))
+	})
+	row("HAProxy reloads during the endpoint changes (node1; must be 0)", func(r *Run) (string, float64, bool) {
+		return fmt.Sprint(r.ReloadsEndpoint), float64(r.ReloadsEndpoint), r.HasReloads
+	})
+	row("HAProxy reloads during the new Services (node1)", func(r *Run) (string, float64, bool) {
+		return fmt.Sprint(r.ReloadsNewService), float64(r.ReloadsNewService), r.HasReloads
+	})
+	row("kube-proxy peak RSS (VmHWM, node1)", func(r *Run) (string, float64, bool) {
+		return mib(r.ProxyHWM), float64(r.ProxyHWM), true
+	})
+	row("HAProxy processes, sum of VmHWM (node1; master + workers)", func(r *Run) (string, float64, bool) {
+		return fmt.Sprintf("%s (%d processes)", mib(r.HAProxyHWM), r.HAProxyProcs), float64(r.HAProxyHWM), r.HasReloads
+	})
+	row("kube-proxy + HAProxy, peak RSS (node1)", func(r *Run) (string, float64, bool) {
+		t := r.ProxyHWM + r.HAProxyHWM
+		return mib(t), float64(t), true
+	})
+	fmt.Fprintln(b)
+
+	if len(any.Wrk) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "Data plane: wrk `%s` from a pod on node1 to the ClusterIP (%d endpoints, on both nodes), and directly to one pod on node2.\n\n", meta.WrkArgs, any.Endpoints)
+	fmt.Fprintf(b, "| connections | measurement | haproxy | nftables | direct to pod | haproxy / nftables |\n|---|---|---|---|---|---|\n")
+	for _, conn := range []string{ConnKeepAlive, ConnClose} {
+		// Direct to the pod does not depend on the mode: either run's.
+		direct := theirs
+		if _, ok := direct.wrkResult(WrkKey{TargetDirect, conn}); !ok {
+			direct = ours
+		}
+		for _, q := range []string{"requests/s", "p50", "p99"} {
+			var cells [3]string
+			var vals [3]float64
+			for i, key := range []struct {
+				r *Run
+				k WrkKey
+			}{{ours, WrkKey{TargetClusterIP, conn}}, {theirs, WrkKey{TargetClusterIP, conn}}, {direct, WrkKey{TargetDirect, conn}}} {
+				cells[i] = "–"
+				w, ok := key.r.wrkResult(key.k)
+				if !ok {
+					continue
+				}
+				switch q {
+				case "requests/s":
+					cells[i], vals[i] = fmt.Sprintf("%.0f", w.RequestsPerSec), w.RequestsPerSec
+				case "p50":
+					cells[i], vals[i] = ms(w.P50), float64(w.P50)
+				case "p99":
+					cells[i], vals[i] = ms(w.P99), float64(w.P99)
+				}
+			}
+			rat := "–"
+			if cells[0] != "–" && cells[1] != "–" {
+				rat = ratio(vals[0], vals[1])
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", conn, q, cells[0], cells[1], cells[2], rat)
+		}
+	}
+	fmt.Fprintln(b)
+}
+
+// wrkResult is r's measurement for k; false for a nil Run too.
+func (r *Run) wrkResult(k WrkKey) (WrkResult, bool) {
+	if r == nil {
+		return WrkResult{}, false
+	}
+	w, ok := r.Wrk[k]
+	return w, ok
+}
