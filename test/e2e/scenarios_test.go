@@ -345,11 +345,9 @@ func stopsAnswering(t *testing.T, ns *netns.Namespace, src netip.Addr, url strin
 	return 0, ""
 }
 
+// udpClusterIP: in haproxy mode UDP is served by upstream's nftables
+// proxier, driven by the HAProxy proxier (proxier/README.md, UDP and SCTP).
 func udpClusterIP(t *testing.T, e *env) string {
-	if e.mode == localcluster.ModeHAProxy {
-		byDesign["udp-clusterip"] = "HAProxy community proxies TCP only; delegating UDP to upstream's nftables proxier is still to come"
-		e.skip(t, "UDP is not served in haproxy mode yet (proxier/README.md, UDP and SCTP)")
-	}
 	svc := e.service(t, "udp", "web", func(s *v1.Service) {
 		s.Spec.Ports = []v1.ServicePort{{Name: "echo", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: intstr.FromString("echo")}}
 	})
