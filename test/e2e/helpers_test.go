@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -54,18 +53,6 @@ func names(pods ...*localcluster.Pod) []string {
 		out[i] = p.Name
 	}
 	return out
-}
-
-// skip records why a scenario does not apply to this mode, then skips it.
-func (e *env) skip(t *testing.T, why string) {
-	t.Helper()
-	record(scenarioName(t), e.mode, result{status: "skip", note: why})
-	t.Skip(why)
-}
-
-func scenarioName(t *testing.T) string {
-	parts := strings.Split(t.Name(), "/")
-	return parts[len(parts)-1]
 }
 
 // service creates a Service selecting app=<selector> with one TCP port 80
