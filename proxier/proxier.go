@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,10 @@ type Proxier struct {
 	// applies them to svcPortMap and endpointsMap.
 	endpointsChanges *proxy.EndpointsChangeTracker
 	serviceChanges   *proxy.ServiceChangeTracker
+
+	// serviceCIDRs is the last set given to OnServiceCIDRsChanged; only that
+	// handler touches it.
+	serviceCIDRs []netip.Prefix
 
 	mu                   sync.Mutex // protects the following fields
 	svcPortMap           proxy.ServicePortMap
@@ -305,6 +310,13 @@ func (p *Proxier) OnServiceCIDRsChanged(cidrs []string) {
 	}
 	if o, ok := p.applier.(ServiceCIDRObserver); ok {
 		o.SetServiceCIDRs(p.ipFamily, mine)
+	}
+	// A new or removed range changes the host's local routes and the guard,
+	// which are applied with the next sync: ask for it now rather than at
+	// the next periodic sync.
+	if !slices.Equal(mine, p.serviceCIDRs) {
+		p.serviceCIDRs = mine
+		p.Sync()
 	}
 }
 

@@ -1193,6 +1193,16 @@ func TestServiceCIDRsReachTheApplier(t *testing.T) {
 	p6.OnServiceCIDRsChanged(cidrs)
 	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("10.200.0.0/16")}, applier.cidrs[v1.IPv4Protocol])
 	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("fd00:10:96::/112")}, applier.cidrs[v1.IPv6Protocol])
+
+	// Routes and guard follow a new range at once, not at the next
+	// periodic sync: a changed set queues a sync, the same set does not.
+	metrics.RegisterMetrics("haproxy")
+	queued := metrics.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(string(v1.IPv4Protocol))
+	queued.Set(0)
+	p4.OnServiceCIDRsChanged(cidrs)
+	assert.Zero(t, gaugeValue(t, queued), "the same Service CIDRs again queue no sync")
+	p4.OnServiceCIDRsChanged([]string{"10.96.0.0/12"})
+	assert.Positive(t, gaugeValue(t, queued), "changed Service CIDRs queue a sync")
 }
 
 func TestExportedConstructors(t *testing.T) {
