@@ -110,11 +110,11 @@ func Report(meta Meta, runs []Run) string {
 
 func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 	ours, theirs := m[ModeHAProxy], m[ModeNFTables]
-	any := ours
-	if any == nil {
-		any = theirs
+	first := ours
+	if first == nil {
+		first = theirs
 	}
-	fmt.Fprintf(b, "## %d Services × %d endpoints\n\n", any.Services, any.Endpoints)
+	fmt.Fprintf(b, "## %d Services × %d endpoints\n\n", first.Services, first.Endpoints)
 	fmt.Fprintf(b, "| measurement | haproxy | nftables | haproxy / nftables |\n|---|---|---|---|\n")
 	row := func(name string, f func(*Run) (string, float64, bool)) {
 		cells := [2]string{"–", "–"}
@@ -140,7 +140,7 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 	row("initial sync: first Service created → last ClusterIP answering", func(r *Run) (string, float64, bool) {
 		return dur(r.InitialSync)
 	})
-	n := len(any.EndpointChange)
+	n := len(first.EndpointChange)
 	row(fmt.Sprintf("endpoint change → first request served by a new endpoint, p50 (%d changes)", n), func(r *Run) (string, float64, bool) {
 		return dur(Percentile(r.EndpointChange, 50))
 	})
@@ -153,7 +153,7 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 		}
 		return fmt.Sprintf("%s (%d obs.)", ms(r.NPLMean), r.NPLCount), float64(r.NPLMean), true
 	})
-	k := len(any.NewService)
+	k := len(first.NewService)
 	row(fmt.Sprintf("new Service + slice → ClusterIP answers, p50 (%d Services)", k), func(r *Run) (string, float64, bool) {
 		return dur(Percentile(r.NewService, 50))
 	})
@@ -178,10 +178,10 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 	})
 	fmt.Fprintln(b)
 
-	if len(any.Wrk) == 0 {
+	if len(first.Wrk) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "Data plane: wrk `%s` from a pod on node1 to the ClusterIP (%d endpoints, on both nodes), and directly to one pod on node2.\n\n", meta.WrkArgs, any.Endpoints)
+	fmt.Fprintf(b, "Data plane: wrk `%s` from a pod on node1 to the ClusterIP (%d endpoints, on both nodes), and directly to one pod on node2.\n\n", meta.WrkArgs, first.Endpoints)
 	fmt.Fprintf(b, "| connections | measurement | haproxy | nftables | direct to pod | haproxy / nftables |\n|---|---|---|---|---|---|\n")
 	for _, conn := range []string{ConnKeepAlive, ConnClose} {
 		// Direct to the pod does not depend on the mode: either run's.
