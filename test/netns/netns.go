@@ -15,8 +15,10 @@ package netns
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -137,7 +139,12 @@ func (k *Kit) Namespace(name string) *Namespace {
 // valid.
 func (k *Kit) Bridge(ns *Namespace, name string, addr netip.Prefix) {
 	k.t.Helper()
+	// A bridge without an address of its own takes the lowest MAC of its
+	// ports, so plugging a pod can change it: neighbours then send to a
+	// stale MAC until their ARP entry expires, and connections through the
+	// bridge stall for half a minute. A fixed address never changes.
 	ns.IP("link", "add", name, "type", "bridge")
+	ns.IP("link", "set", name, "address", bridgeMAC(ns.Name, name))
 	ns.IP("link", "set", name, "up")
 	if addr.IsValid() {
 		ns.AddAddr(name, addr)
@@ -362,4 +369,12 @@ func (n *Namespace) netlinkHandle() (*netlink.Handle, error) {
 		n.nl = h
 	}
 	return n.nl, nil
+}
+
+// bridgeMAC derives a locally administered unicast MAC from the namespace
+// and bridge names: stable for one bridge, distinct between bridges.
+func bridgeMAC(ns, bridge string) string {
+	sum := sha256.Sum256([]byte(ns + "/" + bridge))
+	sum[0] = sum[0]&0xfc | 0x02
+	return net.HardwareAddr(sum[:6]).String()
 }

@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"strconv"
@@ -99,4 +100,21 @@ func TestSweepStaleRemovesNamespacesOfDeadRuns(t *testing.T) {
 	after := listNamespaces(t)
 	assert.NotContains(t, after, stale)
 	assert.Contains(t, after, live.Name)
+}
+
+// A pod plugged into a bridge must not change the bridge's MAC: neighbours
+// would keep sending to the old one until their ARP entries expire.
+func TestBridgeMACSurvivesNewPorts(t *testing.T) {
+	k := New(t)
+	node := k.Namespace("node")
+	k.Bridge(node, "cbr0", netip.MustParsePrefix("10.244.1.1/24"))
+	mac := func() string {
+		return strings.TrimSpace(node.IP("-br", "link", "show", "cbr0"))
+	}
+	before := mac()
+	for i := range 3 {
+		pod := k.Namespace(fmt.Sprintf("pod%d", i))
+		k.Plug(node, "cbr0", pod, "eth0", netip.MustParsePrefix(fmt.Sprintf("10.244.1.%d/24", 10+i)))
+		assert.Equal(t, strings.Fields(before)[2], strings.Fields(mac())[2], "bridge MAC after plugging pod%d", i)
+	}
 }
