@@ -49,6 +49,7 @@ var scenarios = []scenario{
 	{"headless-ignored", headlessIgnored},
 	{"service-deleted", serviceDeleted},
 	{"udp-clusterip", udpClusterIP},
+	{"dns-like-tcp-and-udp-53", dnsLike},
 	{"scale-1-10-1-under-load", scaleUnderLoad},
 }
 
@@ -351,16 +352,45 @@ func udpClusterIP(t *testing.T, e *env) string {
 	svc := e.service(t, "udp", "web", func(s *v1.Service) {
 		s.Spec.Ports = []v1.ServicePort{{Name: "echo", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: intstr.FromString("echo")}}
 	})
-	addr := hostPort(svc.Spec.ClusterIP, 53)
+	udpServedBy(t, e.client.NS.Namespace, hostPort(svc.Spec.ClusterIP, 53), names(e.web...)...)
+	return ""
+}
+
+// dnsLike: TCP and UDP on the same port, as kube-dns has. In haproxy mode
+// HAProxy serves the TCP port and the delegated nftables proxier the UDP
+// one, on the ClusterIP from a pod and on the NodePorts from outside.
+func dnsLike(t *testing.T, e *env) string {
+	svc := e.service(t, "dns", "web", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports = []v1.ServicePort{
+			{Name: "dns-tcp", Protocol: v1.ProtocolTCP, Port: 53, TargetPort: intstr.FromString("http")},
+			{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: intstr.FromString("echo")},
+		}
+	})
+	tcpNodePort, udpNodePort := svc.Spec.Ports[0].NodePort, svc.Spec.Ports[1].NodePort
+	servedBy(t, e.client.NS.Namespace, netip.Addr{}, "http://"+hostPort(svc.Spec.ClusterIP, 53)+"/", names(e.web...)...)
+	udpServedBy(t, e.client.NS.Namespace, hostPort(svc.Spec.ClusterIP, 53), names(e.web...)...)
+	for _, n := range e.c.Nodes {
+		servedBy(t, e.c.Outside, localcluster.OutsideIP, "http://"+hostPort(n.IP.String(), tcpNodePort)+"/", names(e.web...)...)
+		udpServedBy(t, e.c.Outside, hostPort(n.IP.String(), udpNodePort), names(e.web...)...)
+	}
+	return fmt.Sprintf("NodePorts %d/TCP and %d/UDP on both nodes", tcpNodePort, udpNodePort)
+}
+
+// udpServedBy sends UDP echoes to addr from ns until every pod in want has
+// answered, and fails the test if one has not within 30 seconds.
+func udpServedBy(t *testing.T, ns *netns.Namespace, addr string, want ...string) {
+	t.Helper()
 	seen := map[string]bool{}
 	deadline := time.Now().Add(30 * time.Second)
-	for len(seen) < len(e.web) && time.Now().Before(deadline) {
-		if r, err := e.client.NS.UDPEcho(addr, "hello", time.Second); err == nil {
+	for len(seen) < len(want) && time.Now().Before(deadline) {
+		if r, err := ns.UDPEcho(addr, "hello", time.Second); err == nil {
 			seen[r.Name] = true
 		}
 	}
-	assert.Len(t, seen, len(e.web), "every endpoint answers UDP, saw %v", seen)
-	return ""
+	for _, name := range want {
+		assert.True(t, seen[name], "%s answers UDP on %s, saw %v", name, addr, seen)
+	}
 }
 
 // scaleUnderLoad scales a Service from 1 to 10 pods and back to 1 while a
