@@ -2,12 +2,10 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -494,35 +492,7 @@ const probeDialTimeout = 50 * time.Millisecond
 
 // probe sends one GET on a new connection from the client pod.
 func (b *bench) probe(url string) (netns.Reply, error) {
-	var r netns.Reply
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := b.from.NS.Do(func() error {
-				var err error
-				c, err = (&net.Dialer{Timeout: probeDialTimeout}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-	resp, err := client.Get(url)
-	if err != nil {
-		return r, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return r, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return r, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return r, fmt.Errorf("GET %s: not a pod reply: %w", url, err)
-	}
-	return r, nil
+	return b.from.NS.HTTPGetWith(url, netns.HTTPOptions{Timeout: 2 * time.Second, DialTimeout: probeDialTimeout})
 }
 
 // metrics returns node1's kube-proxy metrics.

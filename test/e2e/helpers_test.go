@@ -2,12 +2,10 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"syscall"
 	"testing"
@@ -81,39 +79,7 @@ func (e *env) service(t *testing.T, name, selector string, mutate func(*v1.Servi
 // get sends GET url from ns (from src when valid) on a new connection and
 // decodes the pod's reply.
 func get(ns *netns.Namespace, src netip.Addr, url string, timeout time.Duration) (netns.Reply, error) {
-	var r netns.Reply
-	d := &net.Dialer{}
-	if src.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-	}
-	client := &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := ns.Do(func() error {
-				var err error
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-	resp, err := client.Get(url)
-	if err != nil {
-		return r, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return r, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return r, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return r, fmt.Errorf("GET %s: not a pod reply: %w: %q", url, err, body)
-	}
-	return r, nil
+	return ns.HTTPGetWith(url, netns.HTTPOptions{Timeout: timeout, Source: src})
 }
 
 // servedBy waits until a batch of requests to url from ns is answered by

@@ -184,8 +184,26 @@ func (n *Namespace) ListenPacket(network, addr string) (net.PacketConn, error) {
 // namespace. Keep-alives are off: each request is a new connection, so it
 // is balanced, filtered and counted like a new client.
 func (n *Namespace) HTTPClient(timeout time.Duration) *http.Client {
+	return n.httpClient(HTTPOptions{Timeout: timeout})
+}
+
+// HTTPOptions shape a request sent from a namespace.
+type HTTPOptions struct {
+	// Timeout bounds the whole request.
+	Timeout time.Duration
+	// DialTimeout bounds the connect alone; zero leaves it to Timeout.
+	DialTimeout time.Duration
+	// Source is the local address to connect from, when valid.
+	Source netip.Addr
+}
+
+func (n *Namespace) httpClient(o HTTPOptions) *http.Client {
+	d := &net.Dialer{Timeout: o.DialTimeout}
+	if o.Source.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: o.Source.AsSlice()}
+	}
 	return &http.Client{
-		Timeout: timeout,
+		Timeout: o.Timeout,
 		Transport: &http.Transport{
 			DisableKeepAlives: true,
 			Proxy:             nil,
@@ -193,7 +211,7 @@ func (n *Namespace) HTTPClient(timeout time.Duration) *http.Client {
 				var c net.Conn
 				err := n.Do(func() error {
 					var err error
-					c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+					c, err = d.DialContext(ctx, network, addr)
 					return err
 				})
 				return c, err

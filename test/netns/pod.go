@@ -115,8 +115,13 @@ func (k *Kit) podServer() string {
 // HTTPGet sends GET url from inside the namespace and decodes the pod's
 // reply.
 func (n *Namespace) HTTPGet(url string) (Reply, error) {
+	return n.HTTPGetWith(url, HTTPOptions{Timeout: 5 * time.Second})
+}
+
+// HTTPGetWith is HTTPGet with the request shaped by o, on a new connection.
+func (n *Namespace) HTTPGetWith(url string, o HTTPOptions) (Reply, error) {
 	var r Reply
-	resp, err := n.HTTPClient(5 * time.Second).Get(url)
+	resp, err := n.httpClient(o).Get(url)
 	if err != nil {
 		return r, err
 	}
