@@ -65,13 +65,14 @@ func newHAProxyApplier(ctx context.Context, cfg Config, families []v1.IPFamily) 
 			return
 		}
 		apply.RestartsTotal.WithLabelValues("success").Inc()
-		if cfg.Recorder != nil {
-			cfg.Recorder.Eventf(node, nil, v1.EventTypeWarning, "HAProxyRestarted", "Restart", "HAProxy died and was started again")
-		}
 		// Servers added at runtime died with the old process; the file
 		// has the latest ones, but re-apply to be exact.
 		if rerr := a.Resync(ctx); rerr != nil && !errors.Is(rerr, apply.ErrStopped) {
 			logger.Error(rerr, "Re-applying the model after an HAProxy restart failed")
+		}
+		// The event comes last: when it is seen, recovery is complete.
+		if cfg.Recorder != nil {
+			cfg.Recorder.Eventf(node, nil, v1.EventTypeWarning, "HAProxyRestarted", "Restart", "HAProxy died and was started again")
 		}
 	}
 	sup := supervisor.New(opts, logger.WithName("supervisor"))
