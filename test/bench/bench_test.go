@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -41,9 +42,18 @@ type config struct {
 	newServices int
 	wrkDuration time.Duration
 	wrkConns    int
-	outDir      string
-	docs        string
+	// The cold start and memory pass: its scales (none when empty) and
+	// endpoints per Service.
+	memScales    []int
+	memEndpoints int
+	outDir       string
+	docs         string
 }
+
+// memNewServices is how many Services the memory pass adds once every
+// Service answers: in haproxy mode each is a reload, whose old and new
+// workers overlap, and the peak must include that.
+const memNewServices = 5
 
 func envInt(t *testing.T, name string, def int) int {
 	v := os.Getenv(name)
@@ -57,15 +67,49 @@ func envInt(t *testing.T, name string, def int) int {
 	return n
 }
 
+// envScales reads a comma-separated list of Service counts; "none" is the
+// empty list.
+func envScales(t *testing.T, name, def string) []int {
+	v := os.Getenv(name)
+	if v == "" {
+		v = def
+	}
+	if v == "none" {
+		return nil
+	}
+	var out []int
+	for _, s := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			t.Fatalf("%s=%q: want numbers separated by commas, or none", name, v)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// The issue's workload: latencies at 100, 1,000 and 10,000 Services with
+// 10 endpoints each; cold start and memory at 1,000 and 10,000 Services
+// with 2 endpoints each.
+const (
+	defaultScales       = "100,1000,10000"
+	defaultEndpoints    = 10
+	defaultMemScales    = "1000,10000"
+	defaultMemEndpoints = 2
+)
+
 func loadConfig(t *testing.T) config {
 	c := config{
-		modes:       []string{localcluster.ModeHAProxy, localcluster.ModeNFTables},
-		endpoints:   envInt(t, "ENDPOINTS", 4),
-		changes:     envInt(t, "CHANGES", 50),
-		newServices: envInt(t, "NEW_SERVICES", 20),
-		wrkConns:    envInt(t, "WRK_CONNECTIONS", 16),
-		outDir:      os.Getenv("BENCH_OUT"),
-		docs:        os.Getenv("BENCH_DOCS"),
+		modes:        []string{localcluster.ModeHAProxy, localcluster.ModeNFTables},
+		scales:       envScales(t, "SCALES", defaultScales),
+		endpoints:    envInt(t, "ENDPOINTS", defaultEndpoints),
+		changes:      envInt(t, "CHANGES", 50),
+		newServices:  envInt(t, "NEW_SERVICES", 20),
+		wrkConns:     envInt(t, "WRK_CONNECTIONS", 16),
+		memScales:    envScales(t, "MEMORY_SCALES", defaultMemScales),
+		memEndpoints: envInt(t, "MEMORY_ENDPOINTS", defaultMemEndpoints),
+		outDir:       os.Getenv("BENCH_OUT"),
+		docs:         os.Getenv("BENCH_DOCS"),
 	}
 	if m := os.Getenv("MODE"); m != "" {
 		c.modes = strings.Split(m, ",")
@@ -75,19 +119,16 @@ func loadConfig(t *testing.T) config {
 			t.Fatalf("MODE=%q: each mode must be %s or %s", os.Getenv("MODE"), localcluster.ModeHAProxy, localcluster.ModeNFTables)
 		}
 	}
-	scales := os.Getenv("SCALES")
-	if scales == "" {
-		scales = "100"
-	}
-	for _, s := range strings.Split(scales, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil {
-			t.Fatalf("SCALES=%q: want numbers separated by commas", scales)
+	for _, e := range []struct {
+		name string
+		n    int
+	}{{"ENDPOINTS", c.endpoints}, {"MEMORY_ENDPOINTS", c.memEndpoints}} {
+		if e.n < 1 || e.n > 100 {
+			t.Fatalf("%s=%d: want 1..100 (two pools of that many pods are started)", e.name, e.n)
 		}
-		c.scales = append(c.scales, n)
 	}
-	if c.endpoints < 1 || c.endpoints > 100 {
-		t.Fatalf("ENDPOINTS=%d: want 1..100 (two pools of that many pods are started)", c.endpoints)
+	if len(c.scales)+len(c.memScales) == 0 {
+		t.Fatalf("SCALES and MEMORY_SCALES are both none: nothing to measure")
 	}
 	d := os.Getenv("WRK_DURATION")
 	if d == "" {
@@ -101,8 +142,30 @@ func loadConfig(t *testing.T) config {
 	return c
 }
 
-// TestBench runs every scenario on a fresh cluster per mode and scale, and
-// writes the report only when every run succeeded.
+// passSpec is what one pass measures.
+type passSpec struct {
+	pass        string
+	endpoints   int
+	changes     int
+	newServices int
+	wrk         time.Duration
+}
+
+func (c config) passes() []struct {
+	spec   passSpec
+	scales []int
+} {
+	return []struct {
+		spec   passSpec
+		scales []int
+	}{
+		{passSpec{PassLatency, c.endpoints, c.changes, c.newServices, c.wrkDuration}, c.scales},
+		{passSpec{PassMemory, c.memEndpoints, 0, memNewServices, 0}, c.memScales},
+	}
+}
+
+// TestBench runs every scenario on a fresh cluster per pass, mode and
+// scale, and writes the report only when every run succeeded.
 func TestBench(t *testing.T) {
 	if os.Getenv("KH_BENCH") != "1" {
 		t.Skip("set KH_BENCH=1 to run the benchmarks (make bench)")
@@ -112,9 +175,11 @@ func TestBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range cfg.scales {
-		if err := CheckScale(n, avail); err != nil {
-			t.Fatalf("refusing to run: %v", err)
+	for _, p := range cfg.passes() {
+		for _, n := range p.scales {
+			if err := CheckScale(n, p.spec.endpoints, avail); err != nil {
+				t.Fatalf("refusing to run: %v", err)
+			}
 		}
 	}
 	// Ctrl-C or SIGTERM ends the run through the test's cleanups, which
@@ -123,34 +188,42 @@ func TestBench(t *testing.T) {
 	defer stop()
 
 	var runs []Run
-	for _, n := range cfg.scales {
-		for _, mode := range cfg.modes {
-			t.Run(fmt.Sprintf("%s/%d", mode, n), func(t *testing.T) {
-				r := runOne(ctx, t, cfg, mode, n)
-				runs = append(runs, r)
-			})
-			if t.Failed() || ctx.Err() != nil {
-				t.Fatalf("a run failed or was interrupted: no report is written")
+	for _, p := range cfg.passes() {
+		for _, n := range p.scales {
+			for _, mode := range cfg.modes {
+				t.Run(fmt.Sprintf("%s/%s/%d", p.spec.pass, mode, n), func(t *testing.T) {
+					r := runOne(ctx, t, cfg, p.spec, mode, n)
+					runs = append(runs, r)
+				})
+				if t.Failed() || ctx.Err() != nil {
+					t.Fatalf("a run failed or was interrupted: no report is written")
+				}
 			}
 		}
 	}
 	meta := collectMeta(t, cfg)
-	report := "# Benchmarks: haproxy mode beside upstream's nftables mode\n\n" + Report(meta, runs)
+	if cfg.outDir == "" {
+		t.Log("\n" + "# Benchmarks: haproxy mode beside upstream's nftables mode\n\n" + Report(meta, runs, nil, ""))
+		return
+	}
+	// Plots of a run live beside its report, in a directory of their own,
+	// so an older report keeps its pictures.
+	stamp := "bench-" + meta.Date.UTC().Format("20060102-150405")
+	figs, err := Plots(filepath.Join(cfg.outDir, stamp), runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := "# Benchmarks: haproxy mode beside upstream's nftables mode\n\n" + Report(meta, runs, figs, stamp+"/")
 	t.Log("\n" + report)
-	if cfg.outDir != "" {
-		if err := os.MkdirAll(cfg.outDir, 0o755); err != nil {
+	name := filepath.Join(cfg.outDir, stamp+".md")
+	for _, p := range []string{name, filepath.Join(cfg.outDir, "latest.md")} {
+		if err := os.WriteFile(p, []byte(report), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		name := filepath.Join(cfg.outDir, "bench-"+meta.Date.UTC().Format("20060102-150405")+".md")
-		for _, p := range []string{name, filepath.Join(cfg.outDir, "latest.md")} {
-			if err := os.WriteFile(p, []byte(report), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		t.Logf("report: %s", name)
 	}
+	t.Logf("report: %s, plots: %s", name, filepath.Join(cfg.outDir, stamp))
 	if cfg.docs != "" {
-		if err := writeDocs(cfg.docs, report); err != nil {
+		if err := writeDocs(cfg.docs, filepath.Join(cfg.outDir, stamp), meta, runs, figs); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("copied into %s", cfg.docs)
@@ -161,7 +234,10 @@ func TestBench(t *testing.T) {
 // the generated results, which each `make bench` replaces.
 const resultsMarker = "<!-- results: generated by make bench, everything below is replaced -->"
 
-func writeDocs(path, report string) error {
+// writeDocs replaces the results in the document at path with this run's
+// report, and copies the plots into the directory named like the document
+// (docs/benchmarks/ beside docs/benchmarks.md), which the report links.
+func writeDocs(path, plotDir string, meta Meta, runs []Run, figs []Figure) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", path, err)
@@ -170,9 +246,21 @@ func writeDocs(path, report string) error {
 	if !ok {
 		return fmt.Errorf("%s has no results marker %q", path, resultsMarker)
 	}
-	// The generated title duplicates the document's own.
-	_, body, _ := strings.Cut(report, "\n\n")
-	return os.WriteFile(path, []byte(head+resultsMarker+"\n\n## Latest results\n\n"+body), 0o644)
+	docDir := strings.TrimSuffix(path, filepath.Ext(path))
+	if err := os.MkdirAll(docDir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", docDir, err)
+	}
+	for _, f := range figs {
+		png, err := os.ReadFile(filepath.Join(plotDir, f.File))
+		if err != nil {
+			return fmt.Errorf("copying a plot: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(docDir, f.File), png, 0o644); err != nil {
+			return fmt.Errorf("copying a plot: %w", err)
+		}
+	}
+	report := Report(meta, runs, figs, filepath.Base(docDir)+"/")
+	return os.WriteFile(path, []byte(head+resultsMarker+"\n\n## Latest results\n\n"+report), 0o644)
 }
 
 func collectMeta(t *testing.T, cfg config) Meta {
@@ -190,7 +278,17 @@ func collectMeta(t *testing.T, cfg config) Meta {
 	}
 	out, _ = exec.Command("uname", "-r").Output()
 	m.Kernel = strings.TrimSpace(string(out))
-	m.Command = fmt.Sprintf("make bench SCALES=%s ENDPOINTS=%d CHANGES=%d NEW_SERVICES=%d", joinInts(cfg.scales), cfg.endpoints, cfg.changes, cfg.newServices)
+	scales := func(ns []int) string {
+		if len(ns) == 0 {
+			return "none"
+		}
+		return joinInts(ns)
+	}
+	m.Command = fmt.Sprintf("make bench SCALES=%s ENDPOINTS=%d CHANGES=%d NEW_SERVICES=%d WRK_DURATION=%s MEMORY_SCALES=%s MEMORY_ENDPOINTS=%d",
+		scales(cfg.scales), cfg.endpoints, cfg.changes, cfg.newServices, cfg.wrkDuration, scales(cfg.memScales), cfg.memEndpoints)
+	if len(cfg.modes) == 1 {
+		m.Command += " MODE=" + cfg.modes[0]
+	}
 	return m
 }
 
@@ -213,27 +311,40 @@ type bench struct {
 	from   *localcluster.Pod
 	pools  [2][]*localcluster.Pod
 	inPool map[string]int
+	// proxyPID is node1's kube-proxy, read by the memory sampler while
+	// the cold start replaces the process.
+	proxyPID atomic.Int64
+	// kubeProxy is the kube-proxy binary.
+	kubeProxy string
 }
 
 const benchManagedBy = "bench.kube-haproxy.io"
 
-func runOne(ctx context.Context, t *testing.T, cfg config, mode string, n int) Run {
+// Timeouts grow with the number of Services: HAProxy reloads, nftables
+// transactions and the API's lists are all linear in it. The per-Service
+// terms are about ten times what a 10,000-Service run takes here.
+func scaled(base time.Duration, n int, perService time.Duration) time.Duration {
+	return base + time.Duration(n)*perService
+}
+
+func runOne(ctx context.Context, t *testing.T, cfg config, spec passSpec, mode string, n int) Run {
 	c := localcluster.Start(t, localcluster.Options{Mode: mode, Logf: t.Logf})
 	// The benchmark writes thousands of objects: a client of its own that
-	// the default rate limits do not slow down.
+	// the default rate limits (5 QPS) do not slow down.
 	rc := rest.CopyConfig(c.CP.RESTConfig)
-	rc.QPS, rc.Burst = 1000, 2000
+	rc.QPS, rc.Burst = 5000, 10000
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}}
+	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}, kubeProxy: controlplane.Binary(t, "kube-proxy")}
+	b.proxyPID.Store(int64(c.Nodes[0].Proxy.PID()))
 	b.from, err = c.AddPod(ctx, c.Nodes[0], "client", map[string]string{"app": "bench-client"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for pool := range 2 {
-		for i := range cfg.endpoints {
+		for i := range spec.endpoints {
 			node := c.Nodes[i%len(c.Nodes)]
 			p, err := c.StartPod(node, fmt.Sprintf("p%d-%d", pool, i), map[string]string{"app": "bench-backend"})
 			if err != nil {
@@ -243,61 +354,83 @@ func runOne(ctx context.Context, t *testing.T, cfg config, mode string, n int) R
 			b.inPool[p.Name] = pool
 		}
 	}
-	r := Run{Mode: mode, Services: n, Endpoints: cfg.endpoints, HasReloads: mode == localcluster.ModeHAProxy}
+	r := Run{Pass: spec.pass, Mode: mode, Services: n, Endpoints: spec.endpoints, HasReloads: mode == localcluster.ModeHAProxy}
 
-	// Initial sync: n Services, each listing pool 0.
-	t.Logf("%s: creating %d Services with %d endpoints each", mode, n, cfg.endpoints)
-	start := time.Now()
+	// Memory is sampled from here to the end, so the peaks include the
+	// cold start and every reload's overlap of old and new workers.
+	sampler := StartMemSampler("/proc", func() int { return int(b.proxyPID.Load()) }, 100*time.Millisecond)
+	samplerStopped := false
+	t.Cleanup(func() {
+		if !samplerStopped {
+			_, _ = sampler.Stop()
+		}
+	})
+
+	// Cold start: with every kube-proxy stopped and its data plane
+	// removed, the n Services are written (fast: nothing reloads while
+	// they arrive), then the kube-proxies start and node1's is timed until
+	// every ClusterIP answers from node1's client pod.
+	b.stopProxies()
+	t.Logf("%s: creating %d Services with %d endpoints each, kube-proxy stopped", mode, n, spec.endpoints)
+	created := time.Now()
 	ips := b.createServices(n)
-	for _, i := range []int{0, n / 2, n - 1} {
-		b.waitPool(ips[i], 0, 5*time.Minute)
-	}
-	r.InitialSync = time.Since(start)
-	t.Logf("%s: %d Services answer after %v", mode, n, r.InitialSync)
+	t.Logf("%s: %d Services and slices written in %v", mode, n, time.Since(created).Round(time.Millisecond))
+	r.ColdStart = b.startProxies(ips)
+	t.Logf("%s: cold start: every one of %d Services answers %v after kube-proxy started", mode, n, r.ColdStart)
+	// The probing alone, every ClusterIP once while all answer: the floor
+	// under the cold start figure.
+	t0 := time.Now()
+	b.waitAll(ips, 0, scaled(time.Minute, n, 10*time.Millisecond))
+	r.Sweep = time.Since(t0)
 	b.checkCtx()
 
 	// Endpoint changes: a random Service flips to the other pool.
-	reloads0 := b.settle()
+	reloads0 := b.settle(n)
 	npl0sum, npl0count := b.npl()
 	state := make([]int, n)
 	rng := rand.New(rand.NewPCG(uint64(n), 1))
-	for range cfg.changes {
+	for range spec.changes {
 		i := rng.IntN(n)
 		state[i] = 1 - state[i]
 		t0 := time.Now()
 		b.writeSlice(svcName(i), state[i])
-		b.waitPool(ips[i], state[i], 30*time.Second)
+		b.waitPool(ips[i], state[i], scaled(30*time.Second, n, 5*time.Millisecond))
 		r.EndpointChange = append(r.EndpointChange, time.Since(t0))
 		b.checkCtx()
 	}
-	// Let the other node and the metrics settle before reading counters.
-	time.Sleep(time.Second)
-	r.ReloadsEndpoint = b.reloads() - reloads0
-	npl1sum, npl1count := b.npl()
-	if c := npl1count - npl0count; c > 0 {
-		r.NPLCount = int(c)
-		r.NPLMean = time.Duration((npl1sum - npl0sum) / c * float64(time.Second))
-	}
-	t.Logf("%s: endpoint change p50 %v p99 %v, reloads %d", mode, Percentile(r.EndpointChange, 50), Percentile(r.EndpointChange, 99), r.ReloadsEndpoint)
-	if r.HasReloads && r.ReloadsEndpoint != 0 {
-		t.Errorf("%s: %d HAProxy reloads during endpoint-only changes; want 0; kube-proxy on node1 logged:\n%s",
-			mode, r.ReloadsEndpoint, grepLines(c.Nodes[0].Proxy.Log(), "eload", 20))
+	if spec.changes > 0 {
+		// Let the other node and the metrics settle before reading counters.
+		time.Sleep(time.Second)
+		r.ReloadsEndpoint = b.reloads() - reloads0
+		npl1sum, npl1count := b.npl()
+		if c := npl1count - npl0count; c > 0 {
+			r.NPLCount = int(c)
+			r.NPLMean = time.Duration((npl1sum - npl0sum) / c * float64(time.Second))
+		}
+		t.Logf("%s: endpoint change p50 %v p99 %v, reloads %d, network programming %v (%d obs.)", mode,
+			Percentile(r.EndpointChange, 50), Percentile(r.EndpointChange, 99), r.ReloadsEndpoint, r.NPLMean, r.NPLCount)
+		if r.HasReloads && r.ReloadsEndpoint != 0 {
+			t.Errorf("%s: %d HAProxy reloads during endpoint-only changes; want 0; kube-proxy on node1 logged:\n%s",
+				mode, r.ReloadsEndpoint, grepLines(c.Nodes[0].Proxy.Log(), "eload", 20))
+		}
 	}
 
 	// New Services, one at a time.
-	reloads0 = b.settle()
-	for j := range cfg.newServices {
+	reloads0 = b.settle(n)
+	for j := range spec.newServices {
 		t0 := time.Now()
 		ip := b.createService(n+j, 0)
-		b.waitPool(ip, 0, 60*time.Second)
+		b.waitPool(ip, 0, scaled(time.Minute, n, 10*time.Millisecond))
 		r.NewService = append(r.NewService, time.Since(t0))
 		b.checkCtx()
 	}
-	time.Sleep(time.Second)
-	r.ReloadsNewService = b.reloads() - reloads0
-	t.Logf("%s: new Service p50 %v p99 %v, reloads %d", mode, Percentile(r.NewService, 50), Percentile(r.NewService, 99), r.ReloadsNewService)
+	if spec.newServices > 0 {
+		time.Sleep(time.Second)
+		r.ReloadsNewService = b.reloads() - reloads0
+		t.Logf("%s: new Service p50 %v p99 %v, reloads %d", mode, Percentile(r.NewService, 50), Percentile(r.NewService, 99), r.ReloadsNewService)
+	}
 
-	if cfg.wrkDuration > 0 {
+	if spec.wrk > 0 {
 		r.Wrk = map[WrkKey]WrkResult{}
 		direct := b.pools[0][len(b.pools[0])-1]
 		if len(c.Nodes) > 1 && len(b.pools[0]) > 1 {
@@ -308,36 +441,139 @@ func runOne(ctx context.Context, t *testing.T, cfg config, mode string, n int) R
 			{TargetDirect, fmt.Sprintf("http://%s:%d/", direct.IP, localcluster.PodPorts["http"].Port)},
 		} {
 			for _, conn := range []string{ConnKeepAlive, ConnClose} {
-				r.Wrk[WrkKey{target.name, conn}] = b.wrk(cfg, target.url, conn == ConnClose)
+				r.Wrk[WrkKey{target.name, conn}] = b.wrk(cfg, spec.wrk, target.url, conn == ConnClose)
 				b.checkCtx()
 			}
 		}
 	}
 
 	// Memory last: the peaks include every scenario above.
-	proxyPID := c.Nodes[0].Proxy.PID()
-	r.ProxyHWM, err = ProcHWM("/proc", proxyPID)
+	samplerStopped = true
+	peak, err := sampler.Stop()
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.ProxyHWM = peak.ProxyHWM
 	if r.HasReloads {
-		pids, err := Descendants("/proc", proxyPID, "haproxy")
-		if err != nil {
-			t.Fatal(err)
+		if peak.HAProxyProcs == 0 {
+			t.Fatalf("%s: no haproxy process below kube-proxy was ever sampled (%d samples)", mode, peak.Samples)
 		}
-		if len(pids) == 0 {
-			t.Fatalf("%s: no haproxy process below kube-proxy (pid %d)", mode, proxyPID)
-		}
-		for _, pid := range pids {
-			hwm, err := ProcHWM("/proc", pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.HAProxyHWM += hwm
-		}
-		r.HAProxyProcs = len(pids)
+		r.HAProxyHWM, r.HAProxyProcs = peak.HAProxyHWM, peak.HAProxyProcs
 	}
+	t.Logf("%s: peak RSS kube-proxy %s, HAProxy %s (%d processes at once), %d samples", mode, mib(r.ProxyHWM), mib(r.HAProxyHWM), r.HAProxyProcs, peak.Samples)
 	return r
+}
+
+// kubeProxyConfig is the configuration file the local cluster wrote for
+// node's kube-proxy; a restart reuses it.
+func (b *bench) kubeProxyConfig(n *localcluster.Node) string {
+	p := filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy.yaml")
+	if _, err := os.Stat(p); err != nil {
+		b.t.Fatalf("the kube-proxy configuration of %s: %v", n.Name, err)
+	}
+	return p
+}
+
+// stopProxies stops every node's kube-proxy and removes what it
+// programmed with `kube-proxy --cleanup` (HAProxy and its state, routes,
+// nftables tables), as after a node reboot: nothing serves a ClusterIP.
+func (b *bench) stopProxies() {
+	b.proxyPID.Store(0)
+	for _, n := range b.c.Nodes {
+		n.Proxy.Stop()
+		if out, err := n.NS.Exec(b.kubeProxy, "--config="+b.kubeProxyConfig(n), "--cleanup", "--v=2"); err != nil {
+			b.t.Fatalf("kube-proxy --cleanup on %s: %v\n%s", n.Name, err, out)
+		}
+	}
+	for _, n := range b.c.Nodes {
+		if owned := b.haproxyOf(n); len(owned) > 0 {
+			b.t.Fatalf("kube-proxy --cleanup on %s left HAProxy running: pids %v", n.Name, owned)
+		}
+	}
+}
+
+// haproxyOf lists HAProxy processes whose command line names node's state
+// directory in this cluster, wherever they are in the process tree (one
+// kube-proxy left running is not below any kube-proxy).
+func (b *bench) haproxyOf(n *localcluster.Node) []int {
+	stateDir := filepath.Join(b.c.Opts.Dir, n.Name, "haproxy") + "/"
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.HasPrefix(filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0]), "haproxy") {
+			continue
+		}
+		if strings.Contains(string(cmd), stateDir) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// startProxies starts every node's kube-proxy again and returns the time
+// from node1's start to every ClusterIP in ips answering from node1's
+// client pod. It then waits until both report healthy.
+func (b *bench) startProxies(ips []string) time.Duration {
+	// Nothing may answer before kube-proxy starts, or the cold start
+	// would measure nothing.
+	if r, err := b.probe("http://" + ips[0] + "/"); err == nil {
+		b.t.Fatalf("%s answers (from %s) with every kube-proxy stopped and cleaned up", ips[0], r.Name)
+	}
+	start := time.Now()
+	for i, n := range b.c.Nodes {
+		// A name of its own: the first kube-proxy's log stays readable.
+		n.Proxy = n.NS.Start("kube-proxy-cold", b.kubeProxy, "--config="+b.kubeProxyConfig(n), "--v=2")
+		if i == 0 {
+			b.proxyPID.Store(int64(n.Proxy.PID()))
+		}
+	}
+	b.waitAll(ips, 0, scaled(2*time.Minute, len(ips), 30*time.Millisecond))
+	took := time.Since(start)
+	for _, n := range b.c.Nodes {
+		b.waitHealthy(n, scaled(time.Minute, len(ips), 10*time.Millisecond))
+	}
+	return took
+}
+
+// waitHealthy waits until node's kube-proxy answers 200 on /healthz.
+func (b *bench) waitHealthy(n *localcluster.Node, timeout time.Duration) {
+	url := fmt.Sprintf("http://%s:%d/healthz", n.IP, localcluster.HealthzPort)
+	client := n.NS.HTTPClient(2 * time.Second)
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		if ended, err := n.Proxy.Exited(); ended {
+			b.t.Fatalf("kube-proxy on %s exited: %v\n%s", n.Name, err, tailLines(n.Proxy.Log(), 30))
+		}
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("kube-proxy on %s not healthy after %v (last: %s)\n%s", n.Name, timeout, last, tailLines(n.Proxy.Log(), 30))
+		}
+		b.checkCtx()
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 func (b *bench) checkCtx() {
@@ -348,6 +584,11 @@ func (b *bench) checkCtx() {
 
 func svcName(i int) string { return fmt.Sprintf("bench-%05d", i) }
 
+// createWriters is how many Services and slices are written at once:
+// enough to keep kube-apiserver and etcd busy on two cores (about 1,000
+// objects/s here), whose writes are the limit, not the round trips.
+const createWriters = 32
+
 // createServices creates Services 0..n-1 in parallel and returns their
 // ClusterIPs.
 func (b *bench) createServices(n int) []string {
@@ -356,7 +597,7 @@ func (b *bench) createServices(n int) []string {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
-	for range 16 {
+	for range createWriters {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -457,13 +698,20 @@ func (b *bench) writeSlice(svc string, pool int) {
 
 // waitPool sends requests to ip from the client pod, each on a new
 // connection, until one is answered by a pod of pool.
+func (b *bench) waitPool(ip string, pool int, timeout time.Duration) {
+	b.t.Helper()
+	if err := b.waitPoolErr(ip, pool, timeout, 2*time.Millisecond); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// waitPoolErr is waitPool returning its failure, pausing between probes.
 //
 // Each connection attempt gives up after probeDialTimeout: a SYN the data
 // plane drops (nftables mode before a new Service is programmed) would
 // otherwise be retransmitted by the kernel only after a second, and the
 // measurement would show TCP's retransmission timer, not kube-proxy.
-func (b *bench) waitPool(ip string, pool int, timeout time.Duration) {
-	b.t.Helper()
+func (b *bench) waitPoolErr(ip string, pool int, timeout, pause time.Duration) error {
 	url := "http://" + ip + "/"
 	deadline := time.Now().Add(timeout)
 	var last string
@@ -471,17 +719,55 @@ func (b *bench) waitPool(ip string, pool int, timeout time.Duration) {
 		r, err := b.probe(url)
 		if err == nil {
 			if p, ok := b.inPool[r.Name]; ok && p == pool {
-				return
+				return nil
 			}
 			last = "answered by " + r.Name
 		} else {
 			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			b.t.Fatalf("%s: not answered by pool %d after %v (last: %s)", url, pool, timeout, last)
+			return fmt.Errorf("%s: not answered by pool %d after %v (last: %s)", url, pool, timeout, last)
 		}
-		b.checkCtx()
-		time.Sleep(2 * time.Millisecond)
+		if err := b.ctx.Err(); err != nil {
+			return fmt.Errorf("interrupted: %w", err)
+		}
+		time.Sleep(pause)
+	}
+}
+
+// waitAll waits until every ClusterIP in ips is answered by pool, probing
+// several at once. A prober waits on one Service at a time, so while
+// nothing answers only probeWorkers connection attempts are in flight,
+// paced so the probing does not take the CPU kube-proxy needs.
+func (b *bench) waitAll(ips []string, pool int, timeout time.Duration) {
+	b.t.Helper()
+	const probeWorkers = 8
+	deadline := time.Now().Add(timeout)
+	work := make(chan string)
+	errc := make(chan error, probeWorkers)
+	var wg sync.WaitGroup
+	for range probeWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ip := range work {
+				if err := b.waitPoolErr(ip, pool, time.Until(deadline), 10*time.Millisecond); err != nil {
+					errc <- err
+					for range work {
+					}
+					return
+				}
+			}
+		}()
+	}
+	for _, ip := range ips {
+		work <- ip
+	}
+	close(work)
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		b.t.Fatal(err)
 	}
 }
 
@@ -526,11 +812,12 @@ func (b *bench) reloads() int {
 // settle waits until node1's kube-proxy has applied what came before (no
 // reload for 3 s) and returns the reload count: a scenario's reloads are
 // then its own, not the tail of the previous one's.
-func (b *bench) settle() int {
+func (b *bench) settle(n int) int {
+	timeout := scaled(time.Minute, n, 10*time.Millisecond)
 	last, quiet := b.reloads(), 0
-	for deadline := time.Now().Add(time.Minute); quiet < 6; {
+	for deadline := time.Now().Add(timeout); quiet < 6; {
 		if time.Now().After(deadline) {
-			b.t.Fatalf("HAProxy on node1 still reloads after a minute without changes")
+			b.t.Fatalf("HAProxy on node1 still reloads after %v without changes", timeout)
 		}
 		b.checkCtx()
 		time.Sleep(500 * time.Millisecond)
@@ -568,8 +855,8 @@ func (b *bench) npl() (float64, float64) {
 }
 
 // wrk runs wrk in the client pod against url.
-func (b *bench) wrk(cfg config, url string, closeEach bool) WrkResult {
-	args := []string{"wrk", "-t1", fmt.Sprintf("-c%d", cfg.wrkConns), "-d" + cfg.wrkDuration.String(), "--latency"}
+func (b *bench) wrk(cfg config, d time.Duration, url string, closeEach bool) WrkResult {
+	args := []string{"wrk", "-t1", fmt.Sprintf("-c%d", cfg.wrkConns), "-d" + d.String(), "--latency"}
 	if closeEach {
 		args = append(args, "-H", "Connection: close")
 	}
