@@ -163,9 +163,9 @@ func TestPeakConcurrent(t *testing.T) {
 	samples := []map[int]int64{
 		{1: 10, 2: 100},
 		{1: 10, 2: 120},
-		{1: 10, 3: 90},   // 2 drained between samples: still counted here
-		{1: 10, 3: 130},  // 3 grew: its largest VmHWM counts throughout
-		nil,              // kube-proxy stopped: nothing sampled
+		{1: 10, 3: 90},  // 2 drained between samples: still counted here
+		{1: 10, 3: 130}, // 3 grew: its largest VmHWM counts throughout
+		nil,             // kube-proxy stopped: nothing sampled
 		nil,
 		{4: 12},
 		{4: 12, 5: 200},
