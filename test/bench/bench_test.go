@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -187,18 +188,30 @@ func TestBench(t *testing.T) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	// One cluster per scale, its Services written once (the API writes
+	// them at about 25 Services/s, see docs/benchmarks.md): every mode and
+	// pass at that scale runs on it in turn, each from a cold start with
+	// kube-proxies of its own, so their measurements share nothing but
+	// the control plane.
 	var runs []Run
-	for _, p := range cfg.passes() {
-		for _, n := range p.scales {
-			for _, mode := range cfg.modes {
-				t.Run(fmt.Sprintf("%s/%s/%d", p.spec.pass, mode, n), func(t *testing.T) {
-					r := runOne(ctx, t, cfg, p.spec, mode, n)
-					runs = append(runs, r)
-				})
-				if t.Failed() || ctx.Err() != nil {
-					t.Fatalf("a run failed or was interrupted: no report is written")
+	for _, n := range unionSorted(cfg.scales, cfg.memScales) {
+		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			b := newBench(ctx, t, cfg, n)
+			for _, p := range cfg.passes() {
+				if !slices.Contains(p.scales, n) {
+					continue
+				}
+				for _, mode := range cfg.modes {
+					if t.Failed() || ctx.Err() != nil {
+						return
+					}
+					t.Logf("== %s pass, %s mode, %d Services × %d endpoints", p.spec.pass, mode, n, p.spec.endpoints)
+					runs = append(runs, b.run(cfg, p.spec, mode))
 				}
 			}
+		})
+		if t.Failed() || ctx.Err() != nil {
+			t.Fatalf("a run failed or was interrupted: no report is written")
 		}
 	}
 	meta := collectMeta(t, cfg)
@@ -292,6 +305,13 @@ func collectMeta(t *testing.T, cfg config) Meta {
 	return m
 }
 
+// unionSorted is every number in a or b once, in increasing order.
+func unionSorted(a, b []int) []int {
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 func joinInts(ns []int) string {
 	s := make([]string, len(ns))
 	for i, n := range ns {
@@ -300,9 +320,10 @@ func joinInts(ns []int) string {
 	return strings.Join(s, ",")
 }
 
-// bench is one run's state: the cluster, a client pod on node1, and two
-// pools of pods; every benchmark Service lists one whole pool, so a
-// request answered by the other pool proves a change is programmed.
+// bench is one scale's state: the cluster, a client pod on node1, two
+// pools of pods, and n Services; every benchmark Service lists (the first
+// endpoints pods of) one pool, so a request answered by the other pool
+// proves a change is programmed.
 type bench struct {
 	t      *testing.T
 	ctx    context.Context
@@ -311,11 +332,21 @@ type bench struct {
 	from   *localcluster.Pod
 	pools  [2][]*localcluster.Pod
 	inPool map[string]int
-	// proxyPID is node1's kube-proxy, read by the memory sampler while
-	// the cold start replaces the process.
+	n      int
+	ips    []string
+	// endpoints is how many pods of a pool each slice lists now, and
+	// state[i] the pool Service i's slice lists.
+	endpoints int
+	state     []int
+	// mode is the mode kube-proxy runs in now.
+	mode string
+	// proxyPID is node1's kube-proxy, read by the memory sampler while a
+	// cold start replaces the process.
 	proxyPID atomic.Int64
 	// kubeProxy is the kube-proxy binary.
 	kubeProxy string
+	// runs counts kube-proxy starts, to name their logs.
+	runs int
 }
 
 const benchManagedBy = "bench.kube-haproxy.io"
@@ -327,8 +358,12 @@ func scaled(base time.Duration, n int, perService time.Duration) time.Duration {
 	return base + time.Duration(n)*perService
 }
 
-func runOne(ctx context.Context, t *testing.T, cfg config, spec passSpec, mode string, n int) Run {
-	c := localcluster.Start(t, localcluster.Options{Mode: mode, Logf: t.Logf})
+// newBench starts a cluster, stops its kube-proxies (each run starts its
+// own), starts the pods and writes n Services with their slices.
+func newBench(ctx context.Context, t *testing.T, cfg config, n int) *bench {
+	// The local cluster starts in haproxy mode; a run in nftables mode
+	// starts kube-proxy with the same configuration in that mode.
+	c := localcluster.Start(t, localcluster.Options{Mode: localcluster.ModeHAProxy, Logf: t.Logf})
 	// The benchmark writes thousands of objects: a client of its own that
 	// the default rate limits (5 QPS) do not slow down.
 	rc := rest.CopyConfig(c.CP.RESTConfig)
@@ -337,14 +372,20 @@ func runOne(ctx context.Context, t *testing.T, cfg config, spec passSpec, mode s
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}, kubeProxy: controlplane.Binary(t, "kube-proxy")}
-	b.proxyPID.Store(int64(c.Nodes[0].Proxy.PID()))
+	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}, n: n, kubeProxy: controlplane.Binary(t, "kube-proxy")}
+	b.stopProxies()
 	b.from, err = c.AddPod(ctx, c.Nodes[0], "client", map[string]string{"app": "bench-client"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	pods := 0
+	for _, p := range cfg.passes() {
+		if slices.Contains(p.scales, n) {
+			pods = max(pods, p.spec.endpoints)
+		}
+	}
 	for pool := range 2 {
-		for i := range spec.endpoints {
+		for i := range pods {
 			node := c.Nodes[i%len(c.Nodes)]
 			p, err := c.StartPod(node, fmt.Sprintf("p%d-%d", pool, i), map[string]string{"app": "bench-backend"})
 			if err != nil {
@@ -354,28 +395,38 @@ func runOne(ctx context.Context, t *testing.T, cfg config, spec passSpec, mode s
 			b.inPool[p.Name] = pool
 		}
 	}
+	b.endpoints = pods
+	b.state = make([]int, n)
+	t.Logf("creating %d Services with %d endpoints each, kube-proxy stopped", n, pods)
+	created := time.Now()
+	b.ips = b.createServices(n)
+	t.Logf("%d Services and slices written in %v", n, time.Since(created).Round(time.Millisecond))
+	return b
+}
+
+// run measures one pass in one mode: a cold start, then the pass's
+// scenarios. It leaves the Services as it found them (the ones it added
+// deleted) and every kube-proxy stopped and cleaned up.
+func (b *bench) run(cfg config, spec passSpec, mode string) Run {
+	t, n, ips := b.t, b.n, b.ips
+	b.mode = mode
+	b.resetSlices(spec.endpoints)
 	r := Run{Pass: spec.pass, Mode: mode, Services: n, Endpoints: spec.endpoints, HasReloads: mode == localcluster.ModeHAProxy}
 
-	// Memory is sampled from here to the end, so the peaks include the
-	// cold start and every reload's overlap of old and new workers.
+	// Memory is sampled from the start to the end, so the peaks include
+	// the cold start and every reload's overlap of old and new workers.
 	sampler := StartMemSampler("/proc", func() int { return int(b.proxyPID.Load()) }, 100*time.Millisecond)
 	samplerStopped := false
-	t.Cleanup(func() {
+	defer func() {
 		if !samplerStopped {
 			_, _ = sampler.Stop()
 		}
-	})
+	}()
 
-	// Cold start: with every kube-proxy stopped and its data plane
-	// removed, the n Services are written (fast: nothing reloads while
-	// they arrive), then the kube-proxies start and node1's is timed until
-	// every ClusterIP answers from node1's client pod.
-	b.stopProxies()
-	t.Logf("%s: creating %d Services with %d endpoints each, kube-proxy stopped", mode, n, spec.endpoints)
-	created := time.Now()
-	ips := b.createServices(n)
-	t.Logf("%s: %d Services and slices written in %v", mode, n, time.Since(created).Round(time.Millisecond))
-	r.ColdStart = b.startProxies(ips)
+	// Cold start: with every Service already written and nothing
+	// programmed, the kube-proxies start and node1's is timed until every
+	// ClusterIP answers from node1's client pod.
+	r.ColdStart = b.startProxies()
 	t.Logf("%s: cold start: every one of %d Services answers %v after kube-proxy started", mode, n, r.ColdStart)
 	// The probing alone, every ClusterIP once while all answer: the floor
 	// under the cold start figure.
@@ -385,16 +436,15 @@ func runOne(ctx context.Context, t *testing.T, cfg config, spec passSpec, mode s
 	b.checkCtx()
 
 	// Endpoint changes: a random Service flips to the other pool.
-	reloads0 := b.settle(n)
+	reloads0 := b.settle()
 	npl0sum, npl0count := b.npl()
-	state := make([]int, n)
 	rng := rand.New(rand.NewPCG(uint64(n), 1))
 	for range spec.changes {
 		i := rng.IntN(n)
-		state[i] = 1 - state[i]
+		b.state[i] = 1 - b.state[i]
 		t0 := time.Now()
-		b.writeSlice(svcName(i), state[i])
-		b.waitPool(ips[i], state[i], scaled(30*time.Second, n, 5*time.Millisecond))
+		b.writeSlice(svcName(i), b.state[i])
+		b.waitPool(ips[i], b.state[i], scaled(30*time.Second, n, 5*time.Millisecond))
 		r.EndpointChange = append(r.EndpointChange, time.Since(t0))
 		b.checkCtx()
 	}
@@ -411,12 +461,12 @@ func runOne(ctx context.Context, t *testing.T, cfg config, spec passSpec, mode s
 			Percentile(r.EndpointChange, 50), Percentile(r.EndpointChange, 99), r.ReloadsEndpoint, r.NPLMean, r.NPLCount)
 		if r.HasReloads && r.ReloadsEndpoint != 0 {
 			t.Errorf("%s: %d HAProxy reloads during endpoint-only changes; want 0; kube-proxy on node1 logged:\n%s",
-				mode, r.ReloadsEndpoint, grepLines(c.Nodes[0].Proxy.Log(), "eload", 20))
+				mode, r.ReloadsEndpoint, grepLines(b.c.Nodes[0].Proxy.Log(), "eload", 20))
 		}
 	}
 
-	// New Services, one at a time.
-	reloads0 = b.settle(n)
+	// New Services, one at a time; deleted at the end of the run.
+	reloads0 = b.settle()
 	for j := range spec.newServices {
 		t0 := time.Now()
 		ip := b.createService(n+j, 0)
@@ -433,7 +483,7 @@ func runOne(ctx context.Context, t *testing.T, cfg config, spec passSpec, mode s
 	if spec.wrk > 0 {
 		r.Wrk = map[WrkKey]WrkResult{}
 		direct := b.pools[0][len(b.pools[0])-1]
-		if len(c.Nodes) > 1 && len(b.pools[0]) > 1 {
+		if len(b.c.Nodes) > 1 && len(b.pools[0]) > 1 {
 			direct = b.pools[0][1] // on node2, as half the ClusterIP's endpoints
 		}
 		for _, target := range []struct{ name, url string }{
@@ -461,15 +511,35 @@ func runOne(ctx context.Context, t *testing.T, cfg config, spec passSpec, mode s
 		r.HAProxyHWM, r.HAProxyProcs = peak.HAProxyHWM, peak.HAProxyProcs
 	}
 	t.Logf("%s: peak RSS kube-proxy %s, HAProxy %s (%d processes at once), %d samples", mode, mib(r.ProxyHWM), mib(r.HAProxyHWM), r.HAProxyProcs, peak.Samples)
+
+	b.stopProxies()
+	for j := range spec.newServices {
+		b.deleteService(n + j)
+	}
 	return r
 }
 
-// kubeProxyConfig is the configuration file the local cluster wrote for
-// node's kube-proxy; a restart reuses it.
+// kubeProxyConfig is the configuration file of node's kube-proxy in the
+// current mode: the one the local cluster wrote (haproxy mode), or a copy
+// in nftables mode. The copy keeps the haproxy section, so that
+// `kube-proxy --cleanup` with it still finds this node's HAProxy state.
 func (b *bench) kubeProxyConfig(n *localcluster.Node) string {
 	p := filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy.yaml")
-	if _, err := os.Stat(p); err != nil {
+	orig, err := os.ReadFile(p)
+	if err != nil {
 		b.t.Fatalf("the kube-proxy configuration of %s: %v", n.Name, err)
+	}
+	if b.mode == localcluster.ModeHAProxy || b.mode == "" {
+		return p
+	}
+	const haproxyMode = "\nmode: " + localcluster.ModeHAProxy + "\n"
+	if !strings.Contains(string(orig), haproxyMode) {
+		b.t.Fatalf("the kube-proxy configuration of %s has no %q line to change", n.Name, strings.TrimSpace(haproxyMode))
+	}
+	cfg := strings.Replace(string(orig), haproxyMode, "\nmode: "+b.mode+"\n", 1)
+	p = filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy-"+b.mode+".yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
+		b.t.Fatal(err)
 	}
 	return p
 }
@@ -515,27 +585,28 @@ func (b *bench) haproxyOf(n *localcluster.Node) []int {
 	return out
 }
 
-// startProxies starts every node's kube-proxy again and returns the time
-// from node1's start to every ClusterIP in ips answering from node1's
-// client pod. It then waits until both report healthy.
-func (b *bench) startProxies(ips []string) time.Duration {
+// startProxies starts every node's kube-proxy in the current mode and
+// returns the time from node1's start to every ClusterIP answering from
+// node1's client pod. It then waits until both report healthy.
+func (b *bench) startProxies() time.Duration {
 	// Nothing may answer before kube-proxy starts, or the cold start
 	// would measure nothing.
-	if r, err := b.probe("http://" + ips[0] + "/"); err == nil {
-		b.t.Fatalf("%s answers (from %s) with every kube-proxy stopped and cleaned up", ips[0], r.Name)
+	if r, err := b.probe("http://" + b.ips[0] + "/"); err == nil {
+		b.t.Fatalf("%s answers (from %s) with every kube-proxy stopped and cleaned up", b.ips[0], r.Name)
 	}
+	b.runs++
 	start := time.Now()
 	for i, n := range b.c.Nodes {
-		// A name of its own: the first kube-proxy's log stays readable.
-		n.Proxy = n.NS.Start("kube-proxy-cold", b.kubeProxy, "--config="+b.kubeProxyConfig(n), "--v=2")
+		// A log of its own per run: earlier runs' logs stay readable.
+		n.Proxy = n.NS.Start(fmt.Sprintf("kube-proxy-run%d", b.runs), b.kubeProxy, "--config="+b.kubeProxyConfig(n), "--v=2")
 		if i == 0 {
 			b.proxyPID.Store(int64(n.Proxy.PID()))
 		}
 	}
-	b.waitAll(ips, 0, scaled(2*time.Minute, len(ips), 30*time.Millisecond))
+	b.waitAll(b.ips, 0, scaled(2*time.Minute, len(b.ips), 30*time.Millisecond))
 	took := time.Since(start)
 	for _, n := range b.c.Nodes {
-		b.waitHealthy(n, scaled(time.Minute, len(ips), 10*time.Millisecond))
+		b.waitHealthy(n, scaled(time.Minute, len(b.ips), 10*time.Millisecond))
 	}
 	return took
 }
@@ -589,10 +660,9 @@ func svcName(i int) string { return fmt.Sprintf("bench-%05d", i) }
 // objects/s here), whose writes are the limit, not the round trips.
 const createWriters = 32
 
-// createServices creates Services 0..n-1 in parallel and returns their
-// ClusterIPs.
-func (b *bench) createServices(n int) []string {
-	ips := make([]string, n)
+// parallel calls fn(0..n-1) from createWriters goroutines and fails the
+// test with every error.
+func (b *bench) parallel(n int, fn func(i int) error) {
 	work := make(chan int)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -602,14 +672,11 @@ func (b *bench) createServices(n int) []string {
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				ip, err := b.tryCreateService(i, 0)
-				if err != nil {
+				if err := fn(i); err != nil {
 					mu.Lock()
 					errs = append(errs, err)
 					mu.Unlock()
-					continue
 				}
-				ips[i] = ip
 			}
 		}()
 	}
@@ -621,11 +688,62 @@ func (b *bench) createServices(n int) []string {
 	}
 	close(work)
 	wg.Wait()
+	if len(errs) > 5 {
+		errs = append(errs[:5], fmt.Errorf("and %d more errors", len(errs)-5))
+	}
 	if err := errors.Join(errs...); err != nil {
 		b.t.Fatal(err)
 	}
 	b.checkCtx()
+}
+
+// createServices creates Services 0..n-1 in parallel and returns their
+// ClusterIPs.
+func (b *bench) createServices(n int) []string {
+	ips := make([]string, n)
+	b.parallel(n, func(i int) error {
+		ip, err := b.tryCreateService(i, 0)
+		ips[i] = ip
+		return err
+	})
 	return ips
+}
+
+// resetSlices rewrites, in parallel, every slice that does not list the
+// first endpoints pods of pool 0, so a run starts where every run starts.
+func (b *bench) resetSlices(endpoints int) {
+	var todo []int
+	for i, pool := range b.state {
+		if pool != 0 || endpoints != b.endpoints {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	b.endpoints = endpoints
+	t0 := time.Now()
+	b.parallel(len(todo), func(j int) error {
+		i := todo[j]
+		if err := b.tryWriteSlice(svcName(i), 0); err != nil {
+			return err
+		}
+		b.state[i] = 0
+		return nil
+	})
+	b.t.Logf("%d slices rewritten to %d endpoints in %v", len(todo), endpoints, time.Since(t0).Round(time.Millisecond))
+}
+
+// deleteService deletes Service i and its slice (there is no garbage
+// collector in the local cluster).
+func (b *bench) deleteService(i int) {
+	name := svcName(i)
+	if err := b.client.CoreV1().Services(metav1.NamespaceDefault).Delete(b.ctx, name, metav1.DeleteOptions{}); err != nil {
+		b.t.Fatalf("deleting Service %s: %v", name, err)
+	}
+	if err := b.client.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).Delete(b.ctx, name+"-bench", metav1.DeleteOptions{}); err != nil {
+		b.t.Fatalf("deleting the EndpointSlice of %s: %v", name, err)
+	}
 }
 
 func (b *bench) createService(i, pool int) string {
@@ -655,7 +773,7 @@ func (b *bench) tryCreateService(i, pool int) (string, error) {
 	return created.Spec.ClusterIP, nil
 }
 
-// slice is svc's EndpointSlice listing every pod of pool, ready, with the
+// slice is svc's EndpointSlice listing the first b.endpoints pods of pool, ready, with the
 // trigger-time annotation kube-proxy's network programming metric reads.
 func (b *bench) slice(svc string, pool int) *discovery.EndpointSlice {
 	s := &discovery.EndpointSlice{
@@ -672,7 +790,7 @@ func (b *bench) slice(svc string, pool int) *discovery.EndpointSlice {
 			Name: ptr.To("http"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To(localcluster.PodPorts["http"].Port),
 		}},
 	}
-	for _, p := range b.pools[pool] {
+	for _, p := range b.pools[pool][:b.endpoints] {
 		s.Endpoints = append(s.Endpoints, discovery.Endpoint{
 			Addresses:  []string{p.IP.String()},
 			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)},
@@ -685,15 +803,22 @@ func (b *bench) slice(svc string, pool int) *discovery.EndpointSlice {
 
 // writeSlice replaces svc's slice with one listing pool.
 func (b *bench) writeSlice(svc string, pool int) {
+	if err := b.tryWriteSlice(svc, pool); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func (b *bench) tryWriteSlice(svc string, pool int) error {
 	want := b.slice(svc, pool)
 	have, err := b.client.DiscoveryV1().EndpointSlices(want.Namespace).Get(b.ctx, want.Name, metav1.GetOptions{})
 	if err != nil {
-		b.t.Fatalf("reading the EndpointSlice of %s: %v", svc, err)
+		return fmt.Errorf("reading the EndpointSlice of %s: %w", svc, err)
 	}
 	want.ResourceVersion = have.ResourceVersion
 	if _, err := b.client.DiscoveryV1().EndpointSlices(want.Namespace).Update(b.ctx, want, metav1.UpdateOptions{}); err != nil {
-		b.t.Fatalf("updating the EndpointSlice of %s: %v", svc, err)
+		return fmt.Errorf("updating the EndpointSlice of %s: %w", svc, err)
 	}
+	return nil
 }
 
 // waitPool sends requests to ip from the client pod, each on a new
@@ -799,7 +924,7 @@ func (b *bench) metrics() string {
 // reloads is node1's count of HAProxy reloads and starts, 0 in nftables
 // mode.
 func (b *bench) reloads() int {
-	if b.c.Opts.Mode != localcluster.ModeHAProxy {
+	if b.mode != localcluster.ModeHAProxy {
 		return 0
 	}
 	v, ok := MetricSum(b.metrics(), "kubeproxy_haproxy_reloads_total")
@@ -812,8 +937,8 @@ func (b *bench) reloads() int {
 // settle waits until node1's kube-proxy has applied what came before (no
 // reload for 3 s) and returns the reload count: a scenario's reloads are
 // then its own, not the tail of the previous one's.
-func (b *bench) settle(n int) int {
-	timeout := scaled(time.Minute, n, 10*time.Millisecond)
+func (b *bench) settle() int {
+	timeout := scaled(time.Minute, b.n, 10*time.Millisecond)
 	last, quiet := b.reloads(), 0
 	for deadline := time.Now().Add(timeout); quiet < 6; {
 		if time.Now().After(deadline) {
