@@ -183,6 +183,7 @@ func TestBench(t *testing.T) {
 			}
 		}
 	}
+	raiseFileLimit(t)
 	// Ctrl-C or SIGTERM ends the run through the test's cleanups, which
 	// stop every process and delete every namespace the clusters made.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -303,6 +304,30 @@ func collectMeta(t *testing.T, cfg config) Meta {
 		m.Command += " MODE=" + cfg.modes[0]
 	}
 	return m
+}
+
+// nodeFileLimit is the hard RLIMIT_NOFILE the benchmark gives the
+// processes it starts (kube-proxy, and HAProxy below it), as a node's
+// container runtime typically does. HAProxy raises its own soft limit to
+// what its maxconn and listeners need; at 10,000 Services that is more
+// than this machine's default hard limit of 20,000, and HAProxy would
+// refuse to start ("Cannot raise FD limit").
+const nodeFileLimit = 1 << 20
+
+// raiseFileLimit raises the benchmark's hard file limit (children inherit
+// it); the soft limit stays, each program raises its own.
+func raiseFileLimit(t *testing.T) {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		t.Fatalf("reading the file limit: %v", err)
+	}
+	if l.Max >= nodeFileLimit {
+		return
+	}
+	l.Max = nodeFileLimit
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		t.Fatalf("raising the hard file limit to %d (as a node's container runtime would): %v", nodeFileLimit, err)
+	}
 }
 
 // unionSorted is every number in a or b once, in increasing order.
