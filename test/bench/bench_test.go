@@ -47,8 +47,11 @@ type config struct {
 	// endpoints per Service.
 	memScales    []int
 	memEndpoints int
-	outDir       string
-	docs         string
+	// haproxyMaxConn, when not 0, overrides the maxconn the proxier
+	// renders (haproxy -n): see kubeProxyConfig.
+	haproxyMaxConn int
+	outDir         string
+	docs           string
 }
 
 // memNewServices is how many Services the memory pass adds once every
@@ -101,16 +104,17 @@ const (
 
 func loadConfig(t *testing.T) config {
 	c := config{
-		modes:        []string{localcluster.ModeHAProxy, localcluster.ModeNFTables},
-		scales:       envScales(t, "SCALES", defaultScales),
-		endpoints:    envInt(t, "ENDPOINTS", defaultEndpoints),
-		changes:      envInt(t, "CHANGES", 50),
-		newServices:  envInt(t, "NEW_SERVICES", 20),
-		wrkConns:     envInt(t, "WRK_CONNECTIONS", 16),
-		memScales:    envScales(t, "MEMORY_SCALES", defaultMemScales),
-		memEndpoints: envInt(t, "MEMORY_ENDPOINTS", defaultMemEndpoints),
-		outDir:       os.Getenv("BENCH_OUT"),
-		docs:         os.Getenv("BENCH_DOCS"),
+		modes:          []string{localcluster.ModeHAProxy, localcluster.ModeNFTables},
+		scales:         envScales(t, "SCALES", defaultScales),
+		endpoints:      envInt(t, "ENDPOINTS", defaultEndpoints),
+		changes:        envInt(t, "CHANGES", 50),
+		newServices:    envInt(t, "NEW_SERVICES", 20),
+		wrkConns:       envInt(t, "WRK_CONNECTIONS", 16),
+		memScales:      envScales(t, "MEMORY_SCALES", defaultMemScales),
+		memEndpoints:   envInt(t, "MEMORY_ENDPOINTS", defaultMemEndpoints),
+		haproxyMaxConn: envInt(t, "HAPROXY_MAXCONN", 0),
+		outDir:         os.Getenv("BENCH_OUT"),
+		docs:           os.Getenv("BENCH_DOCS"),
 	}
 	if m := os.Getenv("MODE"); m != "" {
 		c.modes = strings.Split(m, ",")
@@ -183,7 +187,6 @@ func TestBench(t *testing.T) {
 			}
 		}
 	}
-	raiseFileLimit(t)
 	// Ctrl-C or SIGTERM ends the run through the test's cleanups, which
 	// stop every process and delete every namespace the clusters made.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -292,6 +295,12 @@ func collectMeta(t *testing.T, cfg config) Meta {
 	}
 	out, _ = exec.Command("uname", "-r").Output()
 	m.Kernel = strings.TrimSpace(string(out))
+	// kube-proxy and HAProxy inherit it; HAProxy needs two descriptors per
+	// connection (maxconn) plus one per listener.
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err == nil {
+		m.FileLimit = l.Max
+	}
 	scales := func(ns []int) string {
 		if len(ns) == 0 {
 			return "none"
@@ -303,31 +312,10 @@ func collectMeta(t *testing.T, cfg config) Meta {
 	if len(cfg.modes) == 1 {
 		m.Command += " MODE=" + cfg.modes[0]
 	}
+	if cfg.haproxyMaxConn > 0 {
+		m.Command += fmt.Sprintf(" HAPROXY_MAXCONN=%d", cfg.haproxyMaxConn)
+	}
 	return m
-}
-
-// nodeFileLimit is the hard RLIMIT_NOFILE the benchmark gives the
-// processes it starts (kube-proxy, and HAProxy below it), as a node's
-// container runtime typically does. HAProxy raises its own soft limit to
-// what its maxconn and listeners need; at 10,000 Services that is more
-// than this machine's default hard limit of 20,000, and HAProxy would
-// refuse to start ("Cannot raise FD limit").
-const nodeFileLimit = 1 << 20
-
-// raiseFileLimit raises the benchmark's hard file limit (children inherit
-// it); the soft limit stays, each program raises its own.
-func raiseFileLimit(t *testing.T) {
-	var l syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
-		t.Fatalf("reading the file limit: %v", err)
-	}
-	if l.Max >= nodeFileLimit {
-		return
-	}
-	l.Max = nodeFileLimit
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
-		t.Fatalf("raising the hard file limit to %d (as a node's container runtime would): %v", nodeFileLimit, err)
-	}
 }
 
 // unionSorted is every number in a or b once, in increasing order.
@@ -372,6 +360,14 @@ type bench struct {
 	kubeProxy string
 	// runs counts kube-proxy starts, to name their logs.
 	runs int
+	// haproxyMaxConn is config.haproxyMaxConn.
+	haproxyMaxConn int
+	// failure is set by watchProxyLog when node1's kube-proxy reports that
+	// HAProxy refused its configuration: probes then stop at once rather
+	// than wait for a timeout that scales with the Services.
+	failure   atomic.Pointer[string]
+	stopWatch chan struct{}
+	watchDone chan struct{}
 }
 
 const benchManagedBy = "bench.kube-haproxy.io"
@@ -397,7 +393,8 @@ func newBench(ctx context.Context, t *testing.T, cfg config, n int) *bench {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}, n: n, kubeProxy: controlplane.Binary(t, "kube-proxy")}
+	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}, n: n, kubeProxy: controlplane.Binary(t, "kube-proxy"),
+		haproxyMaxConn: cfg.haproxyMaxConn}
 	b.stopProxies()
 	b.from, err = c.AddPod(ctx, c.Nodes[0], "client", map[string]string{"app": "bench-client"})
 	if err != nil {
@@ -548,21 +545,44 @@ func (b *bench) run(cfg config, spec passSpec, mode string) Run {
 // current mode: the one the local cluster wrote (haproxy mode), or a copy
 // in nftables mode. The copy keeps the haproxy section, so that
 // `kube-proxy --cleanup` with it still finds this node's HAProxy state.
+//
+// With HAPROXY_MAXCONN set, haproxy mode's copy runs HAProxy through a
+// wrapper that adds `-n HAPROXY_MAXCONN`, which takes precedence over the
+// configuration's global maxconn: HAProxy asks the kernel for two file
+// descriptors per connection of maxconn plus one per listener, and fails
+// to start when that exceeds the hard file limit.
 func (b *bench) kubeProxyConfig(n *localcluster.Node) string {
 	p := filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy.yaml")
 	orig, err := os.ReadFile(p)
 	if err != nil {
 		b.t.Fatalf("the kube-proxy configuration of %s: %v", n.Name, err)
 	}
-	if b.mode == localcluster.ModeHAProxy || b.mode == "" {
+	mode := b.mode
+	if mode == "" {
+		mode = localcluster.ModeHAProxy
+	}
+	if mode == localcluster.ModeHAProxy && b.haproxyMaxConn == 0 {
 		return p
 	}
-	const haproxyMode = "\nmode: " + localcluster.ModeHAProxy + "\n"
-	if !strings.Contains(string(orig), haproxyMode) {
-		b.t.Fatalf("the kube-proxy configuration of %s has no %q line to change", n.Name, strings.TrimSpace(haproxyMode))
+	cfg := string(orig)
+	replace := func(from, to string) {
+		if !strings.Contains(cfg, from) {
+			b.t.Fatalf("the kube-proxy configuration of %s has no %q to change", n.Name, strings.TrimSpace(from))
+		}
+		cfg = strings.Replace(cfg, from, to, 1)
 	}
-	cfg := strings.Replace(string(orig), haproxyMode, "\nmode: "+b.mode+"\n", 1)
-	p = filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy-"+b.mode+".yaml")
+	if mode != localcluster.ModeHAProxy {
+		replace("\nmode: "+localcluster.ModeHAProxy+"\n", "\nmode: "+mode+"\n")
+	} else {
+		wrapper := filepath.Join(b.c.Opts.Dir, "haproxy-maxconn")
+		script := fmt.Sprintf("#!/bin/sh\n# HAProxy with its global maxconn set to %d whatever the configuration says.\nexec %s -n %d \"$@\"\n",
+			b.haproxyMaxConn, b.c.Opts.HAProxyPath, b.haproxyMaxConn)
+		if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+			b.t.Fatal(err)
+		}
+		replace("\n  binaryPath: "+b.c.Opts.HAProxyPath+"\n", "\n  binaryPath: "+wrapper+"\n")
+	}
+	p = filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy-"+mode+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
 		b.t.Fatal(err)
 	}
@@ -573,6 +593,11 @@ func (b *bench) kubeProxyConfig(n *localcluster.Node) string {
 // programmed with `kube-proxy --cleanup` (HAProxy and its state, routes,
 // nftables tables), as after a node reboot: nothing serves a ClusterIP.
 func (b *bench) stopProxies() {
+	if b.stopWatch != nil {
+		close(b.stopWatch)
+		<-b.watchDone
+		b.stopWatch = nil
+	}
 	b.proxyPID.Store(0)
 	for _, n := range b.c.Nodes {
 		n.Proxy.Stop()
@@ -628,12 +653,41 @@ func (b *bench) startProxies() time.Duration {
 			b.proxyPID.Store(int64(n.Proxy.PID()))
 		}
 	}
+	b.watchProxyLog(b.c.Nodes[0])
 	b.waitAll(b.ips, 0, scaled(2*time.Minute, len(b.ips), 30*time.Millisecond))
 	took := time.Since(start)
 	for _, n := range b.c.Nodes {
 		b.waitHealthy(n, scaled(time.Minute, len(b.ips), 10*time.Millisecond))
 	}
 	return took
+}
+
+// proxyRejected is what kube-proxy logs when HAProxy refuses a
+// configuration (the last good one, if any, keeps serving).
+const proxyRejected = "HAProxy configuration rejected"
+
+// watchProxyLog watches node's kube-proxy log until stopProxies, and
+// records the first line saying HAProxy refused a configuration.
+func (b *bench) watchProxyLog(n *localcluster.Node) {
+	proxy := n.Proxy
+	b.stopWatch, b.watchDone = make(chan struct{}), make(chan struct{})
+	go func(stop, done chan struct{}) {
+		defer close(done)
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if lines := grepLines(proxy.Log(), proxyRejected, 3); lines != "" {
+				msg := fmt.Sprintf("kube-proxy on %s: HAProxy refused the configuration:\n%s", n.Name, lines)
+				b.failure.Store(&msg)
+				return
+			}
+		}
+	}(b.stopWatch, b.watchDone)
 }
 
 // waitHealthy waits until node's kube-proxy answers 200 on /healthz.
@@ -880,6 +934,9 @@ func (b *bench) waitPoolErr(ip string, pool int, timeout, pause time.Duration) e
 		}
 		if err := b.ctx.Err(); err != nil {
 			return fmt.Errorf("interrupted: %w", err)
+		}
+		if f := b.failure.Load(); f != nil {
+			return fmt.Errorf("%s: not answered by pool %d: %s", url, pool, *f)
 		}
 		time.Sleep(pause)
 	}

@@ -79,6 +79,8 @@ type Meta struct {
 	Kernel    string
 	Command   string
 	WrkArgs   string
+	// FileLimit is the hard RLIMIT_NOFILE kube-proxy and HAProxy ran with.
+	FileLimit uint64
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
@@ -98,8 +100,12 @@ func ratio(ours, theirs float64) string {
 // as plotPrefix + file.
 func Report(meta Meta, runs []Run, figs []Figure, plotPrefix string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Measured %s on %d CPUs, %.1f GiB memory, Linux %s.\n\n",
+	fmt.Fprintf(&b, "Measured %s on %d CPUs, %.1f GiB memory, Linux %s",
 		meta.Date.UTC().Format("2006-01-02 15:04 MST"), meta.CPUs, float64(meta.MemTotal)/(1<<30), meta.Kernel)
+	if meta.FileLimit > 0 {
+		fmt.Fprintf(&b, ", file limit %d (hard, inherited by kube-proxy and HAProxy)", meta.FileLimit)
+	}
+	fmt.Fprintf(&b, ".\n\n")
 	fmt.Fprintf(&b, "- kube-proxy: `%s` (both modes: the same binary)\n- HAProxy: `%s`\n- command: `%s`\n\n",
 		meta.KubeProxy, meta.HAProxy, meta.Command)
 
