@@ -1,6 +1,7 @@
 package haproxycfg
 
 import (
+	"crypto/sha256"
 	"net/netip"
 	"strings"
 	"testing"
@@ -232,4 +233,43 @@ func TestFormatDuration(t *testing.T) {
 func TestMaxConnForFileLimit(t *testing.T) {
 	assert.Equal(t, 9850, MaxConnForFileLimit(20000, 100))
 	assert.Equal(t, 1, MaxConnForFileLimit(100, 100))
+}
+
+// The structure hash is the hash of the model rendered without servers,
+// whatever the servers are.
+func TestRenderWithStructure(t *testing.T) {
+	c := sampleConfig()
+	text, sum, err := RenderWithStructure(c)
+	require.NoError(t, err)
+	full, err := Render(c)
+	require.NoError(t, err)
+	require.Equal(t, string(full), string(text))
+
+	bare := *c
+	bare.Backends = nil
+	for _, be := range c.Backends {
+		cp := *be
+		cp.Servers = nil
+		bare.Backends = append(bare.Backends, &cp)
+	}
+	bareText, err := Render(&bare)
+	require.NoError(t, err)
+	require.Equal(t, sha256.Sum256(bareText), sum)
+	require.NotEqual(t, sha256.Sum256(full), sum, "the sample has servers")
+
+	// Other servers, same structure; another backend setting, another one.
+	other := *c
+	other.Backends = nil
+	for _, be := range c.Backends {
+		cp := *be
+		cp.Servers = []Server{{Name: "x", Addr: netip.MustParseAddr("10.9.9.9"), Port: 1, ID: 7, Comment: "moved"}}
+		other.Backends = append(other.Backends, &cp)
+	}
+	_, otherSum, err := RenderWithStructure(&other)
+	require.NoError(t, err)
+	require.Equal(t, sum, otherSum)
+	other.Backends[0].Balance = "leastconn"
+	_, otherSum, err = RenderWithStructure(&other)
+	require.NoError(t, err)
+	require.NotEqual(t, sum, otherSum)
 }
