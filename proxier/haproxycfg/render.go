@@ -90,8 +90,13 @@ func render(c *Config, servers *[][2]int) ([]byte, [][2]int, error) {
 }
 
 func sortedByName[T any](in []T, name func(T) string) []T {
+	cmp := func(a, b T) int { return strings.Compare(name(a), name(b)) }
+	if slices.IsSortedFunc(in, cmp) {
+		// Merged models come sorted already; render reads, never writes.
+		return in
+	}
 	out := slices.Clone(in)
-	slices.SortFunc(out, func(a, b T) int { return strings.Compare(name(a), name(b)) })
+	slices.SortFunc(out, cmp)
 	return out
 }
 
@@ -275,6 +280,10 @@ func validateFrontend(f *Frontend, backends map[string]bool) error {
 	return nil
 }
 
+// smallBackend is the number of servers up to which validateBackend
+// compares servers pairwise.
+const smallBackend = 32
+
 func validateBackend(be *Backend) error {
 	if err := checkName("backend", be.Name); err != nil {
 		return err
@@ -285,16 +294,34 @@ func validateBackend(be *Backend) error {
 	if st := be.StickTable; st != nil && (st.Size < 0 || st.Expire < 0) {
 		return errors.New("stick table: negative size or expire")
 	}
-	names := make(map[string]bool, len(be.Servers))
-	ids := make(map[int]bool, len(be.Servers))
-	for _, s := range be.Servers {
+	// Most backends have a few servers: look for duplicates without
+	// allocating sets (10,000 backends are validated at every sync).
+	small := len(be.Servers) <= smallBackend
+	var names map[string]bool
+	var ids map[int]bool
+	if !small {
+		names = make(map[string]bool, len(be.Servers))
+		ids = make(map[int]bool, len(be.Servers))
+	}
+	for i, s := range be.Servers {
 		if err := checkName("server", s.Name); err != nil {
 			return err
 		}
-		if names[s.Name] {
-			return fmt.Errorf("server %q: duplicate name", s.Name)
+		if small {
+			for _, o := range be.Servers[:i] {
+				if o.Name == s.Name {
+					return fmt.Errorf("server %q: duplicate name", s.Name)
+				}
+				if s.ID > 0 && o.ID == s.ID {
+					return fmt.Errorf("server %q: duplicate id %d", s.Name, s.ID)
+				}
+			}
+		} else {
+			if names[s.Name] {
+				return fmt.Errorf("server %q: duplicate name", s.Name)
+			}
+			names[s.Name] = true
 		}
-		names[s.Name] = true
 		if err := validAddr(s.Addr); err != nil {
 			return fmt.Errorf("server %q: %w", s.Name, err)
 		}
@@ -304,7 +331,7 @@ func validateBackend(be *Backend) error {
 		if s.ID < 0 {
 			return fmt.Errorf("server %q: negative id", s.Name)
 		}
-		if s.ID > 0 {
+		if s.ID > 0 && !small {
 			if ids[s.ID] {
 				return fmt.Errorf("server %q: duplicate id %d", s.Name, s.ID)
 			}

@@ -3,6 +3,7 @@ package haproxycfg
 import (
 	"crypto/sha256"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -181,6 +182,11 @@ func TestValidateRejects(t *testing.T) {
 		{"duplicate frontend", func(c *Config) { c.Frontends = append(c.Frontends, c.Frontends[0]) }, "duplicate name"},
 		{"duplicate server id", func(c *Config) { c.Backends[1].Servers[1].ID = 1 }, "duplicate id"},
 		{"duplicate server name", func(c *Config) { c.Backends[1].Servers[1].Name = c.Backends[1].Servers[0].Name }, "duplicate name"},
+		{"duplicate server id, large backend", func(c *Config) { manyServers(c.Backends[1]); c.Backends[1].Servers[40].ID = 3 }, "duplicate id"},
+		{"duplicate server name, large backend", func(c *Config) {
+			manyServers(c.Backends[1])
+			c.Backends[1].Servers[40].Name = c.Backends[1].Servers[2].Name
+		}, "duplicate name"},
 		{"static balance", func(c *Config) { c.Backends[0].Balance = "source" }, "dynamic"},
 		{"no bind", func(c *Config) { c.Frontends[0].Binds = nil }, "no bind"},
 		{"port 0", func(c *Config) { c.Frontends[0].Binds[0].Port = 0 }, "port 0"},
@@ -272,4 +278,12 @@ func TestRenderWithStructure(t *testing.T) {
 	_, otherSum, err = RenderWithStructure(&other)
 	require.NoError(t, err)
 	require.NotEqual(t, sum, otherSum)
+}
+
+// manyServers gives be more servers than validation compares pairwise.
+func manyServers(be *Backend) {
+	be.Servers = nil
+	for i := 1; i <= 2*smallBackend; i++ {
+		be.Servers = append(be.Servers, Server{Name: "s" + strconv.Itoa(i), Addr: ip("10.0.0.1"), Port: uint16(i), ID: i})
+	}
 }
