@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 
 	v1 "k8s.io/api/core/v1"
@@ -20,8 +21,16 @@ const DefaultMasqueradeBit = 14
 // proxy, to another proxy.Provider (upstream's nftables proxier of the
 // same family). It shows that provider a filtered view: each Service
 // keeps only its non-TCP ports, a Service with none does not exist, and
-// EndpointSlices pass through unchanged (the provider uses only the
-// endpoints of the ports it knows).
+// EndpointSlices pass through (the provider uses only the endpoints of the
+// ports it knows) without their last-change-trigger-time annotation.
+//
+// That annotation is what upstream proxiers turn into the
+// kubeproxy_network_programming_duration_seconds histogram after a sync.
+// Both proxiers see every slice, so with it each EndpointSlice change
+// would be observed twice, once per data plane. Without it the delegate
+// observes nothing, and the metric measures the HAProxy side only (the
+// nftables sync of the same change is usually the faster one: a single
+// nft transaction, no runtime API).
 //
 // The ServiceCIDRs are deliberately not passed on: upstream drops traffic
 // to every ServiceCIDR address that is not a ClusterIP of its view, and
@@ -71,16 +80,34 @@ func (d *nonTCPDelegate) OnServiceUpdate(oldService, service *v1.Service) {
 
 func (d *nonTCPDelegate) OnServiceSynced() { d.provider.OnServiceSynced() }
 
+// withoutTriggerTime returns s without the last-change-trigger-time
+// annotation (see nonTCPDelegate): s itself when it has none, otherwise a
+// copy, as s belongs to the informer cache.
+func withoutTriggerTime(s *discovery.EndpointSlice) *discovery.EndpointSlice {
+	if s == nil {
+		return nil
+	}
+	if _, ok := s.Annotations[v1.EndpointsLastChangeTriggerTime]; !ok {
+		return s
+	}
+	// A shallow copy with its own annotation map suffices: the change
+	// tracker only reads slices.
+	out := *s
+	out.Annotations = maps.Clone(s.Annotations)
+	delete(out.Annotations, v1.EndpointsLastChangeTriggerTime)
+	return &out
+}
+
 func (d *nonTCPDelegate) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
-	d.provider.OnEndpointSliceAdd(s)
+	d.provider.OnEndpointSliceAdd(withoutTriggerTime(s))
 }
 
 func (d *nonTCPDelegate) OnEndpointSliceUpdate(oldSlice, s *discovery.EndpointSlice) {
-	d.provider.OnEndpointSliceUpdate(oldSlice, s)
+	d.provider.OnEndpointSliceUpdate(withoutTriggerTime(oldSlice), withoutTriggerTime(s))
 }
 
 func (d *nonTCPDelegate) OnEndpointSliceDelete(s *discovery.EndpointSlice) {
-	d.provider.OnEndpointSliceDelete(s)
+	d.provider.OnEndpointSliceDelete(withoutTriggerTime(s))
 }
 
 func (d *nonTCPDelegate) OnEndpointSlicesSynced() { d.provider.OnEndpointSlicesSynced() }

@@ -6,13 +6,16 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/kubernetes/pkg/proxy"
+	"k8s.io/kubernetes/pkg/proxy/metrics"
 	"k8s.io/utils/ptr"
 )
 
@@ -30,6 +33,8 @@ type fakeDelegate struct {
 	topology         map[string]string
 	// services holds the Service objects last handed in, by name.
 	services map[string]*v1.Service
+	// lastSlice is the EndpointSlice last added or updated.
+	lastSlice *discovery.EndpointSlice
 }
 
 var _ proxy.Provider = &fakeDelegate{}
@@ -63,9 +68,11 @@ func (f *fakeDelegate) OnServiceUpdate(o, s *v1.Service) {
 func (f *fakeDelegate) OnServiceDelete(s *v1.Service) { f.OnServiceUpdate(s, nil) }
 func (f *fakeDelegate) OnServiceSynced()              { f.servicesSynced = true }
 func (f *fakeDelegate) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
+	f.lastSlice = s
 	f.endpointsChanges.EndpointSliceUpdate(s, false)
 }
 func (f *fakeDelegate) OnEndpointSliceUpdate(_, s *discovery.EndpointSlice) {
+	f.lastSlice = s
 	f.endpointsChanges.EndpointSliceUpdate(s, false)
 }
 func (f *fakeDelegate) OnEndpointSliceDelete(s *discovery.EndpointSlice) {
@@ -83,7 +90,14 @@ func (f *fakeDelegate) serves() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.svcPortMap.Update(f.serviceChanges)
-	f.endpointsMap.Update(f.endpointsChanges)
+	// Like upstream's proxiers after a sync, observe the latency of the
+	// endpoint changes that carried a trigger time.
+	result := f.endpointsMap.Update(f.endpointsChanges)
+	for _, times := range result.LastChangeTriggerTimes {
+		for _, t := range times {
+			metrics.NetworkProgrammingLatency.WithLabelValues(string(v1.IPv4Protocol)).Observe(metrics.SinceInSeconds(t))
+		}
+	}
 	var out []string
 	for name, sp := range f.svcPortMap {
 		var eps []string
@@ -275,4 +289,44 @@ func TestDelegationDefaultsPerScope(t *testing.T) {
 	badBit := Config{MasqueradeBit: ptr.To[int32](32)}
 	badBit.SetDefaults()
 	assert.ErrorContains(t, badBit.Validate(), "masqueradeBit")
+}
+
+// TestNetworkProgrammingLatencyIsObservedOncePerChange: both proxiers see
+// every EndpointSlice, but only the HAProxy proxier observes
+// kubeproxy_network_programming_duration_seconds: the delegate gets the
+// slices without their last-change-trigger-time annotation (a copy; the
+// informer's object keeps it).
+func TestNetworkProgrammingLatencyIsObservedOncePerChange(t *testing.T) {
+	metrics.RegisterMetrics("haproxy")
+	histogram := metrics.NetworkProgrammingLatency.WithLabelValues(string(v1.IPv4Protocol))
+	count := func() uint64 {
+		n, err := testutil.GetHistogramMetricCount(histogram)
+		require.NoError(t, err)
+		return n
+	}
+	p, _, fd := newDelegatingProxier(t)
+	p.OnServiceAdd(dnsService(port("dns-tcp", v1.ProtocolTCP, 53, 0), port("dns", v1.ProtocolUDP, 53, 0)))
+	p.OnServiceSynced()
+	p.OnEndpointSlicesSynced()
+	before := count()
+
+	for i, version := range []string{"1", "2", "3"} {
+		s := dnsSlice(version, epPort("dns-tcp", v1.ProtocolTCP, 53), epPort("dns", v1.ProtocolUDP, 53))
+		s.Annotations = map[string]string{
+			v1.EndpointsLastChangeTriggerTime: time.Now().Format(time.RFC3339Nano),
+			"other":                           "kept",
+		}
+		if i == 0 {
+			p.OnEndpointSliceAdd(s)
+		} else {
+			p.OnEndpointSliceUpdate(fd.lastSlice, s)
+		}
+		require.NoError(t, p.syncProxyRules())
+		require.NotEmpty(t, fd.serves(), "the delegate synced the change too")
+		assert.Equal(t, before+uint64(i)+1, count(), "change %d: one observation per EndpointSlice change", i+1)
+		assert.Contains(t, s.Annotations, v1.EndpointsLastChangeTriggerTime, "the informer's object is not modified")
+		assert.NotContains(t, fd.lastSlice.Annotations, v1.EndpointsLastChangeTriggerTime)
+		assert.Equal(t, "kept", fd.lastSlice.Annotations["other"])
+	}
+	assert.Same(t, fd.lastSlice, withoutTriggerTime(fd.lastSlice), "a slice without the annotation is passed as is")
 }
