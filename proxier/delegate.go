@@ -2,12 +2,15 @@ package proxier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
 
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/proxy"
 	"k8s.io/kubernetes/pkg/proxy/nftables"
 	proxyutil "k8s.io/kubernetes/pkg/proxy/util"
@@ -38,6 +41,27 @@ const DefaultMasqueradeBit = 14
 // already turns away what nothing serves.
 type nonTCPDelegate struct {
 	provider proxy.Provider
+	// noKernelSCTP is why this host's kernel cannot open SCTP sockets, nil
+	// when it can. Rules for SCTP ports are programmed either way
+	// (conntrack and NAT handle SCTP without the SCTP module), but no pod
+	// on this node can serve them: only endpoints on other nodes answer.
+	noKernelSCTP error
+}
+
+// probeKernelSCTP reports why the kernel cannot open SCTP sockets, or nil
+// when it can. A variable so tests can stand in for the kernel.
+var probeKernelSCTP = func() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err == nil {
+		_ = unix.Close(fd)
+		return nil
+	}
+	// Only "no such protocol" means no SCTP; running out of file
+	// descriptors or a seccomp denial says nothing about the kernel.
+	if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT) {
+		return fmt.Errorf("opening an SCTP socket: %w", err)
+	}
+	return nil
 }
 
 // nonTCPOnly returns the Service as the delegate sees it: the same object
@@ -133,7 +157,18 @@ func newNFTablesDelegate(ctx context.Context, family v1.IPFamily, cfg Config) (*
 	if err != nil {
 		return nil, fmt.Errorf("starting the nftables proxier for UDP and SCTP service ports (%s): %w", family, err)
 	}
-	return &nonTCPDelegate{provider: p}, nil
+	return newNonTCPDelegate(ctx, family, p), nil
+}
+
+// newNonTCPDelegate wraps provider, probing once whether the kernel has
+// SCTP.
+func newNonTCPDelegate(ctx context.Context, family v1.IPFamily, provider proxy.Provider) *nonTCPDelegate {
+	d := &nonTCPDelegate{provider: provider, noKernelSCTP: probeKernelSCTP()}
+	if d.noKernelSCTP != nil {
+		klog.FromContext(ctx).Info("This node's kernel has no SCTP: SCTP service ports reach only endpoints on other nodes",
+			"ipFamily", family, "err", d.noKernelSCTP)
+	}
+	return d
 }
 
 // localDetector recognises pod traffic by the family's cluster CIDR, as

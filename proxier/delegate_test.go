@@ -1,6 +1,8 @@
 package proxier
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/client-go/tools/events"
@@ -117,6 +120,68 @@ func newDelegatingProxier(t *testing.T) (*Proxier, *fakeApplier, *fakeDelegate) 
 	fd := newFakeDelegate(v1.IPv4Protocol)
 	p.delegate = &nonTCPDelegate{provider: fd}
 	return p, applier, fd
+}
+
+// TestSCTPOnANodeWithoutKernelSCTP: the probe runs once when the delegate
+// is made; each delegated SCTP port gets one log line and one Warning
+// event saying only endpoints on other nodes are reached; it stays
+// delegated (rules are programmed), and TCP and UDP are unaffected.
+func TestSCTPOnANodeWithoutKernelSCTP(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		probe      error
+		wantEvents int
+	}{
+		{"kernel without SCTP", fmt.Errorf("opening an SCTP socket: %w", unix.EPROTONOSUPPORT), 2},
+		{"kernel with SCTP", nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			probes := 0
+			orig := probeKernelSCTP
+			probeKernelSCTP = func() error { probes++; return tc.probe }
+			t.Cleanup(func() { probeKernelSCTP = orig })
+
+			recorder := events.NewFakeRecorder(10)
+			p, applier, _ := newFakeProxier(t, v1.IPv4Protocol, func(c *Config) { c.Recorder = recorder })
+			fd := newFakeDelegate(v1.IPv4Protocol)
+			p.delegate = newNonTCPDelegate(context.Background(), v1.IPv4Protocol, fd)
+			svc := dnsService(port("dns-tcp", v1.ProtocolTCP, 53, 0), port("dns", v1.ProtocolUDP, 53, 0),
+				port("sig", v1.ProtocolSCTP, 9000, 0), port("sig2", v1.ProtocolSCTP, 9001, 0))
+			p.OnServiceAdd(svc)
+			p.OnEndpointSliceAdd(dnsSlice("1", epPort("dns-tcp", v1.ProtocolTCP, 53), epPort("dns", v1.ProtocolUDP, 53),
+				epPort("sig", v1.ProtocolSCTP, 9000), epPort("sig2", v1.ProtocolSCTP, 9001)))
+			for range 3 {
+				require.NoError(t, p.syncProxyRules())
+			}
+			assert.Equal(t, 1, probes, "the kernel is probed once, not per sync")
+			assert.Equal(t, []string{"kube-system.kube-dns:dns-tcp:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)), "TCP is unaffected")
+			assert.Equal(t, []string{
+				"kube-system/kube-dns:dns/UDP -> 10.180.0.1:53",
+				"kube-system/kube-dns:sig/SCTP -> 10.180.0.1:9000",
+				"kube-system/kube-dns:sig2/SCTP -> 10.180.0.1:9001",
+			}, fd.serves(), "SCTP stays delegated: rules for endpoints on other nodes")
+			var got []string
+			for len(recorder.Events) > 0 {
+				got = append(got, <-recorder.Events)
+			}
+			slices.Sort(got)
+			require.Len(t, got, tc.wantEvents, "one event per SCTP port, not per sync: %v", got)
+			for i, name := range []string{"sig", "sig2"}[:tc.wantEvents] {
+				assert.Contains(t, got[i], "Warning SCTPNotSupportedOnNode Port "+name+"/SCTP: the kernel of node "+testHostname+" has no SCTP")
+				assert.Contains(t, got[i], "only endpoints on other nodes are reached")
+			}
+		})
+	}
+}
+
+func TestProbeKernelSCTPMatchesTheKernel(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err == nil {
+		_ = unix.Close(fd)
+		assert.NoError(t, probeKernelSCTP(), "this kernel opens SCTP sockets")
+		return
+	}
+	assert.ErrorIs(t, probeKernelSCTP(), unix.EPROTONOSUPPORT, "this kernel has no SCTP")
 }
 
 func dnsService(ports ...v1.ServicePort) *v1.Service {
