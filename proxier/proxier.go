@@ -513,6 +513,9 @@ func (p *Proxier) reportNonTCP(s translate.Skipped) {
 	if p.delegate != nil {
 		p.logger.Info("Service port served by the nftables proxier: HAProxy proxies TCP only",
 			"servicePort", s.Name.String(), "protocol", s.Protocol)
+		if s.Protocol == v1.ProtocolSCTP && p.delegate.noKernelSCTP != nil {
+			p.reportNoKernelSCTP(s)
+		}
 		return
 	}
 	p.logger.Info("Service port not served: HAProxy proxies TCP only and no kernel data plane is used",
@@ -522,6 +525,24 @@ func (p *Proxier) reportNonTCP(s translate.Skipped) {
 		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, eventReasonProtocolNotSupported, "Proxying",
 			"Port %s/%s (%s family) is not served by kube-proxy in haproxy mode (scope %s): HAProxy proxies TCP only",
 			portLabel(s.Name), s.Protocol, p.ipFamily, p.cfg.Scope)
+	}
+}
+
+// Reason of the event recorded on a Service with an SCTP port on a node
+// whose kernel has no SCTP.
+const eventReasonNoKernelSCTP = "SCTPNotSupportedOnNode"
+
+// reportNoKernelSCTP reports, once, a delegated SCTP service port on a node
+// whose kernel cannot open SCTP sockets: its rules are programmed, but no
+// pod here can listen, so only endpoints on other nodes answer.
+func (p *Proxier) reportNoKernelSCTP(s translate.Skipped) {
+	p.logger.Info("SCTP service port reaches only endpoints on other nodes: this node's kernel has no SCTP",
+		"servicePort", s.Name.String(), "node", p.nodeName, "err", p.delegate.noKernelSCTP)
+	if p.cfg.Recorder != nil {
+		ref := &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: s.Name.Namespace, Name: s.Name.Name}
+		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, eventReasonNoKernelSCTP, "Proxying",
+			"Port %s/SCTP: the kernel of node %s has no SCTP (%v), so no pod on this node can serve it; only endpoints on other nodes are reached",
+			portLabel(s.Name), p.nodeName, p.delegate.noKernelSCTP)
 	}
 }
 
