@@ -15,11 +15,42 @@ import (
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
 )
 
+// benchModel is a model of services Services with endpoints endpoints
+// each; variant moves one endpoint of the first Service to another port,
+// so two variants differ by one endpoint (one removal, one addition).
+func benchModel(services, endpoints, variant int) *haproxycfg.Config {
+	c := &haproxycfg.Config{Global: haproxycfg.Global{StatsSocket: "/run/kh/haproxy.sock"}, Defaults: haproxycfg.Defaults{TimeoutConnect: time.Second}}
+	for i := 0; i < services; i++ {
+		name := fmt.Sprintf("ns.svc%d:http", i)
+		c.Frontends = append(c.Frontends, &haproxycfg.Frontend{Name: "fe:" + name,
+			Binds:          []haproxycfg.Bind{{Name: "cip", Addr: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), Port: 80}},
+			DefaultBackend: "be:" + name})
+		be := &haproxycfg.Backend{Name: "be:" + name}
+		for j := 0; j < endpoints; j++ {
+			addr := netip.AddrFrom4([4]byte{10, byte(1 + i>>16), byte(i >> 8), byte(i)})
+			port := uint16(8000 + j)
+			if i == 0 && j == 0 {
+				port = uint16(9000 + variant%100)
+			}
+			be.Servers = append(be.Servers, haproxycfg.Server{Name: haproxycfg.ServerName(addr, port), Addr: addr, Port: port})
+		}
+		c.Backends = append(c.Backends, be)
+	}
+	return c
+}
+
 // BenchmarkEndpointChange measures one endpoint change of one Service
-// among 5,000 Services of 3 endpoints each: the cost of a sync that goes
+// among many Services of 10 endpoints each: the cost of a sync that goes
 // through the runtime API (here the Fake), without a reload.
 func BenchmarkEndpointChange(b *testing.B) {
-	const services = 5000
+	for _, services := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
+			benchEndpointChange(b, services, 10)
+		})
+	}
+}
+
+func benchEndpointChange(b *testing.B, services, endpoints int) {
 	dir := b.TempDir()
 	api := runtimeapi.NewFake()
 	proc := &fakeHAProxy{t: &testing.T{}, file: filepath.Join(dir, "haproxy.cfg"), api: api}
@@ -28,30 +59,12 @@ func BenchmarkEndpointChange(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	build := func(extra int) *haproxycfg.Config {
-		c := &haproxycfg.Config{Global: haproxycfg.Global{StatsSocket: "/run/kh/haproxy.sock"}, Defaults: haproxycfg.Defaults{TimeoutConnect: time.Second}}
-		for i := 0; i < services; i++ {
-			name := fmt.Sprintf("ns.svc%d:http", i)
-			c.Frontends = append(c.Frontends, &haproxycfg.Frontend{Name: "fe:" + name,
-				Binds:          []haproxycfg.Bind{{Name: "cip", Addr: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), Port: 80}},
-				DefaultBackend: "be:" + name})
-			be := &haproxycfg.Backend{Name: "be:" + name}
-			for j := 0; j < 3; j++ {
-				addr := netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})
-				port := uint16(8000 + j)
-				if i == 0 && j == 0 {
-					port = uint16(9000 + extra%100)
-				}
-				be.Servers = append(be.Servers, haproxycfg.Server{Name: haproxycfg.ServerName(addr, port), Addr: addr, Port: port})
-			}
-			c.Backends = append(c.Backends, be)
-		}
-		return c
-	}
-	if err := a.Apply(context.Background(), v1.IPv4Protocol, build(0)); err != nil {
+	defer a.Stop()
+	if err := a.Apply(context.Background(), v1.IPv4Protocol, benchModel(services, endpoints, 0)); err != nil {
 		b.Fatal(err)
 	}
-	models := []*haproxycfg.Config{build(1), build(2)}
+	models := []*haproxycfg.Config{benchModel(services, endpoints, 1), benchModel(services, endpoints, 2)}
+	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if err := a.Apply(context.Background(), v1.IPv4Protocol, models[i%2]); err != nil {
