@@ -73,6 +73,7 @@ type Proxier struct {
 	mu                   sync.Mutex // protects the following fields
 	svcPortMap           proxy.ServicePortMap
 	endpointsMap         proxy.EndpointsMap
+	translator           translate.Translator
 	topologyLabels       map[string]string
 	endpointSlicesSynced bool
 	servicesSynced       bool
@@ -390,7 +391,9 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 	opts.ClusterSources = p.clusterSources(opts.NodeIP, opts.NodePortAddresses)
 
 	// Phase 3: translate Services and endpoints into the model.
-	res := translate.Translate(opts, p.svcPortMap, p.endpointsMap)
+	// Only the service ports whose Service or endpoints changed are
+	// translated again.
+	res := p.translator.Translate(opts, p.svcPortMap, p.endpointsMap)
 	p.reportSkipped(res)
 	desired := &haproxycfg.Config{
 		Global:    p.global,
