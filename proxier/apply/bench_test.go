@@ -3,7 +3,9 @@ package apply
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,7 +14,9 @@ import (
 	"k8s.io/klog/v2"
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
+	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
+	"kube-haproxy.io/kube-haproxy/proxier/supervisor"
 )
 
 // benchModel is a model of services Services with endpoints endpoints
@@ -92,4 +96,76 @@ type timedRuntime struct {
 func (t *timedRuntime) Run(ctx context.Context, b *runtimeapi.Batch) error {
 	t.lastRun = time.Now()
 	return t.Interface.Run(ctx, b)
+}
+
+// BenchmarkRealEndpointChange is BenchmarkEndpointChange against a real
+// HAProxy (runtime API over its socket, text answers parsed); each
+// Service listens on its own 127.1.x.y address.
+func BenchmarkRealEndpointChange(b *testing.B) {
+	for _, services := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
+			benchRealEndpointChange(b, services, 10)
+		})
+	}
+}
+
+func benchRealEndpointChange(b *testing.B, services, endpoints int) {
+	bin := haproxytest.Binary(b)
+	// Not b.TempDir(): the benchmark's name has a '=', which a socket
+	// path in haproxy.cfg may not.
+	dir, err := os.MkdirTemp("", "kh-bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	logger := klog.Background().V(10)
+	sup := supervisor.New(supervisor.Options{
+		Binary:       bin,
+		ConfigFile:   filepath.Join(dir, "haproxy.cfg"),
+		MasterSocket: filepath.Join(dir, "master.sock"),
+		PIDFile:      filepath.Join(dir, "haproxy.pid"),
+		Managed:      true,
+	}, logger)
+	defer sup.Stop(context.Background(), 10*time.Second)
+	timed := &timedRuntime{Interface: runtimeapi.New(filepath.Join(dir, "haproxy.sock"))}
+	a, err := New(Options{ConfigFile: filepath.Join(dir, "haproxy.cfg"), Binary: bin, Runtime: timed, Process: sup,
+		Families: []v1.IPFamily{v1.IPv4Protocol}, Logger: logger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Stop()
+	model := func(variant int) *haproxycfg.Config {
+		c := benchModel(services, endpoints, variant)
+		c.Global = haproxycfg.Global{StatsSocket: filepath.Join(dir, "haproxy.sock"), MaxConn: 2000, NBThread: 1}
+		for i, fe := range c.Frontends {
+			fe.Binds[0].Addr = netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)})
+			fe.Binds[0].Port = port
+		}
+		return c
+	}
+	if err := a.Apply(context.Background(), v1.IPv4Protocol, model(0)); err != nil {
+		b.Fatal(err)
+	}
+	models := []*haproxycfg.Config{model(1), model(2)}
+	b.ReportAllocs()
+	b.ResetTimer()
+	var toRuntime time.Duration
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		if err := a.Apply(context.Background(), v1.IPv4Protocol, models[i%2]); err != nil {
+			b.Fatal(err)
+		}
+		toRuntime += timed.lastRun.Sub(start)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(toRuntime.Milliseconds())/float64(b.N), "ms-to-runtime/op")
+	if n := a.Reloads(); n != 1 {
+		b.Fatalf("%d reloads and starts, want the first start only", n)
+	}
 }
