@@ -41,6 +41,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -163,8 +164,10 @@ type Applier struct {
 	// loadedKey is the structural key of the configuration HAProxy has
 	// loaded ("" when unknown: the next sync reloads).
 	loadedKey string
-	// lastModel is the last model written (ids are kept from it).
-	lastModel *haproxycfg.Config
+	// lastModel is the last model written (ids are kept from it), and
+	// lastModelKey its structural key.
+	lastModel    *haproxycfg.Config
+	lastModelKey string
 	// loaded is the record of the servers HAProxy has loaded (nil:
 	// unknown, read them at the next sync); lastRead is when it was last
 	// read from or made equal to HAProxy (a reload).
@@ -313,6 +316,33 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 	}
 	a.assignIDs(want, loaded)
 
+	// The common case, only servers changed: change them through the
+	// runtime API first (that is the delay a user sees), then render and
+	// write the file.
+	if a.started && loaded != nil && a.loadedKey != "" && a.lastModel != nil &&
+		a.lastModelKey == a.loadedKey && sameStructure(want, a.lastModel) {
+		// Everything else was validated with the last model.
+		for _, be := range want.Backends {
+			if err := haproxycfg.ValidateBackend(be); err != nil {
+				configRejectedTotal.WithLabelValues("model").Inc()
+				return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
+			}
+		}
+		err := a.runtimeSync(ctx, want, loaded)
+		if err == nil {
+			text, err := haproxycfg.Render(want)
+			if err != nil {
+				// Not expected: the parts were validated above.
+				configRejectedTotal.WithLabelValues("model").Inc()
+				return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
+			}
+			a.writeCurrent(want, text)
+			return nil
+		}
+		a.logger.Error(err, "Runtime API update failed; reloading to load the servers from the configuration file")
+		a.loadedKey = ""
+	}
+
 	// Render validates the whole model: an invalid one is never loaded.
 	text, sum, err := haproxycfg.RenderWithStructure(want)
 	if err != nil {
@@ -351,6 +381,32 @@ func cloneBackends(c *haproxycfg.Config) *haproxycfg.Config {
 		out.Backends[i] = &cp
 	}
 	return out
+}
+
+// sameStructure reports whether a and b, both sorted by name (Merge),
+// differ at most in their servers: then they have the same structural
+// key. Unchanged service ports keep their frontend objects from one model
+// to the next (translate.Translator), so most comparisons are of
+// pointers.
+func sameStructure(a, b *haproxycfg.Config) bool {
+	if a.Global != b.Global || a.Defaults != b.Defaults || len(a.Frontends) != len(b.Frontends) || len(a.Backends) != len(b.Backends) {
+		return false
+	}
+	for i, f := range a.Frontends {
+		if g := b.Frontends[i]; f != g && !reflect.DeepEqual(f, g) {
+			return false
+		}
+	}
+	for i, be := range a.Backends {
+		o := b.Backends[i]
+		if be.Name != o.Name || be.Comment != o.Comment || be.Balance != o.Balance {
+			return false
+		}
+		if (be.StickTable == nil) != (o.StickTable == nil) || be.StickTable != nil && *be.StickTable != *o.StickTable {
+			return false
+		}
+	}
+	return true
 }
 
 // The structural key identifies everything of a model that the runtime API
@@ -744,7 +800,7 @@ func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key strin
 	a.reloads++
 	a.loadedKey = key
 	a.lastGood = text
-	a.lastModel = want
+	a.lastModel, a.lastModelKey = want, key
 	a.loaded, a.lastRead = loadedFromModel(want), now
 	a.rejectedKey, a.rejectedErr, a.backoff = "", nil, 0
 	// The new worker has exactly the servers of the file.
@@ -799,7 +855,7 @@ func (a *Applier) restoreLastGood() {
 // after a runtime update (same structure, already loaded), so that an
 // HAProxy restarted from the file starts with today's endpoints.
 func (a *Applier) writeCurrent(want *haproxycfg.Config, text []byte) {
-	a.lastModel = want
+	a.lastModel, a.lastModelKey = want, a.loadedKey
 	if bytes.Equal(text, a.lastGood) {
 		return
 	}

@@ -280,6 +280,19 @@ func validateFrontend(f *Frontend, backends map[string]bool) error {
 	return nil
 }
 
+// ValidateBackend reports the first problem of be that Validate would
+// report (its name, balance, stick table and servers), for callers that
+// know the rest of a Config is valid.
+func ValidateBackend(be *Backend) error {
+	if be == nil {
+		return errors.New("nil backend")
+	}
+	if err := validateBackend(be); err != nil {
+		return fmt.Errorf("backend %q: %w", be.Name, err)
+	}
+	return nil
+}
+
 // smallBackend is the number of servers up to which validateBackend
 // compares servers pairwise.
 const smallBackend = 32

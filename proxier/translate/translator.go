@@ -28,6 +28,8 @@ type Translator struct {
 	// their translations (nil: none yet).
 	names []proxy.ServicePortName
 	ports []*portTranslation
+	// listeners is reused from call to call.
+	listeners map[netip.AddrPort]string
 }
 
 // Translate returns what Translate(opts, services, endpoints) returns.
@@ -70,7 +72,12 @@ func (t *Translator) translate(services proxy.ServicePortMap, endpoints proxy.En
 		Frontends: make([]*haproxycfg.Frontend, 0, len(t.names)),
 		Backends:  make([]*haproxycfg.Backend, 0, len(t.names)),
 	}
-	listeners := make(map[netip.AddrPort]string, len(t.names))
+	// The map of the last call, emptied: no rehashing as it fills.
+	if t.listeners == nil {
+		t.listeners = make(map[netip.AddrPort]string, len(t.names))
+	}
+	listeners := t.listeners
+	clear(listeners)
 	for i, name := range t.names {
 		svc, ok := services[name]
 		if !ok {
