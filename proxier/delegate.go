@@ -32,8 +32,7 @@ const DefaultMasqueradeBit = 14
 // Both proxiers see every slice, so with it each EndpointSlice change
 // would be observed twice, once per data plane. Without it the delegate
 // observes nothing, and the metric measures the HAProxy side only (the
-// nftables sync of the same change is usually the faster one: a single
-// nft transaction, no runtime API).
+// time until the nftables sync of the same change is not in it).
 //
 // The ServiceCIDRs are deliberately not passed on: upstream drops traffic
 // to every ServiceCIDR address that is not a ClusterIP of its view, and
