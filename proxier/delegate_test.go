@@ -154,6 +154,8 @@ func TestSCTPOnANodeWithoutKernelSCTP(t *testing.T) {
 				require.NoError(t, p.syncProxyRules())
 			}
 			assert.Equal(t, 1, probes, "the kernel is probed once, not per sync")
+			assert.InDelta(t, tc.wantEvents, gaugeValue(t, sctpWithoutKernelSCTP.WithLabelValues("IPv4")), 0,
+				"SCTP ports no pod on this node can serve")
 			assert.Equal(t, []string{"kube-system.kube-dns:dns-tcp:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)), "TCP is unaffected")
 			assert.Equal(t, []string{
 				"kube-system/kube-dns:dns/UDP -> 10.180.0.1:53",

@@ -499,6 +499,11 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 	for proto, n := range delegated {
 		delegatedServicePorts.WithLabelValues(strings.ToLower(string(proto)), string(p.ipFamily)).Set(float64(n))
 	}
+	sctpHere := 0
+	if p.delegate != nil && p.delegate.noKernelSCTP != nil {
+		sctpHere = delegated[v1.ProtocolSCTP]
+	}
+	sctpWithoutKernelSCTP.WithLabelValues(string(p.ipFamily)).Set(float64(sctpHere))
 	listenerConflicts.WithLabelValues(string(p.ipFamily)).Set(float64(conflicts))
 	badEndpoints.WithLabelValues(string(p.ipFamily)).Set(float64(res.BadEndpoints))
 	if res.BadEndpoints > 0 {
