@@ -175,6 +175,9 @@ type Applier struct {
 	lastRead time.Time
 	// lastGood is the content of the file HAProxy last loaded successfully.
 	lastGood []byte
+	// spare is memory for the next rendering after a runtime update (a
+	// former lastGood): at 100,000 servers the text is megabytes.
+	spare []byte
 	// rejectedKey/rejectedErr/retryAt/backoff remember the last rejected
 	// structure, so it is not retried before retryAt.
 	rejectedKey string
@@ -330,7 +333,7 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 		}
 		err := a.runtimeSync(ctx, want, loaded)
 		if err == nil {
-			text, err := haproxycfg.Render(want)
+			text, err := haproxycfg.AppendRender(a.spare[:0], want)
 			if err != nil {
 				// Not expected: the parts were validated above.
 				configRejectedTotal.WithLabelValues("model").Inc()
@@ -857,6 +860,7 @@ func (a *Applier) restoreLastGood() {
 func (a *Applier) writeCurrent(want *haproxycfg.Config, text []byte) {
 	a.lastModel, a.lastModelKey = want, a.loadedKey
 	if bytes.Equal(text, a.lastGood) {
+		a.spare = text
 		return
 	}
 	tmp, err := writeTempFile(a.opts.ConfigFile, text, false)
@@ -865,9 +869,12 @@ func (a *Applier) writeCurrent(want *haproxycfg.Config, text []byte) {
 	}
 	if err != nil {
 		a.logger.Error(err, "Writing the HAProxy configuration file failed", "file", a.opts.ConfigFile)
+		a.spare = text
 		return
 	}
-	a.lastGood = text
+	// Nothing else refers to the former text: its memory is the next
+	// rendering's.
+	a.lastGood, a.spare = text, a.lastGood
 	a.writeLoadedMarker(a.loadedKey, text)
 }
 

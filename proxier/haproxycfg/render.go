@@ -30,7 +30,16 @@ const DefaultBalance = "roundrobin"
 // name order, everything else in the order given. An invalid model is an
 // error and renders nothing, so a bad object can never reach HAProxy.
 func Render(c *Config) ([]byte, error) {
-	text, _, err := render(c, nil)
+	var b bytes.Buffer
+	text, _, err := render(&b, c, nil)
+	return text, err
+}
+
+// AppendRender is Render appending the text to dst, so a caller that
+// renders a large model again and again can reuse the memory of an old
+// text.
+func AppendRender(dst []byte, c *Config) ([]byte, error) {
+	text, _, err := render(bytes.NewBuffer(dst), c, nil)
 	return text, err
 }
 
@@ -41,7 +50,8 @@ func Render(c *Config) ([]byte, error) {
 // both, which matters at 100,000 servers.
 func RenderWithStructure(c *Config) (text []byte, structure [sha256.Size]byte, err error) {
 	var spans [][2]int
-	text, spans, err = render(c, &spans)
+	var b bytes.Buffer
+	text, spans, err = render(&b, c, &spans)
 	if err != nil {
 		return nil, structure, err
 	}
@@ -58,11 +68,10 @@ func RenderWithStructure(c *Config) (text []byte, structure [sha256.Size]byte, e
 
 // render renders c; with servers, it records the byte span of each
 // backend's servers.
-func render(c *Config, servers *[][2]int) ([]byte, [][2]int, error) {
+func render(b *bytes.Buffer, c *Config, servers *[][2]int) ([]byte, [][2]int, error) {
 	if err := Validate(c); err != nil {
 		return nil, nil, err
 	}
-	var b bytes.Buffer
 	n := 0
 	for _, be := range c.Backends {
 		n += len(be.Servers)
@@ -70,20 +79,20 @@ func render(c *Config, servers *[][2]int) ([]byte, [][2]int, error) {
 	b.Grow(256 + 512*len(c.Frontends) + 256*len(c.Backends) + 64*n)
 	b.WriteString(Header)
 	b.WriteByte('\n')
-	renderGlobal(&b, &c.Global)
-	renderDefaults(&b, &c.Defaults)
+	renderGlobal(b, &c.Global)
+	renderDefaults(b, &c.Defaults)
 	for _, f := range sortedByName(c.Frontends, func(f *Frontend) string { return f.Name }) {
-		renderFrontend(&b, f)
+		renderFrontend(b, f)
 	}
 	var spans [][2]int
 	for _, be := range sortedByName(c.Backends, func(be *Backend) string { return be.Name }) {
-		renderBackend(&b, be)
+		renderBackend(b, be)
 		if servers != nil && len(be.Servers) > 0 {
 			start := b.Len()
-			renderServers(&b, be.Servers)
+			renderServers(b, be.Servers)
 			spans = append(spans, [2]int{start, b.Len()})
 		} else {
-			renderServers(&b, be.Servers)
+			renderServers(b, be.Servers)
 		}
 	}
 	return b.Bytes(), spans, nil

@@ -250,6 +250,9 @@ func TestRenderWithStructure(t *testing.T) {
 	full, err := Render(c)
 	require.NoError(t, err)
 	require.Equal(t, string(full), string(text))
+	appended, err := AppendRender([]byte("old text"), c)
+	require.NoError(t, err)
+	require.Equal(t, "old text"+string(full), string(appended))
 
 	bare := *c
 	bare.Backends = nil
