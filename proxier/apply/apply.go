@@ -164,6 +164,9 @@ type Applier struct {
 	// loadedKey is the structural key of the configuration HAProxy has
 	// loaded ("" when unknown: the next sync reloads).
 	loadedKey string
+	// clones are the copies of the backends of the last merged model (see
+	// cloneBackends).
+	clones map[*haproxycfg.Backend]*haproxycfg.Backend
 	// lastModel is the last model written (ids are kept from it), and
 	// lastModelKey its structural key.
 	lastModel    *haproxycfg.Config
@@ -281,7 +284,7 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
-	want := cloneBackends(merged)
+	want := a.cloneBackends(merged)
 	if want.Global.StatsSocket == "" {
 		// Without it every endpoint change would cost a reload.
 		configRejectedTotal.WithLabelValues("model").Inc()
@@ -324,8 +327,13 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 	// write the file.
 	if a.started && loaded != nil && a.loadedKey != "" && a.lastModel != nil &&
 		a.lastModelKey == a.loadedKey && sameStructure(want, a.lastModel) {
-		// Everything else was validated with the last model.
-		for _, be := range want.Backends {
+		// Everything else was validated with the last model, and so
+		// were the backends it shares (their ids come from HAProxy or
+		// are new, unique either way).
+		for i, be := range want.Backends {
+			if be == a.lastModel.Backends[i] {
+				continue
+			}
 			if err := haproxycfg.ValidateBackend(be); err != nil {
 				configRejectedTotal.WithLabelValues("model").Inc()
 				return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
@@ -374,15 +382,25 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 }
 
 // cloneBackends copies c deeply enough that server ids can be assigned
-// without touching the models the proxiers handed in.
-func cloneBackends(c *haproxycfg.Config) *haproxycfg.Config {
+// without touching the models the proxiers handed in. A backend object
+// handed in again (the proxier keeps the objects of unchanged service
+// ports) gets the same copy as last time, ids included: no copy of its
+// servers, and no validation again when the last model had it.
+func (a *Applier) cloneBackends(c *haproxycfg.Config) *haproxycfg.Config {
 	out := &haproxycfg.Config{Global: c.Global, Defaults: c.Defaults, Frontends: c.Frontends}
 	out.Backends = make([]*haproxycfg.Backend, len(c.Backends))
+	clones := make(map[*haproxycfg.Backend]*haproxycfg.Backend, len(c.Backends))
 	for i, be := range c.Backends {
-		cp := *be
-		cp.Servers = slices.Clone(be.Servers)
-		out.Backends[i] = &cp
+		cp := a.clones[be]
+		if cp == nil {
+			cp = new(haproxycfg.Backend)
+			*cp = *be
+			cp.Servers = slices.Clone(be.Servers)
+		}
+		clones[be] = cp
+		out.Backends[i] = cp
 	}
+	a.clones = clones
 	return out
 }
 

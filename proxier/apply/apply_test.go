@@ -499,16 +499,32 @@ func TestRecordOfLoadedServersAndDrift(t *testing.T) {
 	require.Equal(t, 1, h.reads.showServers)
 	require.Equal(t, want, h.api.Dump(), "Resync reads HAProxy and repairs it")
 
-	// Again; a sync within FullReadInterval trusts the record...
+	// Again; a sync within FullReadInterval trusts the record (the
+	// same model objects, as the proxier hands in for unchanged
+	// Services)...
+	same := model(svc{1, []string{e1, e3}}, svc{2, []string{"10.2.0.1:8080"}})
+	require.NoError(t, h.apply(same))
 	behindOurBack()
 	h.clock.Step(30 * time.Second)
-	require.NoError(t, h.apply(model(svc{1, []string{e1, e3}}, svc{2, []string{"10.2.0.1:8080"}})))
+	require.NoError(t, h.apply(same))
 	require.Equal(t, 1, h.reads.showServers)
 	// ...the first one after it reads HAProxy again and repairs it.
 	h.clock.Step(30 * time.Second)
-	require.NoError(t, h.apply(model(svc{1, []string{e1, e3}}, svc{2, []string{"10.2.0.1:8080"}})))
+	require.NoError(t, h.apply(same))
 	require.Equal(t, 2, h.reads.showServers)
 	require.Equal(t, want, h.api.Dump())
+
+	// e3 deleted and added again with another id behind our back: the
+	// id HAProxy has is kept, and the file follows.
+	var b runtimeapi.Batch
+	b.SetState(be1, e3, runtimeapi.StateMaint)
+	b.DelServer(be1, e3)
+	b.AddServer(be1, runtimeapi.ServerSpec{Name: e3, ID: 9, Addr: "10.1.0.3", Port: 8080})
+	b.SetState(be1, e3, runtimeapi.StateReady)
+	require.NoError(t, h.api.Run(context.Background(), &b))
+	require.NoError(t, h.a.Resync(context.Background()))
+	require.NoError(t, h.apply(same))
+	require.Contains(t, h.file(), "server "+e3+" "+e3+" id 9\n")
 	require.Equal(t, 0, h.proc.reloads)
 }
 
