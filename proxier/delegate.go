@@ -2,11 +2,15 @@ package proxier
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/proxy"
 	"k8s.io/kubernetes/pkg/proxy/nftables"
 	proxyutil "k8s.io/kubernetes/pkg/proxy/util"
@@ -20,8 +24,15 @@ const DefaultMasqueradeBit = 14
 // proxy, to another proxy.Provider (upstream's nftables proxier of the
 // same family). It shows that provider a filtered view: each Service
 // keeps only its non-TCP ports, a Service with none does not exist, and
-// EndpointSlices pass through unchanged (the provider uses only the
-// endpoints of the ports it knows).
+// EndpointSlices pass through (the provider uses only the endpoints of the
+// ports it knows) without their last-change-trigger-time annotation.
+//
+// That annotation is what upstream proxiers turn into the
+// kubeproxy_network_programming_duration_seconds histogram after a sync.
+// Both proxiers see every slice, so with it each EndpointSlice change
+// would be observed twice, once per data plane. Without it the delegate
+// observes nothing, and the metric measures the HAProxy side only (the
+// time until the nftables sync of the same change is not in it).
 //
 // The ServiceCIDRs are deliberately not passed on: upstream drops traffic
 // to every ServiceCIDR address that is not a ClusterIP of its view, and
@@ -29,6 +40,27 @@ const DefaultMasqueradeBit = 14
 // already turns away what nothing serves.
 type nonTCPDelegate struct {
 	provider proxy.Provider
+	// noKernelSCTP is why this host's kernel cannot open SCTP sockets, nil
+	// when it can. Rules for SCTP ports are programmed either way
+	// (conntrack and NAT handle SCTP without the SCTP module), but no pod
+	// on this node can serve them: only endpoints on other nodes answer.
+	noKernelSCTP error
+}
+
+// probeKernelSCTP reports why the kernel cannot open SCTP sockets, or nil
+// when it can. A variable so tests can stand in for the kernel.
+var probeKernelSCTP = func() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err == nil {
+		_ = unix.Close(fd)
+		return nil
+	}
+	// Only "no such protocol" means no SCTP; running out of file
+	// descriptors or a seccomp denial says nothing about the kernel.
+	if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT) {
+		return fmt.Errorf("opening an SCTP socket: %w", err)
+	}
+	return nil
 }
 
 // nonTCPOnly returns the Service as the delegate sees it: the same object
@@ -71,16 +103,34 @@ func (d *nonTCPDelegate) OnServiceUpdate(oldService, service *v1.Service) {
 
 func (d *nonTCPDelegate) OnServiceSynced() { d.provider.OnServiceSynced() }
 
+// withoutTriggerTime returns s without the last-change-trigger-time
+// annotation (see nonTCPDelegate): s itself when it has none, otherwise a
+// copy, as s belongs to the informer cache.
+func withoutTriggerTime(s *discovery.EndpointSlice) *discovery.EndpointSlice {
+	if s == nil {
+		return nil
+	}
+	if _, ok := s.Annotations[v1.EndpointsLastChangeTriggerTime]; !ok {
+		return s
+	}
+	// A shallow copy with its own annotation map suffices: the change
+	// tracker only reads slices.
+	out := *s
+	out.Annotations = maps.Clone(s.Annotations)
+	delete(out.Annotations, v1.EndpointsLastChangeTriggerTime)
+	return &out
+}
+
 func (d *nonTCPDelegate) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
-	d.provider.OnEndpointSliceAdd(s)
+	d.provider.OnEndpointSliceAdd(withoutTriggerTime(s))
 }
 
 func (d *nonTCPDelegate) OnEndpointSliceUpdate(oldSlice, s *discovery.EndpointSlice) {
-	d.provider.OnEndpointSliceUpdate(oldSlice, s)
+	d.provider.OnEndpointSliceUpdate(withoutTriggerTime(oldSlice), withoutTriggerTime(s))
 }
 
 func (d *nonTCPDelegate) OnEndpointSliceDelete(s *discovery.EndpointSlice) {
-	d.provider.OnEndpointSliceDelete(s)
+	d.provider.OnEndpointSliceDelete(withoutTriggerTime(s))
 }
 
 func (d *nonTCPDelegate) OnEndpointSlicesSynced() { d.provider.OnEndpointSlicesSynced() }
@@ -106,7 +156,18 @@ func newNFTablesDelegate(ctx context.Context, family v1.IPFamily, cfg Config) (*
 	if err != nil {
 		return nil, fmt.Errorf("starting the nftables proxier for UDP and SCTP service ports (%s): %w", family, err)
 	}
-	return &nonTCPDelegate{provider: p}, nil
+	return newNonTCPDelegate(ctx, family, p), nil
+}
+
+// newNonTCPDelegate wraps provider, probing once whether the kernel has
+// SCTP.
+func newNonTCPDelegate(ctx context.Context, family v1.IPFamily, provider proxy.Provider) *nonTCPDelegate {
+	d := &nonTCPDelegate{provider: provider, noKernelSCTP: probeKernelSCTP()}
+	if d.noKernelSCTP != nil {
+		klog.FromContext(ctx).Info("This node's kernel has no SCTP: SCTP service ports reach only endpoints on other nodes",
+			"ipFamily", family, "err", d.noKernelSCTP)
+	}
+	return d
 }
 
 // localDetector recognises pod traffic by the family's cluster CIDR, as

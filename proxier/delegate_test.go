@@ -1,18 +1,24 @@
 package proxier
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/kubernetes/pkg/proxy"
+	"k8s.io/kubernetes/pkg/proxy/metrics"
 	"k8s.io/utils/ptr"
 )
 
@@ -30,6 +36,8 @@ type fakeDelegate struct {
 	topology         map[string]string
 	// services holds the Service objects last handed in, by name.
 	services map[string]*v1.Service
+	// lastSlice is the EndpointSlice last added or updated.
+	lastSlice *discovery.EndpointSlice
 }
 
 var _ proxy.Provider = &fakeDelegate{}
@@ -63,9 +71,11 @@ func (f *fakeDelegate) OnServiceUpdate(o, s *v1.Service) {
 func (f *fakeDelegate) OnServiceDelete(s *v1.Service) { f.OnServiceUpdate(s, nil) }
 func (f *fakeDelegate) OnServiceSynced()              { f.servicesSynced = true }
 func (f *fakeDelegate) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
+	f.lastSlice = s
 	f.endpointsChanges.EndpointSliceUpdate(s, false)
 }
 func (f *fakeDelegate) OnEndpointSliceUpdate(_, s *discovery.EndpointSlice) {
+	f.lastSlice = s
 	f.endpointsChanges.EndpointSliceUpdate(s, false)
 }
 func (f *fakeDelegate) OnEndpointSliceDelete(s *discovery.EndpointSlice) {
@@ -83,7 +93,14 @@ func (f *fakeDelegate) serves() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.svcPortMap.Update(f.serviceChanges)
-	f.endpointsMap.Update(f.endpointsChanges)
+	// Like upstream's proxiers after a sync, observe the latency of the
+	// endpoint changes that carried a trigger time.
+	result := f.endpointsMap.Update(f.endpointsChanges)
+	for _, times := range result.LastChangeTriggerTimes {
+		for _, t := range times {
+			metrics.NetworkProgrammingLatency.WithLabelValues(string(v1.IPv4Protocol)).Observe(metrics.SinceInSeconds(t))
+		}
+	}
 	var out []string
 	for name, sp := range f.svcPortMap {
 		var eps []string
@@ -103,6 +120,70 @@ func newDelegatingProxier(t *testing.T) (*Proxier, *fakeApplier, *fakeDelegate) 
 	fd := newFakeDelegate(v1.IPv4Protocol)
 	p.delegate = &nonTCPDelegate{provider: fd}
 	return p, applier, fd
+}
+
+// TestSCTPOnANodeWithoutKernelSCTP: the probe runs once when the delegate
+// is made; each delegated SCTP port gets one log line and one Warning
+// event saying only endpoints on other nodes are reached; it stays
+// delegated (rules are programmed), and TCP and UDP are unaffected.
+func TestSCTPOnANodeWithoutKernelSCTP(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		probe      error
+		wantEvents int
+	}{
+		{"kernel without SCTP", fmt.Errorf("opening an SCTP socket: %w", unix.EPROTONOSUPPORT), 2},
+		{"kernel with SCTP", nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			probes := 0
+			orig := probeKernelSCTP
+			probeKernelSCTP = func() error { probes++; return tc.probe }
+			t.Cleanup(func() { probeKernelSCTP = orig })
+
+			recorder := events.NewFakeRecorder(10)
+			p, applier, _ := newFakeProxier(t, v1.IPv4Protocol, func(c *Config) { c.Recorder = recorder })
+			fd := newFakeDelegate(v1.IPv4Protocol)
+			p.delegate = newNonTCPDelegate(context.Background(), v1.IPv4Protocol, fd)
+			svc := dnsService(port("dns-tcp", v1.ProtocolTCP, 53, 0), port("dns", v1.ProtocolUDP, 53, 0),
+				port("sig", v1.ProtocolSCTP, 9000, 0), port("sig2", v1.ProtocolSCTP, 9001, 0))
+			p.OnServiceAdd(svc)
+			p.OnEndpointSliceAdd(dnsSlice("1", epPort("dns-tcp", v1.ProtocolTCP, 53), epPort("dns", v1.ProtocolUDP, 53),
+				epPort("sig", v1.ProtocolSCTP, 9000), epPort("sig2", v1.ProtocolSCTP, 9001)))
+			for range 3 {
+				require.NoError(t, p.syncProxyRules())
+			}
+			assert.Equal(t, 1, probes, "the kernel is probed once, not per sync")
+			assert.InDelta(t, tc.wantEvents, gaugeValue(t, sctpWithoutKernelSCTP.WithLabelValues("IPv4")), 0,
+				"SCTP ports no pod on this node can serve")
+			assert.Equal(t, []string{"kube-system.kube-dns:dns-tcp:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)), "TCP is unaffected")
+			assert.Equal(t, []string{
+				"kube-system/kube-dns:dns/UDP -> 10.180.0.1:53",
+				"kube-system/kube-dns:sig/SCTP -> 10.180.0.1:9000",
+				"kube-system/kube-dns:sig2/SCTP -> 10.180.0.1:9001",
+			}, fd.serves(), "SCTP stays delegated: rules for endpoints on other nodes")
+			var got []string
+			for len(recorder.Events) > 0 {
+				got = append(got, <-recorder.Events)
+			}
+			slices.Sort(got)
+			require.Len(t, got, tc.wantEvents, "one event per SCTP port, not per sync: %v", got)
+			for i, name := range []string{"sig", "sig2"}[:tc.wantEvents] {
+				assert.Contains(t, got[i], "Warning SCTPNotSupportedOnNode Port "+name+"/SCTP: the kernel of node "+testHostname+" has no SCTP")
+				assert.Contains(t, got[i], "only endpoints on other nodes are reached")
+			}
+		})
+	}
+}
+
+func TestProbeKernelSCTPMatchesTheKernel(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err == nil {
+		_ = unix.Close(fd)
+		assert.NoError(t, probeKernelSCTP(), "this kernel opens SCTP sockets")
+		return
+	}
+	assert.ErrorIs(t, probeKernelSCTP(), unix.EPROTONOSUPPORT, "this kernel has no SCTP")
 }
 
 func dnsService(ports ...v1.ServicePort) *v1.Service {
@@ -275,4 +356,44 @@ func TestDelegationDefaultsPerScope(t *testing.T) {
 	badBit := Config{MasqueradeBit: ptr.To[int32](32)}
 	badBit.SetDefaults()
 	assert.ErrorContains(t, badBit.Validate(), "masqueradeBit")
+}
+
+// TestNetworkProgrammingLatencyIsObservedOncePerChange: both proxiers see
+// every EndpointSlice, but only the HAProxy proxier observes
+// kubeproxy_network_programming_duration_seconds: the delegate gets the
+// slices without their last-change-trigger-time annotation (a copy; the
+// informer's object keeps it).
+func TestNetworkProgrammingLatencyIsObservedOncePerChange(t *testing.T) {
+	metrics.RegisterMetrics("haproxy")
+	histogram := metrics.NetworkProgrammingLatency.WithLabelValues(string(v1.IPv4Protocol))
+	count := func() uint64 {
+		n, err := testutil.GetHistogramMetricCount(histogram)
+		require.NoError(t, err)
+		return n
+	}
+	p, _, fd := newDelegatingProxier(t)
+	p.OnServiceAdd(dnsService(port("dns-tcp", v1.ProtocolTCP, 53, 0), port("dns", v1.ProtocolUDP, 53, 0)))
+	p.OnServiceSynced()
+	p.OnEndpointSlicesSynced()
+	before := count()
+
+	for i, version := range []string{"1", "2", "3"} {
+		s := dnsSlice(version, epPort("dns-tcp", v1.ProtocolTCP, 53), epPort("dns", v1.ProtocolUDP, 53))
+		s.Annotations = map[string]string{
+			v1.EndpointsLastChangeTriggerTime: time.Now().Format(time.RFC3339Nano),
+			"other":                           "kept",
+		}
+		if i == 0 {
+			p.OnEndpointSliceAdd(s)
+		} else {
+			p.OnEndpointSliceUpdate(fd.lastSlice, s)
+		}
+		require.NoError(t, p.syncProxyRules())
+		require.NotEmpty(t, fd.serves(), "the delegate synced the change too")
+		assert.Equal(t, before+uint64(i)+1, count(), "change %d: one observation per EndpointSlice change", i+1)
+		assert.Contains(t, s.Annotations, v1.EndpointsLastChangeTriggerTime, "the informer's object is not modified")
+		assert.NotContains(t, fd.lastSlice.Annotations, v1.EndpointsLastChangeTriggerTime)
+		assert.Equal(t, "kept", fd.lastSlice.Annotations["other"])
+	}
+	assert.Same(t, fd.lastSlice, withoutTriggerTime(fd.lastSlice), "a slice without the annotation is passed as is")
 }

@@ -35,6 +35,18 @@ var (
 		[]string{"protocol", "ip_family"},
 	)
 
+	// sctpWithoutKernelSCTP counts the delegated SCTP service ports on a
+	// node whose kernel has no SCTP: programmed, but no pod here serves them.
+	sctpWithoutKernelSCTP = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_sctp_service_ports_without_kernel_sctp",
+			Help:           "Number of delegated SCTP service ports on a node whose kernel has no SCTP (only endpoints on other nodes are reached)",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"ip_family"},
+	)
+
 	// listenerConflicts counts listeners left out because another service
 	// port already listens on the same address and port.
 	listenerConflicts = metrics.NewGaugeVec(
@@ -79,6 +91,7 @@ func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(unsupportedServicePorts)
 		legacyregistry.MustRegister(delegatedServicePorts)
+		legacyregistry.MustRegister(sctpWithoutKernelSCTP)
 		legacyregistry.MustRegister(listenerConflicts)
 		legacyregistry.MustRegister(badEndpoints)
 		legacyregistry.MustRegister(syncFailuresTotal)

@@ -73,6 +73,7 @@ type Proxier struct {
 	mu                   sync.Mutex // protects the following fields
 	svcPortMap           proxy.ServicePortMap
 	endpointsMap         proxy.EndpointsMap
+	translator           translate.Translator
 	topologyLabels       map[string]string
 	endpointSlicesSynced bool
 	servicesSynced       bool
@@ -390,7 +391,9 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 	opts.ClusterSources = p.clusterSources(opts.NodeIP, opts.NodePortAddresses)
 
 	// Phase 3: translate Services and endpoints into the model.
-	res := translate.Translate(opts, p.svcPortMap, p.endpointsMap)
+	// Only the service ports whose Service or endpoints changed are
+	// translated again.
+	res := p.translator.Translate(opts, p.svcPortMap, p.endpointsMap)
 	p.reportSkipped(res)
 	desired := &haproxycfg.Config{
 		Global:    p.global,
@@ -496,6 +499,11 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 	for proto, n := range delegated {
 		delegatedServicePorts.WithLabelValues(strings.ToLower(string(proto)), string(p.ipFamily)).Set(float64(n))
 	}
+	sctpHere := 0
+	if p.delegate != nil && p.delegate.noKernelSCTP != nil {
+		sctpHere = delegated[v1.ProtocolSCTP]
+	}
+	sctpWithoutKernelSCTP.WithLabelValues(string(p.ipFamily)).Set(float64(sctpHere))
 	listenerConflicts.WithLabelValues(string(p.ipFamily)).Set(float64(conflicts))
 	badEndpoints.WithLabelValues(string(p.ipFamily)).Set(float64(res.BadEndpoints))
 	if res.BadEndpoints > 0 {
@@ -513,6 +521,9 @@ func (p *Proxier) reportNonTCP(s translate.Skipped) {
 	if p.delegate != nil {
 		p.logger.Info("Service port served by the nftables proxier: HAProxy proxies TCP only",
 			"servicePort", s.Name.String(), "protocol", s.Protocol)
+		if s.Protocol == v1.ProtocolSCTP && p.delegate.noKernelSCTP != nil {
+			p.reportNoKernelSCTP(s)
+		}
 		return
 	}
 	p.logger.Info("Service port not served: HAProxy proxies TCP only and no kernel data plane is used",
@@ -522,6 +533,24 @@ func (p *Proxier) reportNonTCP(s translate.Skipped) {
 		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, eventReasonProtocolNotSupported, "Proxying",
 			"Port %s/%s (%s family) is not served by kube-proxy in haproxy mode (scope %s): HAProxy proxies TCP only",
 			portLabel(s.Name), s.Protocol, p.ipFamily, p.cfg.Scope)
+	}
+}
+
+// Reason of the event recorded on a Service with an SCTP port on a node
+// whose kernel has no SCTP.
+const eventReasonNoKernelSCTP = "SCTPNotSupportedOnNode"
+
+// reportNoKernelSCTP reports, once, a delegated SCTP service port on a node
+// whose kernel cannot open SCTP sockets: its rules are programmed, but no
+// pod here can listen, so only endpoints on other nodes answer.
+func (p *Proxier) reportNoKernelSCTP(s translate.Skipped) {
+	p.logger.Info("SCTP service port reaches only endpoints on other nodes: this node's kernel has no SCTP",
+		"servicePort", s.Name.String(), "node", p.nodeName, "err", p.delegate.noKernelSCTP)
+	if p.cfg.Recorder != nil {
+		ref := &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: s.Name.Namespace, Name: s.Name.Name}
+		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, eventReasonNoKernelSCTP, "Proxying",
+			"Port %s/SCTP: the kernel of node %s has no SCTP (%v), so no pod on this node can serve it; only endpoints on other nodes are reached",
+			portLabel(s.Name), p.nodeName, p.delegate.noKernelSCTP)
 	}
 }
 

@@ -5,10 +5,17 @@
 // cost a reload: a new endpoint is added with an explicit, stable id and set
 // ready; an endpoint that goes away is set to drain (no new connections),
 // and once its connections are gone or DrainTimeout has passed it is put in
-// maintenance, its sessions are shut down and it is deleted. What HAProxy
-// has loaded is read back from the runtime API at every sync, so an HAProxy
-// that restarted, was reloaded by someone else, or was adopted after a
-// proxier restart is corrected the same way.
+// maintenance, its sessions are shut down and it is deleted.
+//
+// The proxier is the only writer of HAProxy's servers, so the Applier keeps
+// its own record of what HAProxy has loaded, updated from each successful
+// runtime update and each reload, instead of reading every server back at
+// every sync (at 100,000 servers that read costs more than the change).
+// The record is read again from the runtime API whenever it may be wrong:
+// after an adopt, a failed command or reload, at each Resync (e.g. after
+// HAProxy restarted), and at least every FullReadInterval, so that a server
+// changed behind the proxier's back is repaired at the next sync after it.
+// Session counts are read only for the backends that lose a server.
 //
 // Any other change (a frontend, bind, ACL, backend or global setting) is
 // structural: the whole model is rendered with every current endpoint as a
@@ -29,9 +36,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -92,6 +102,10 @@ type Options struct {
 	// DrainCheckInterval is how often draining servers are looked at, to
 	// delete them as soon as their last connection is gone.
 	DrainCheckInterval time.Duration
+	// FullReadInterval bounds how long the record of HAProxy's servers is
+	// trusted without reading them back: a sync after it reads every
+	// server again, which repairs changes made by someone else.
+	FullReadInterval time.Duration
 	// RetryBackoff is the first delay before the same rejected structure
 	// is tried again; it doubles up to MaxRetryBackoff.
 	RetryBackoff, MaxRetryBackoff time.Duration
@@ -116,6 +130,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.DrainCheckInterval == 0 {
 		o.DrainCheckInterval = time.Second
+	}
+	if o.FullReadInterval == 0 {
+		o.FullReadInterval = time.Minute
 	}
 	if o.RetryBackoff == 0 {
 		o.RetryBackoff = 10 * time.Second
@@ -147,10 +164,23 @@ type Applier struct {
 	// loadedKey is the structural key of the configuration HAProxy has
 	// loaded ("" when unknown: the next sync reloads).
 	loadedKey string
-	// lastModel is the last model written (ids are kept from it).
-	lastModel *haproxycfg.Config
+	// clones are the copies of the backends of the last merged model (see
+	// cloneBackends).
+	clones map[*haproxycfg.Backend]*haproxycfg.Backend
+	// lastModel is the last model written (ids are kept from it), and
+	// lastModelKey its structural key.
+	lastModel    *haproxycfg.Config
+	lastModelKey string
+	// loaded is the record of the servers HAProxy has loaded (nil:
+	// unknown, read them at the next sync); lastRead is when it was last
+	// read from or made equal to HAProxy (a reload).
+	loaded   *loadedState
+	lastRead time.Time
 	// lastGood is the content of the file HAProxy last loaded successfully.
 	lastGood []byte
+	// spare is memory for the next rendering after a runtime update (a
+	// former lastGood): at 100,000 servers the text is megabytes.
+	spare []byte
 	// rejectedKey/rejectedErr/retryAt/backoff remember the last rejected
 	// structure, so it is not retried before retryAt.
 	rejectedKey string
@@ -217,21 +247,26 @@ func (a *Applier) Apply(ctx context.Context, family v1.IPFamily, desired *haprox
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.desired[family] = desired
-	return a.syncLocked(ctx)
+	return a.syncLocked(ctx, false)
 }
 
-// Resync applies the stored models again, e.g. after HAProxy was
-// restarted (servers added at runtime are then gone).
+// Resync reads back every server HAProxy has loaded and applies the stored
+// models again, e.g. after HAProxy was restarted (servers added at runtime
+// are then gone).
 func (a *Applier) Resync(ctx context.Context) error {
+	return a.resync(ctx, true)
+}
+
+func (a *Applier) resync(ctx context.Context, fullRead bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.desired) == 0 {
 		return nil
 	}
-	return a.syncLocked(ctx)
+	return a.syncLocked(ctx, fullRead)
 }
 
-func (a *Applier) syncLocked(ctx context.Context) error {
+func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 	if a.stopped {
 		return ErrStopped
 	}
@@ -249,7 +284,7 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
-	want := cloneBackends(merged)
+	want := a.cloneBackends(merged)
 	if want.Global.StatsSocket == "" {
 		// Without it every endpoint change would cost a reload.
 		configRejectedTotal.WithLabelValues("model").Inc()
@@ -263,6 +298,7 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 		}
 		if adopted {
 			a.started = true
+			a.loaded = nil
 			a.adoptLoadedKey()
 		}
 	}
@@ -270,27 +306,61 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 	// What HAProxy runs now (nothing when it does not run yet).
 	var loaded *loadedState
 	if a.started {
-		loaded, err = a.readLoaded(ctx)
-		if err != nil {
-			// HAProxy may be restarting; it comes back with the file,
-			// whose structure is still loadedKey, so keep it.
-			a.logger.Error(err, "Reading the servers HAProxy has loaded failed; reloading instead")
-			loaded = nil
+		now := a.opts.Clock.Now()
+		if a.loaded == nil || fullRead || now.Sub(a.lastRead) >= a.opts.FullReadInterval {
+			a.loaded = nil
+			read, err := a.readLoaded(ctx)
+			if err != nil {
+				// HAProxy may be restarting; it comes back with the file,
+				// whose structure is still loadedKey, so keep it.
+				a.logger.Error(err, "Reading the servers HAProxy has loaded failed; reloading instead")
+			} else {
+				a.loaded, a.lastRead = read, now
+			}
 		}
+		loaded = a.loaded
 	}
 	a.assignIDs(want, loaded)
 
+	// The common case, only servers changed: change them through the
+	// runtime API first (that is the delay a user sees), then render and
+	// write the file.
+	if a.started && loaded != nil && a.loadedKey != "" && a.lastModel != nil &&
+		a.lastModelKey == a.loadedKey && sameStructure(want, a.lastModel) {
+		// Everything else was validated with the last model, and so
+		// were the backends it shares (their ids come from HAProxy or
+		// are new, unique either way).
+		for i, be := range want.Backends {
+			if be == a.lastModel.Backends[i] {
+				continue
+			}
+			if err := haproxycfg.ValidateBackend(be); err != nil {
+				configRejectedTotal.WithLabelValues("model").Inc()
+				return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
+			}
+		}
+		err := a.runtimeSync(ctx, want, loaded)
+		if err == nil {
+			text, err := haproxycfg.AppendRender(a.spare[:0], want)
+			if err != nil {
+				// Not expected: the parts were validated above.
+				configRejectedTotal.WithLabelValues("model").Inc()
+				return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
+			}
+			a.writeCurrent(want, text)
+			return nil
+		}
+		a.logger.Error(err, "Runtime API update failed; reloading to load the servers from the configuration file")
+		a.loadedKey = ""
+	}
+
 	// Render validates the whole model: an invalid one is never loaded.
-	text, err := haproxycfg.Render(want)
+	text, sum, err := haproxycfg.RenderWithStructure(want)
 	if err != nil {
 		configRejectedTotal.WithLabelValues("model").Inc()
 		return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
 	}
-	key, err := structuralKey(want)
-	if err != nil {
-		configRejectedTotal.WithLabelValues("model").Inc()
-		return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
-	}
+	key := hex.EncodeToString(sum[:])
 	if a.started && loaded != nil && key == a.loadedKey {
 		err := a.runtimeSync(ctx, want, loaded)
 		if err == nil {
@@ -312,39 +382,70 @@ func (a *Applier) syncLocked(ctx context.Context) error {
 }
 
 // cloneBackends copies c deeply enough that server ids can be assigned
-// without touching the models the proxiers handed in.
-func cloneBackends(c *haproxycfg.Config) *haproxycfg.Config {
+// without touching the models the proxiers handed in. A backend object
+// handed in again (the proxier keeps the objects of unchanged service
+// ports) gets the same copy as last time, ids included: no copy of its
+// servers, and no validation again when the last model had it.
+func (a *Applier) cloneBackends(c *haproxycfg.Config) *haproxycfg.Config {
 	out := &haproxycfg.Config{Global: c.Global, Defaults: c.Defaults, Frontends: c.Frontends}
 	out.Backends = make([]*haproxycfg.Backend, len(c.Backends))
+	clones := make(map[*haproxycfg.Backend]*haproxycfg.Backend, len(c.Backends))
 	for i, be := range c.Backends {
-		cp := *be
-		cp.Servers = slices.Clone(be.Servers)
-		out.Backends[i] = &cp
+		cp := a.clones[be]
+		if cp == nil {
+			cp = new(haproxycfg.Backend)
+			*cp = *be
+			cp.Servers = slices.Clone(be.Servers)
+		}
+		clones[be] = cp
+		out.Backends[i] = cp
 	}
+	a.clones = clones
 	return out
 }
 
-// structuralKey identifies everything of c that the runtime API cannot
-// change: c rendered without servers.
-func structuralKey(c *haproxycfg.Config) (string, error) {
-	bare := &haproxycfg.Config{Global: c.Global, Defaults: c.Defaults, Frontends: c.Frontends}
-	for _, be := range c.Backends {
-		cp := *be
-		cp.Servers = nil
-		bare.Backends = append(bare.Backends, &cp)
+// sameStructure reports whether a and b, both sorted by name (Merge),
+// differ at most in their servers: then they have the same structural
+// key. Unchanged service ports keep their frontend objects from one model
+// to the next (translate.Translator), so most comparisons are of
+// pointers.
+func sameStructure(a, b *haproxycfg.Config) bool {
+	if a.Global != b.Global || a.Defaults != b.Defaults || len(a.Frontends) != len(b.Frontends) || len(a.Backends) != len(b.Backends) {
+		return false
 	}
-	text, err := haproxycfg.Render(bare)
-	if err != nil {
-		return "", err
+	for i, f := range a.Frontends {
+		if g := b.Frontends[i]; f != g && !reflect.DeepEqual(f, g) {
+			return false
+		}
 	}
-	sum := sha256.Sum256(text)
-	return hex.EncodeToString(sum[:]), nil
+	for i, be := range a.Backends {
+		o := b.Backends[i]
+		if be.Name != o.Name || be.Comment != o.Comment || be.Balance != o.Balance {
+			return false
+		}
+		if (be.StickTable == nil) != (o.StickTable == nil) || be.StickTable != nil && *be.StickTable != *o.StickTable {
+			return false
+		}
+	}
+	return true
 }
 
-// loadedState is what the runtime API says HAProxy serves.
+// The structural key identifies everything of a model that the runtime API
+// cannot change: the hash of the model rendered without servers
+// (haproxycfg.RenderWithStructure).
+
+// loadedServer is one server as HAProxy has it loaded.
+type loadedServer struct {
+	ID    int
+	Addr  netip.Addr
+	Port  int
+	State runtimeapi.State
+}
+
+// loadedState is what HAProxy serves: the loaded backends, with their
+// servers by name.
 type loadedState struct {
-	// backends are the loaded backends, with their servers by name.
-	backends map[string]map[string]runtimeapi.ServerStatus
+	backends map[string]map[string]loadedServer
 }
 
 func (a *Applier) readLoaded(ctx context.Context) (*loadedState, error) {
@@ -352,9 +453,9 @@ func (a *Applier) readLoaded(ctx context.Context) (*loadedState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &loadedState{backends: make(map[string]map[string]runtimeapi.ServerStatus, len(names))}
+	st := &loadedState{backends: make(map[string]map[string]loadedServer, len(names))}
 	for _, n := range names {
-		st.backends[n] = map[string]runtimeapi.ServerStatus{}
+		st.backends[n] = map[string]loadedServer{}
 	}
 	servers, err := a.opts.Runtime.ShowServers(ctx, "")
 	if err != nil {
@@ -362,17 +463,34 @@ func (a *Applier) readLoaded(ctx context.Context) (*loadedState, error) {
 	}
 	for _, s := range servers {
 		if st.backends[s.Backend] == nil {
-			st.backends[s.Backend] = map[string]runtimeapi.ServerStatus{}
+			st.backends[s.Backend] = map[string]loadedServer{}
 		}
-		st.backends[s.Backend][s.Name] = s
+		// An address that does not parse differs from every wanted
+		// one, so it is set again.
+		addr, _ := netip.ParseAddr(s.Addr)
+		st.backends[s.Backend][s.Name] = loadedServer{ID: s.ID, Addr: addr.Unmap(), Port: s.Port, State: s.State()}
 	}
 	return st, nil
 }
 
-// sessions returns the current sessions of every server, by
+// loadedFromModel is what an HAProxy that just loaded the file rendered
+// from c serves: every server of c, ready.
+func loadedFromModel(c *haproxycfg.Config) *loadedState {
+	st := &loadedState{backends: make(map[string]map[string]loadedServer, len(c.Backends))}
+	for _, be := range c.Backends {
+		m := make(map[string]loadedServer, len(be.Servers))
+		for _, s := range be.Servers {
+			m[s.Name] = loadedServer{ID: s.ID, Addr: s.Addr.Unmap(), Port: int(s.Port), State: runtimeapi.StateReady}
+		}
+		st.backends[be.Name] = m
+	}
+	return st
+}
+
+// sessions returns the current sessions of every server of backends, by
 // backend/server ("show stat"; read only when servers are to be removed).
-func (a *Applier) sessions(ctx context.Context) (map[string]int, error) {
-	rows, err := a.opts.Runtime.ShowStat(ctx)
+func (a *Applier) sessions(ctx context.Context, backends []string) (map[string]int, error) {
+	rows, err := a.opts.Runtime.ShowStat(ctx, backends...)
 	if err != nil {
 		return nil, err
 	}
@@ -390,18 +508,34 @@ func (a *Applier) sessions(ctx context.Context) (map[string]int, error) {
 // no loaded server (draining ones included) and no other server uses.
 func (a *Applier) assignIDs(want *haproxycfg.Config, loaded *loadedState) {
 	var lastBackends map[string]*haproxycfg.Backend
-	if a.lastModel != nil {
-		lastBackends = make(map[string]*haproxycfg.Backend, len(a.lastModel.Backends))
-		for _, be := range a.lastModel.Backends {
-			lastBackends[be.Name] = be
-		}
-	}
 	for _, be := range want.Backends {
-		used := map[int]bool{}
-		var loadedServers map[string]runtimeapi.ServerStatus
+		var loadedServers map[string]loadedServer
 		if loaded != nil {
 			loadedServers = loaded.backends[be.Name]
 		}
+		// The common case: every server is loaded already. HAProxy keeps
+		// ids unique in a backend and want's names are unique, so the
+		// loaded ids need no further check.
+		missing := false
+		for i := range be.Servers {
+			s := &be.Servers[i]
+			ls, ok := loadedServers[s.Name]
+			if !ok {
+				missing = true
+				break
+			}
+			s.ID = ls.ID
+		}
+		if !missing {
+			continue
+		}
+		if lastBackends == nil && a.lastModel != nil {
+			lastBackends = make(map[string]*haproxycfg.Backend, len(a.lastModel.Backends))
+			for _, be := range a.lastModel.Backends {
+				lastBackends[be.Name] = be
+			}
+		}
+		used := map[int]bool{}
 		for _, s := range loadedServers {
 			used[s.ID] = true
 		}
@@ -440,51 +574,98 @@ func (a *Applier) assignIDs(want *haproxycfg.Config, loaded *loadedState) {
 	}
 }
 
+// recordChange is one change a runtime update makes to the record of
+// loaded servers, applied once HAProxy confirmed the whole batch.
+type recordChange struct {
+	backend, server string
+	state           loadedServer
+	deleted         bool
+}
+
 // runtimeSync brings the servers of every backend that is both wanted and
-// loaded to the wanted set through the runtime API, in one batch.
+// loaded to the wanted set through the runtime API, in one batch, and
+// keeps loaded (the record) up to date. On failure the record is dropped:
+// the next sync reads HAProxy again.
 func (a *Applier) runtimeSync(ctx context.Context, want *haproxycfg.Config, loaded *loadedState) error {
+	err := a.runtimeSyncRecord(ctx, want, loaded)
+	if err != nil && a.loaded == loaded {
+		a.loaded = nil
+	}
+	return err
+}
+
+func (a *Applier) runtimeSyncRecord(ctx context.Context, want *haproxycfg.Config, loaded *loadedState) error {
 	now := a.opts.Clock.Now()
 	var b runtimeapi.Batch
+	var changes []recordChange
 	var added, drained, deleted int
 	nextDeadline := time.Time{}
-	var sessions map[string]int
-	if removals(want, loaded) {
-		var err error
-		if sessions, err = a.sessions(ctx); err != nil {
-			return fmt.Errorf("runtime API: %w", err)
-		}
-	}
+	// Additions and changes first; backends that lose a server are
+	// looked at once their sessions are known.
+	var losing []*haproxycfg.Backend
 	for _, be := range want.Backends {
 		have, ok := loaded.backends[be.Name]
 		if !ok {
 			continue
 		}
-		wanted := make(map[string]bool, len(be.Servers))
-		for _, s := range be.Servers {
-			wanted[s.Name] = true
-			key := be.Name + "/" + s.Name
-			addr := s.Addr.Unmap().String()
+		found := 0
+		for i := range be.Servers {
+			s := &be.Servers[i]
+			addr := s.Addr.Unmap()
 			cur, ok := have[s.Name]
 			switch {
 			case !ok:
-				b.AddServer(be.Name, runtimeapi.ServerSpec{Name: s.Name, ID: s.ID, Addr: addr, Port: int(s.Port)})
+				b.AddServer(be.Name, runtimeapi.ServerSpec{Name: s.Name, ID: s.ID, Addr: addr.String(), Port: int(s.Port)})
 				b.SetState(be.Name, s.Name, runtimeapi.StateReady)
+				changes = append(changes, recordChange{backend: be.Name, server: s.Name,
+					state: loadedServer{ID: s.ID, Addr: addr, Port: int(s.Port), State: runtimeapi.StateReady}})
 				added++
 			default:
+				found++
+				next := cur
 				if cur.Addr != addr || cur.Port != int(s.Port) {
-					b.SetAddr(be.Name, s.Name, addr, int(s.Port))
+					b.SetAddr(be.Name, s.Name, addr.String(), int(s.Port))
+					next.Addr, next.Port = addr, int(s.Port)
 				}
-				if cur.State() != runtimeapi.StateReady {
+				if cur.State != runtimeapi.StateReady {
 					// Back before its drain ended: serve again.
 					b.SetState(be.Name, s.Name, runtimeapi.StateReady)
+					next.State = runtimeapi.StateReady
+				}
+				if next != cur {
+					changes = append(changes, recordChange{backend: be.Name, server: s.Name, state: next})
 				}
 			}
-			delete(a.draining, key)
+			if len(a.draining) > 0 {
+				delete(a.draining, be.Name+"/"+s.Name)
+			}
 		}
-		for name, cur := range have {
+		if found < len(have) {
+			losing = append(losing, be)
+		}
+	}
+	var sessions map[string]int
+	if len(losing) > 0 {
+		names := make([]string, len(losing))
+		for i, be := range losing {
+			names[i] = be.Name
+		}
+		var err error
+		if sessions, err = a.sessions(ctx, names); err != nil {
+			return fmt.Errorf("runtime API: %w", err)
+		}
+	}
+	for _, be := range losing {
+		have := loaded.backends[be.Name]
+		wanted := make(map[string]bool, len(be.Servers))
+		for _, s := range be.Servers {
+			wanted[s.Name] = true
+		}
+		for _, name := range slices.Sorted(maps.Keys(have)) {
 			if wanted[name] {
 				continue
 			}
+			cur := have[name]
 			key := be.Name + "/" + name
 			since, isDraining := a.draining[key]
 			if !isDraining {
@@ -497,11 +678,14 @@ func (a *Applier) runtimeSync(ctx context.Context, want *haproxycfg.Config, load
 				b.SetState(be.Name, name, runtimeapi.StateMaint)
 				b.ShutdownSessions(be.Name, name)
 				b.DelServer(be.Name, name)
+				changes = append(changes, recordChange{backend: be.Name, server: name, deleted: true})
 				deleted++
 				continue
 			}
-			if cur.State() == runtimeapi.StateReady {
+			if cur.State == runtimeapi.StateReady {
 				b.SetState(be.Name, name, runtimeapi.StateDrain)
+				cur.State = runtimeapi.StateDrain
+				changes = append(changes, recordChange{backend: be.Name, server: name, state: cur})
 				drained++
 			}
 			// Look again soon: connections may be gone before the deadline.
@@ -535,6 +719,9 @@ func (a *Applier) runtimeSync(ctx context.Context, want *haproxycfg.Config, load
 			}
 		}
 		if !fatal {
+			// The batch did its job, but the record cannot tell which
+			// server stayed: read HAProxy again next time.
+			a.loaded = nil
 			err = nil
 		}
 	}
@@ -542,33 +729,16 @@ func (a *Applier) runtimeSync(ctx context.Context, want *haproxycfg.Config, load
 		runtimeUpdatesTotal.WithLabelValues("failed").Inc()
 		return fmt.Errorf("runtime API: %w", err)
 	}
+	for _, c := range changes {
+		if c.deleted {
+			delete(loaded.backends[c.backend], c.server)
+		} else {
+			loaded.backends[c.backend][c.server] = c.state
+		}
+	}
 	runtimeUpdatesTotal.WithLabelValues("success").Inc()
 	a.logger.V(2).Info("Updated HAProxy servers through the runtime API", "added", added, "draining", drained, "deleted", deleted, "commands", b.Len())
 	return nil
-}
-
-// removals says whether a loaded backend that is wanted has a server
-// that is not.
-func removals(want *haproxycfg.Config, loaded *loadedState) bool {
-	for _, be := range want.Backends {
-		have := loaded.backends[be.Name]
-		if len(have) > len(be.Servers) {
-			return true
-		}
-		if len(have) == 0 {
-			continue
-		}
-		wanted := make(map[string]bool, len(be.Servers))
-		for _, s := range be.Servers {
-			wanted[s.Name] = true
-		}
-		for name := range have {
-			if !wanted[name] {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // scheduleDrainCheck arranges a re-apply when the next drain times out.
@@ -584,7 +754,7 @@ func (a *Applier) scheduleDrainCheck(deadline, now time.Time) {
 		// A goroutine of its own: the clock may call this while it holds
 		// its lock, and Resync sets the next timer.
 		go func() {
-			if err := a.Resync(context.Background()); err != nil && !errors.Is(err, ErrStopped) {
+			if err := a.resync(context.Background(), false); err != nil && !errors.Is(err, ErrStopped) {
 				a.logger.Error(err, "Finishing drained servers failed")
 			}
 		}()
@@ -633,6 +803,8 @@ func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key strin
 	}
 	if err != nil {
 		reloadsTotal.WithLabelValues("failed").Inc()
+		// Whether the old worker still serves, or none does, read it.
+		a.loaded = nil
 		a.restoreLastGood()
 		if errors.Is(err, supervisor.ErrNotRunning) || errors.Is(err, supervisor.ErrBinaryMissing) {
 			// HAProxy is down or cannot run (the supervisor restarts it and
@@ -649,7 +821,8 @@ func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key strin
 	a.reloads++
 	a.loadedKey = key
 	a.lastGood = text
-	a.lastModel = want
+	a.lastModel, a.lastModelKey = want, key
+	a.loaded, a.lastRead = loadedFromModel(want), now
 	a.rejectedKey, a.rejectedErr, a.backoff = "", nil, 0
 	// The new worker has exactly the servers of the file.
 	clear(a.draining)
@@ -703,8 +876,9 @@ func (a *Applier) restoreLastGood() {
 // after a runtime update (same structure, already loaded), so that an
 // HAProxy restarted from the file starts with today's endpoints.
 func (a *Applier) writeCurrent(want *haproxycfg.Config, text []byte) {
-	a.lastModel = want
+	a.lastModel, a.lastModelKey = want, a.loadedKey
 	if bytes.Equal(text, a.lastGood) {
+		a.spare = text
 		return
 	}
 	tmp, err := writeTempFile(a.opts.ConfigFile, text, false)
@@ -713,9 +887,12 @@ func (a *Applier) writeCurrent(want *haproxycfg.Config, text []byte) {
 	}
 	if err != nil {
 		a.logger.Error(err, "Writing the HAProxy configuration file failed", "file", a.opts.ConfigFile)
+		a.spare = text
 		return
 	}
-	a.lastGood = text
+	// Nothing else refers to the former text: its memory is the next
+	// rendering's.
+	a.lastGood, a.spare = text, a.lastGood
 	a.writeLoadedMarker(a.loadedKey, text)
 }
 

@@ -109,11 +109,32 @@ func (p *fakeHAProxy) load() error {
 	return nil
 }
 
+// countingRuntime counts the reads of the whole server table and records
+// which backends each "show stat" asked for.
+type countingRuntime struct {
+	runtimeapi.Interface
+	showServers int
+	showStat    [][]string
+}
+
+func (c *countingRuntime) ShowServers(ctx context.Context, backend string) ([]runtimeapi.ServerStatus, error) {
+	if backend == "" {
+		c.showServers++
+	}
+	return c.Interface.ShowServers(ctx, backend)
+}
+
+func (c *countingRuntime) ShowStat(ctx context.Context, backends ...string) ([]runtimeapi.StatRow, error) {
+	c.showStat = append(c.showStat, backends)
+	return c.Interface.ShowStat(ctx, backends...)
+}
+
 // harness is an Applier on fakes.
 type harness struct {
 	t         *testing.T
 	dir       string
 	api       *runtimeapi.Fake
+	reads     *countingRuntime
 	proc      *fakeHAProxy
 	clock     *clocktesting.FakeClock
 	recorder  *events.FakeRecorder
@@ -129,6 +150,7 @@ func newHarness(t *testing.T, families ...v1.IPFamily) *harness {
 	logger, _ := ktesting.NewTestContext(t)
 	dir := t.TempDir()
 	h := &harness{t: t, dir: dir, api: runtimeapi.NewFake(), clock: clocktesting.NewFakeClock(time.Unix(1000, 0)), recorder: events.NewFakeRecorder(100)}
+	h.reads = &countingRuntime{Interface: h.api}
 	h.proc = &fakeHAProxy{t: t, file: filepath.Join(dir, "haproxy.cfg"), api: h.api}
 	h.a = h.newApplier(families, logger)
 	return h
@@ -137,7 +159,7 @@ func newHarness(t *testing.T, families ...v1.IPFamily) *harness {
 func (h *harness) newApplier(families []v1.IPFamily, logger klog.Logger) *Applier {
 	a, err := New(Options{
 		ConfigFile: h.proc.file,
-		Runtime:    h.api,
+		Runtime:    h.reads,
 		Process:    h.proc,
 		Families:   families,
 		Validate: func(ctx context.Context, file string) error {
@@ -443,4 +465,88 @@ func TestStop(t *testing.T) {
 	require.ErrorIs(t, h.a.Resync(context.Background()), ErrStopped)
 	require.Len(t, h.api.Batches, batches)
 	require.Equal(t, runtimeapi.StateDrain, h.api.Server(be1, "10.1.0.2:8080").State(), "HAProxy keeps what it has")
+}
+
+// The Applier keeps its own record of HAProxy's servers instead of reading
+// them all at every sync; a change made behind its back is repaired by a
+// Resync and by the next sync after FullReadInterval.
+func TestRecordOfLoadedServersAndDrift(t *testing.T) {
+	h := newHarness(t)
+	const e1, e2, e3 = "10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"
+	require.NoError(t, h.apply(model(svc{1, []string{e1, e2}}, svc{2, []string{"10.2.0.1:8080"}})))
+	require.NoError(t, h.apply(model(svc{1, []string{e1, e2, e3}}, svc{2, []string{"10.2.0.1:8080"}})))
+	// Removing e2: sessions are read for its backend only.
+	require.NoError(t, h.apply(model(svc{1, []string{e1, e3}}, svc{2, []string{"10.2.0.1:8080"}})))
+	require.Equal(t, 0, h.reads.showServers, "started from our file, changed by our commands: nothing to read")
+	require.Equal(t, [][]string{{be1}}, h.reads.showStat)
+	want := []string{
+		be1 + "/" + e1 + " " + e1 + " id=1 weight=1 ready",
+		be1 + "/" + e3 + " " + e3 + " id=3 weight=1 ready",
+		"be:default.svc2:http/10.2.0.1:8080 10.2.0.1:8080 id=1 weight=1 ready",
+	}
+	require.Equal(t, want, h.api.Dump())
+
+	// Someone disables e1 and deletes e3 behind the proxier's back.
+	behindOurBack := func() {
+		var b runtimeapi.Batch
+		b.SetState(be1, e1, runtimeapi.StateMaint)
+		b.SetState(be1, e3, runtimeapi.StateMaint)
+		b.DelServer(be1, e3)
+		require.NoError(t, h.api.Run(context.Background(), &b))
+	}
+	behindOurBack()
+	require.NoError(t, h.a.Resync(context.Background()))
+	require.Equal(t, 1, h.reads.showServers)
+	require.Equal(t, want, h.api.Dump(), "Resync reads HAProxy and repairs it")
+
+	// Again; a sync within FullReadInterval trusts the record (the
+	// same model objects, as the proxier hands in for unchanged
+	// Services)...
+	same := model(svc{1, []string{e1, e3}}, svc{2, []string{"10.2.0.1:8080"}})
+	require.NoError(t, h.apply(same))
+	behindOurBack()
+	h.clock.Step(30 * time.Second)
+	require.NoError(t, h.apply(same))
+	require.Equal(t, 1, h.reads.showServers)
+	// ...the first one after it reads HAProxy again and repairs it.
+	h.clock.Step(30 * time.Second)
+	require.NoError(t, h.apply(same))
+	require.Equal(t, 2, h.reads.showServers)
+	require.Equal(t, want, h.api.Dump())
+
+	// e3 deleted and added again with another id behind our back: the
+	// id HAProxy has is kept, and the file follows.
+	var b runtimeapi.Batch
+	b.SetState(be1, e3, runtimeapi.StateMaint)
+	b.DelServer(be1, e3)
+	b.AddServer(be1, runtimeapi.ServerSpec{Name: e3, ID: 9, Addr: "10.1.0.3", Port: 8080})
+	b.SetState(be1, e3, runtimeapi.StateReady)
+	require.NoError(t, h.api.Run(context.Background(), &b))
+	require.NoError(t, h.a.Resync(context.Background()))
+	require.NoError(t, h.apply(same))
+	require.Contains(t, h.file(), "server "+e3+" "+e3+" id 9\n")
+	require.Equal(t, 0, h.proc.reloads)
+}
+
+// A command that fails because the record was wrong (a server deleted
+// behind the proxier's back) falls back to a reload, after which the
+// record is the file's servers again.
+func TestStaleRecordFallsBackToReload(t *testing.T) {
+	h := newHarness(t)
+	const e1, e2 = "10.1.0.1:8080", "10.1.0.2:8080"
+	require.NoError(t, h.apply(model(svc{1, []string{e1, e2}})))
+	var b runtimeapi.Batch
+	b.SetState(be1, e2, runtimeapi.StateMaint)
+	b.DelServer(be1, e2)
+	require.NoError(t, h.api.Run(context.Background(), &b))
+
+	// The record still has e2: deleting it fails.
+	require.NoError(t, h.apply(model(svc{1, []string{e1}})))
+	require.Equal(t, 1, h.proc.reloads)
+	require.Equal(t, []string{be1 + "/" + e1 + " " + e1 + " id=1 weight=1 ready"}, h.api.Dump())
+	// From the reload on, the record is right again: no read, no reload.
+	require.NoError(t, h.apply(model(svc{1, []string{e1, e2}})))
+	require.Equal(t, 1, h.proc.reloads)
+	require.Equal(t, 0, h.reads.showServers)
+	require.Len(t, h.api.Dump(), 2)
 }

@@ -2,6 +2,7 @@ package haproxycfg
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -29,27 +30,82 @@ const DefaultBalance = "roundrobin"
 // name order, everything else in the order given. An invalid model is an
 // error and renders nothing, so a bad object can never reach HAProxy.
 func Render(c *Config) ([]byte, error) {
-	if err := Validate(c); err != nil {
-		return nil, err
-	}
 	var b bytes.Buffer
-	b.Grow(256 + 512*len(c.Frontends) + 256*len(c.Backends))
+	text, _, err := render(&b, c, nil)
+	return text, err
+}
+
+// AppendRender is Render appending the text to dst, so a caller that
+// renders a large model again and again can reuse the memory of an old
+// text.
+func AppendRender(dst []byte, c *Config) ([]byte, error) {
+	text, _, err := render(bytes.NewBuffer(dst), c, nil)
+	return text, err
+}
+
+// RenderWithStructure is Render that also returns the SHA-256 of the
+// structure: the text Render would give for c without any server (no
+// server line, no server comment). Two models with the same structure
+// differ only in what the runtime API can change. One rendering gives
+// both, which matters at 100,000 servers.
+func RenderWithStructure(c *Config) (text []byte, structure [sha256.Size]byte, err error) {
+	var spans [][2]int
+	var b bytes.Buffer
+	text, spans, err = render(&b, c, &spans)
+	if err != nil {
+		return nil, structure, err
+	}
+	h := sha256.New()
+	last := 0
+	for _, sp := range spans {
+		h.Write(text[last:sp[0]])
+		last = sp[1]
+	}
+	h.Write(text[last:])
+	h.Sum(structure[:0])
+	return text, structure, nil
+}
+
+// render renders c; with servers, it records the byte span of each
+// backend's servers.
+func render(b *bytes.Buffer, c *Config, servers *[][2]int) ([]byte, [][2]int, error) {
+	if err := Validate(c); err != nil {
+		return nil, nil, err
+	}
+	n := 0
+	for _, be := range c.Backends {
+		n += len(be.Servers)
+	}
+	b.Grow(256 + 512*len(c.Frontends) + 256*len(c.Backends) + 64*n)
 	b.WriteString(Header)
 	b.WriteByte('\n')
-	renderGlobal(&b, &c.Global)
-	renderDefaults(&b, &c.Defaults)
+	renderGlobal(b, &c.Global)
+	renderDefaults(b, &c.Defaults)
 	for _, f := range sortedByName(c.Frontends, func(f *Frontend) string { return f.Name }) {
-		renderFrontend(&b, f)
+		renderFrontend(b, f)
 	}
+	var spans [][2]int
 	for _, be := range sortedByName(c.Backends, func(be *Backend) string { return be.Name }) {
-		renderBackend(&b, be)
+		renderBackend(b, be)
+		if servers != nil && len(be.Servers) > 0 {
+			start := b.Len()
+			renderServers(b, be.Servers)
+			spans = append(spans, [2]int{start, b.Len()})
+		} else {
+			renderServers(b, be.Servers)
+		}
 	}
-	return b.Bytes(), nil
+	return b.Bytes(), spans, nil
 }
 
 func sortedByName[T any](in []T, name func(T) string) []T {
+	cmp := func(a, b T) int { return strings.Compare(name(a), name(b)) }
+	if slices.IsSortedFunc(in, cmp) {
+		// Merged models come sorted already; render reads, never writes.
+		return in
+	}
 	out := slices.Clone(in)
-	slices.SortFunc(out, func(a, b T) int { return strings.Compare(name(a), name(b)) })
+	slices.SortFunc(out, cmp)
 	return out
 }
 
@@ -233,6 +289,23 @@ func validateFrontend(f *Frontend, backends map[string]bool) error {
 	return nil
 }
 
+// ValidateBackend reports the first problem of be that Validate would
+// report (its name, balance, stick table and servers), for callers that
+// know the rest of a Config is valid.
+func ValidateBackend(be *Backend) error {
+	if be == nil {
+		return errors.New("nil backend")
+	}
+	if err := validateBackend(be); err != nil {
+		return fmt.Errorf("backend %q: %w", be.Name, err)
+	}
+	return nil
+}
+
+// smallBackend is the number of servers up to which validateBackend
+// compares servers pairwise.
+const smallBackend = 32
+
 func validateBackend(be *Backend) error {
 	if err := checkName("backend", be.Name); err != nil {
 		return err
@@ -243,16 +316,34 @@ func validateBackend(be *Backend) error {
 	if st := be.StickTable; st != nil && (st.Size < 0 || st.Expire < 0) {
 		return errors.New("stick table: negative size or expire")
 	}
-	names := make(map[string]bool, len(be.Servers))
-	ids := make(map[int]bool, len(be.Servers))
-	for _, s := range be.Servers {
+	// Most backends have a few servers: look for duplicates without
+	// allocating sets (10,000 backends are validated at every sync).
+	small := len(be.Servers) <= smallBackend
+	var names map[string]bool
+	var ids map[int]bool
+	if !small {
+		names = make(map[string]bool, len(be.Servers))
+		ids = make(map[int]bool, len(be.Servers))
+	}
+	for i, s := range be.Servers {
 		if err := checkName("server", s.Name); err != nil {
 			return err
 		}
-		if names[s.Name] {
-			return fmt.Errorf("server %q: duplicate name", s.Name)
+		if small {
+			for _, o := range be.Servers[:i] {
+				if o.Name == s.Name {
+					return fmt.Errorf("server %q: duplicate name", s.Name)
+				}
+				if s.ID > 0 && o.ID == s.ID {
+					return fmt.Errorf("server %q: duplicate id %d", s.Name, s.ID)
+				}
+			}
+		} else {
+			if names[s.Name] {
+				return fmt.Errorf("server %q: duplicate name", s.Name)
+			}
+			names[s.Name] = true
 		}
-		names[s.Name] = true
 		if err := validAddr(s.Addr); err != nil {
 			return fmt.Errorf("server %q: %w", s.Name, err)
 		}
@@ -262,7 +353,7 @@ func validateBackend(be *Backend) error {
 		if s.ID < 0 {
 			return fmt.Errorf("server %q: negative id", s.Name)
 		}
-		if s.ID > 0 {
+		if s.ID > 0 && !small {
 			if ids[s.ID] {
 				return fmt.Errorf("server %q: duplicate id %d", s.Name, s.ID)
 			}
@@ -434,13 +525,26 @@ func renderBackend(b *bytes.Buffer, be *Backend) {
 		line(b, words...)
 		line(b, "stick", "on", "src")
 	}
-	for _, s := range be.Servers {
+}
+
+// renderServers writes the server lines of a backend, which come last in
+// it. They are most of a large file, so they are written without the
+// allocations of line().
+func renderServers(b *bytes.Buffer, servers []Server) {
+	var num [64]byte
+	for i := range servers {
+		s := &servers[i]
 		comment(b, indent, s.Comment)
-		words := []string{"server", s.Name, FormatAddrPort(s.Addr, s.Port)}
+		b.WriteString(indent)
+		b.WriteString("server ")
+		b.WriteString(s.Name)
+		b.WriteByte(' ')
+		b.Write(netip.AddrPortFrom(s.Addr.Unmap(), s.Port).AppendTo(num[:0]))
 		if s.ID > 0 {
-			words = append(words, "id", strconv.Itoa(s.ID))
+			b.WriteString(" id ")
+			b.Write(strconv.AppendInt(num[:0], int64(s.ID), 10))
 		}
-		line(b, words...)
+		b.WriteByte('\n')
 	}
 }
 

@@ -1,7 +1,9 @@
 package haproxycfg
 
 import (
+	"crypto/sha256"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -180,6 +182,11 @@ func TestValidateRejects(t *testing.T) {
 		{"duplicate frontend", func(c *Config) { c.Frontends = append(c.Frontends, c.Frontends[0]) }, "duplicate name"},
 		{"duplicate server id", func(c *Config) { c.Backends[1].Servers[1].ID = 1 }, "duplicate id"},
 		{"duplicate server name", func(c *Config) { c.Backends[1].Servers[1].Name = c.Backends[1].Servers[0].Name }, "duplicate name"},
+		{"duplicate server id, large backend", func(c *Config) { manyServers(c.Backends[1]); c.Backends[1].Servers[40].ID = 3 }, "duplicate id"},
+		{"duplicate server name, large backend", func(c *Config) {
+			manyServers(c.Backends[1])
+			c.Backends[1].Servers[40].Name = c.Backends[1].Servers[2].Name
+		}, "duplicate name"},
 		{"static balance", func(c *Config) { c.Backends[0].Balance = "source" }, "dynamic"},
 		{"no bind", func(c *Config) { c.Frontends[0].Binds = nil }, "no bind"},
 		{"port 0", func(c *Config) { c.Frontends[0].Binds[0].Port = 0 }, "port 0"},
@@ -232,4 +239,54 @@ func TestFormatDuration(t *testing.T) {
 func TestMaxConnForFileLimit(t *testing.T) {
 	assert.Equal(t, 9850, MaxConnForFileLimit(20000, 100))
 	assert.Equal(t, 1, MaxConnForFileLimit(100, 100))
+}
+
+// The structure hash is the hash of the model rendered without servers,
+// whatever the servers are.
+func TestRenderWithStructure(t *testing.T) {
+	c := sampleConfig()
+	text, sum, err := RenderWithStructure(c)
+	require.NoError(t, err)
+	full, err := Render(c)
+	require.NoError(t, err)
+	require.Equal(t, string(full), string(text))
+	appended, err := AppendRender([]byte("old text"), c)
+	require.NoError(t, err)
+	require.Equal(t, "old text"+string(full), string(appended))
+
+	bare := *c
+	bare.Backends = nil
+	for _, be := range c.Backends {
+		cp := *be
+		cp.Servers = nil
+		bare.Backends = append(bare.Backends, &cp)
+	}
+	bareText, err := Render(&bare)
+	require.NoError(t, err)
+	require.Equal(t, sha256.Sum256(bareText), sum)
+	require.NotEqual(t, sha256.Sum256(full), sum, "the sample has servers")
+
+	// Other servers, same structure; another backend setting, another one.
+	other := *c
+	other.Backends = nil
+	for _, be := range c.Backends {
+		cp := *be
+		cp.Servers = []Server{{Name: "x", Addr: netip.MustParseAddr("10.9.9.9"), Port: 1, ID: 7, Comment: "moved"}}
+		other.Backends = append(other.Backends, &cp)
+	}
+	_, otherSum, err := RenderWithStructure(&other)
+	require.NoError(t, err)
+	require.Equal(t, sum, otherSum)
+	other.Backends[0].Balance = "leastconn"
+	_, otherSum, err = RenderWithStructure(&other)
+	require.NoError(t, err)
+	require.NotEqual(t, sum, otherSum)
+}
+
+// manyServers gives be more servers than validation compares pairwise.
+func manyServers(be *Backend) {
+	be.Servers = nil
+	for i := 1; i <= 2*smallBackend; i++ {
+		be.Servers = append(be.Servers, Server{Name: "s" + strconv.Itoa(i), Addr: ip("10.0.0.1"), Port: uint16(i), ID: i})
+	}
 }

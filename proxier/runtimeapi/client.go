@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 )
 
@@ -178,13 +179,43 @@ func (c *Client) ShowServers(ctx context.Context, backend string) ([]ServerStatu
 }
 
 // ShowStat implements Interface.
-func (c *Client) ShowStat(ctx context.Context) ([]StatRow, error) {
-	answers, err := c.exchange(ctx, []string{"show stat"})
+func (c *Client) ShowStat(ctx context.Context, backends ...string) ([]StatRow, error) {
+	if len(backends) == 0 {
+		answers, err := c.exchange(ctx, []string{"show stat"})
+		if err != nil {
+			return nil, err
+		}
+		return parseStat(answers[0])
+	}
+	cmds := make([]string, len(backends))
+	for i, be := range backends {
+		if err := checkToken("backend", be); err != nil {
+			return nil, err
+		}
+		// Types -1 and server id -1: the backend row and every server.
+		cmds[i] = "show stat " + be + " -1 -1"
+	}
+	answers, err := c.exchange(ctx, cmds)
 	if err != nil {
 		return nil, err
 	}
-	return parseStat(answers[0])
+	var rows []StatRow
+	for _, a := range answers {
+		if strings.TrimSpace(a) == noSuchProxy {
+			continue
+		}
+		r, err := parseStat(a)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, r...)
+	}
+	return rows, nil
 }
+
+// noSuchProxy is HAProxy's answer to "show stat <name>" for a name that
+// is neither a frontend nor a backend.
+const noSuchProxy = "No such proxy."
 
 // ShowBackends implements Interface.
 func (c *Client) ShowBackends(ctx context.Context) ([]string, error) {

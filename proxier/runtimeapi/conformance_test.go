@@ -135,6 +135,15 @@ func conformance(t *testing.T, api Interface, s2Addr string, s2Port int, holdCon
 		}
 	}
 	require.True(t, found, "show stat lists dyn/s1: %+v", rows)
+
+	// Filtered: only the named backends' rows; an unknown name has none.
+	rows, err = api.ShowStat(ctx, "static", "nope")
+	require.NoError(t, err)
+	var got []string
+	for _, r := range rows {
+		got = append(got, r.Proxy+"/"+r.Name)
+	}
+	require.ElementsMatch(t, []string{"static/s1", "static/BACKEND"}, got)
 }
 
 func waitFor(t *testing.T, cond func() bool) {

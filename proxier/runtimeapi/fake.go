@@ -289,14 +289,23 @@ func (f *Fake) ShowServers(ctx context.Context, backend string) ([]ServerStatus,
 }
 
 // ShowStat implements Interface: one row per server and per backend.
-func (f *Fake) ShowStat(ctx context.Context) ([]StatRow, error) {
+func (f *Fake) ShowStat(ctx context.Context, backends ...string) ([]StatRow, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var rows []StatRow
-	for _, be := range f.sortedBackends() {
+	bes := f.sortedBackends()
+	if len(backends) > 0 {
+		bes = bes[:0:0]
+		for _, n := range backends {
+			if be, ok := f.backends[n]; ok {
+				bes = append(bes, be)
+			}
+		}
+	}
+	for _, be := range bes {
 		total := 0
 		for _, s := range sortedServers(be) {
 			status := "no check"

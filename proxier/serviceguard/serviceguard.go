@@ -17,6 +17,19 @@
 //   - everything else addressed to a Service IP is rejected (a TCP reset,
 //     an ICMP port-unreachable otherwise), so a client fails fast.
 //
+// A second chain, on the output hook at raw priority (before conntrack),
+// takes node-local connections to served triples out of connection
+// tracking (notrack), both the client's packets and HAProxy's replies.
+// Upstream's nftables proxier, which serves the delegated UDP and SCTP
+// ports on the same host, rejects in its output path every *new*
+// connection to one of its ClusterIPs that it did not DNAT: that would
+// reject a node-local TCP connection to kube-dns's TCP 53, which HAProxy
+// serves on the same ClusterIP as the delegated UDP 53. An untracked
+// packet is never "new", so no such rule sees it, and no NAT chain runs
+// for it either. Pod and remote clients come in through prerouting and
+// keep their conntrack entries; only connections whose both ends are on
+// the node lose them (`conntrack -L` does not list them).
+//
 // Sync replaces the sets with a new desired state in one nftables
 // transaction, so there is never a moment without the guard. The caller
 // runs it before HAProxy binds new addresses.
@@ -41,6 +54,7 @@ import (
 const (
 	TableName       = "kube-haproxy"
 	InputChain      = "service-ip-input"
+	OutputChain     = "service-ip-output"
 	ServiceIPsSet   = "service-ips"
 	ServedPortsSet  = "served-ports"
 	tableComment    = "kube-haproxy: only served Service IP:port pairs accept"
@@ -224,12 +238,23 @@ func (g *Guard) intact(ctx context.Context) bool {
 		!slices.Contains(objects["set"], ServiceIPsSet) || !slices.Contains(objects["set"], ServedPortsSet) {
 		return false
 	}
+	if !slices.Contains(objects["chain"], OutputChain) {
+		return false
+	}
 	rules, err := g.nft.ListRules(ctx, InputChain)
-	return err == nil && len(rules) == inputRules
+	if err != nil || len(rules) != inputRules {
+		return false
+	}
+	rules, err = g.nft.ListRules(ctx, OutputChain)
+	return err == nil && len(rules) == outputRules
 }
 
-// inputRules is the number of rules declare puts in the input chain.
-const inputRules = 5
+// inputRules and outputRules are the numbers of rules declare puts in the
+// input and output chains.
+const (
+	inputRules  = 6
+	outputRules = 2
+)
 
 // declare adds the table, its sets and the input chain with its rules.
 // The chain is flushed and refilled, so rules from an older version of this
@@ -268,6 +293,19 @@ func (g *Guard) declare(tx *knftables.Transaction) {
 		Chain: InputChain,
 		Rule:  "ct state established,related accept",
 	})
+	// The replies of HAProxy to a node-local client that used a Service IP
+	// as its source address (the kernel picks the destination itself as
+	// source for a local address) are untracked (see the output chain) and
+	// addressed to the client's ephemeral port, which is not served. Only
+	// the output chain makes packets untracked, and those come in on lo:
+	// so untracked packets from lo whose source is a served triple are
+	// such replies, and nothing from outside the node can match.
+	tx.Add(&knftables.Rule{
+		Chain: InputChain,
+		Rule: knftables.Concat("iif", "lo", "ct state untracked", "meta l4proto tcp",
+			ipX, "saddr", ".", "meta l4proto", ".", "th sport", "@"+ServedPortsSet, "accept"),
+		Comment: knftables.PtrTo("HAProxy's reply to a node-local client"),
+	})
 	tx.Add(&knftables.Rule{
 		Chain:   InputChain,
 		Rule:    knftables.Concat(ipX, "daddr", ".", "meta l4proto", ".", "th dport", "@"+ServedPortsSet, "accept"),
@@ -282,6 +320,38 @@ func (g *Guard) declare(tx *knftables.Transaction) {
 		Chain:   InputChain,
 		Rule:    "counter reject",
 		Comment: knftables.PtrTo("Service IP, port not served"),
+	})
+	g.declareOutput(tx, ipX)
+}
+
+// declareOutput adds the output chain that keeps node-local connections to
+// served triples out of conntrack (see the package comment). Both rules
+// are limited to TCP, which is all HAProxy serves: a delegated UDP or
+// SCTP port must keep conntrack, its DNAT needs it. The client's packets
+// are recognised by their destination, HAProxy's replies by their source
+// and a local destination; a reply to a pod or a remote client leaves the
+// node and stays tracked, as its connection is.
+func (g *Guard) declareOutput(tx *knftables.Transaction, ipX string) {
+	tx.Add(&knftables.Chain{
+		Name:     OutputChain,
+		Type:     knftables.PtrTo(knftables.FilterType),
+		Hook:     knftables.PtrTo(knftables.OutputHook),
+		Priority: knftables.PtrTo(knftables.RawPriority),
+		Comment:  knftables.PtrTo("node-local connections to served Service IP ports bypass conntrack"),
+	})
+	tx.Flush(&knftables.Chain{Name: OutputChain})
+	tx.Add(&knftables.Rule{
+		Chain: OutputChain,
+		Rule: knftables.Concat(ipX, "daddr", "@"+ServiceIPsSet, "meta l4proto tcp",
+			ipX, "daddr", ".", "meta l4proto", ".", "th dport", "@"+ServedPortsSet, "notrack"),
+		Comment: knftables.PtrTo("node-local client to a port HAProxy serves"),
+	})
+	tx.Add(&knftables.Rule{
+		Chain: OutputChain,
+		Rule: knftables.Concat(ipX, "saddr", "@"+ServiceIPsSet, "meta l4proto tcp",
+			ipX, "saddr", ".", "meta l4proto", ".", "th sport", "@"+ServedPortsSet,
+			"fib daddr type local", "notrack"),
+		Comment: knftables.PtrTo("HAProxy's reply to a node-local client"),
 	})
 }
 

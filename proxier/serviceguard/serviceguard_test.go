@@ -60,13 +60,17 @@ func TestSyncWritesTheWholeTable(t *testing.T) {
 	want := `
 add table ip kube-haproxy { comment "kube-haproxy: only served Service IP:port pairs accept" ; }
 add chain ip kube-haproxy service-ip-input { type filter hook input priority 0 ; comment "packets delivered locally to a Service IP" ; }
+add chain ip kube-haproxy service-ip-output { type filter hook output priority -300 ; comment "node-local connections to served Service IP ports bypass conntrack" ; }
 add set ip kube-haproxy served-ports { type ipv4_addr . inet_proto . inet_service ; comment "Service IP . protocol . port pairs HAProxy binds" ; }
 add set ip kube-haproxy service-ips { type ipv4_addr ; flags interval ; comment "ServiceCIDRs and the LoadBalancer and external IPs made local on this node" ; }
 add rule ip kube-haproxy service-ip-input ip daddr != @service-ips return comment "not a Service IP: not ours to filter"
 add rule ip kube-haproxy service-ip-input ct state established,related accept
+add rule ip kube-haproxy service-ip-input iif lo ct state untracked meta l4proto tcp ip saddr . meta l4proto . th sport @served-ports accept comment "HAProxy's reply to a node-local client"
 add rule ip kube-haproxy service-ip-input ip daddr . meta l4proto . th dport @served-ports accept comment "served by HAProxy"
 add rule ip kube-haproxy service-ip-input meta l4proto tcp counter reject with tcp reset comment "Service IP, port not served"
 add rule ip kube-haproxy service-ip-input counter reject comment "Service IP, port not served"
+add rule ip kube-haproxy service-ip-output ip daddr @service-ips meta l4proto tcp ip daddr . meta l4proto . th dport @served-ports notrack comment "node-local client to a port HAProxy serves"
+add rule ip kube-haproxy service-ip-output ip saddr @service-ips meta l4proto tcp ip saddr . meta l4proto . th sport @served-ports fib daddr type local notrack comment "HAProxy's reply to a node-local client"
 add element ip kube-haproxy served-ports { 10.96.0.10 . tcp . 80 }
 add element ip kube-haproxy served-ports { 10.96.0.53 . udp . 53 }
 add element ip kube-haproxy served-ports { 203.0.113.10 . tcp . 443 }
@@ -114,7 +118,10 @@ func TestSyncFollowsTheDesiredState(t *testing.T) {
 		assert.Equal(t, s.wantServed, elements(t, fake, ServedPortsSet), "step %d", i)
 		rules, err := fake.ListRules(ctx, InputChain)
 		require.NoError(t, err)
-		assert.Len(t, rules, 5, "step %d: the chain is rewritten, not appended to", i)
+		assert.Len(t, rules, inputRules, "step %d: the chain is rewritten, not appended to", i)
+		rules, err = fake.ListRules(ctx, OutputChain)
+		require.NoError(t, err)
+		assert.Len(t, rules, outputRules, "step %d: the output chain is rewritten, not appended to", i)
 	}
 }
 
@@ -139,6 +146,9 @@ func TestIPv6(t *testing.T) {
 	assert.Contains(t, dump, "add set ip6 kube-haproxy served-ports { type ipv6_addr . inet_proto . inet_service ;")
 	assert.Contains(t, dump, "ip6 daddr != @service-ips return")
 	assert.Contains(t, dump, "ip6 daddr . meta l4proto . th dport @served-ports accept")
+	assert.Contains(t, dump, "iif lo ct state untracked meta l4proto tcp ip6 saddr . meta l4proto . th sport @served-ports accept")
+	assert.Contains(t, dump, "service-ip-output ip6 daddr @service-ips meta l4proto tcp ip6 daddr . meta l4proto . th dport @served-ports notrack")
+	assert.Contains(t, dump, "service-ip-output ip6 saddr @service-ips meta l4proto tcp ip6 saddr . meta l4proto . th sport @served-ports fib daddr type local notrack")
 	assert.Equal(t, []string{"2001:db8::10", "fd00:10:96::/112"}, elements(t, fake, ServiceIPsSet))
 	assert.Equal(t, []string{"fd00:10:96::a . tcp . 80"}, elements(t, fake, ServedPortsSet))
 }
@@ -174,4 +184,22 @@ func TestSyncRepairsATableDeletedBehindItsBack(t *testing.T) {
 	require.NoError(t, fake.Run(ctx, tx))
 	require.NoError(t, g.Sync(ctx, d))
 	assert.Equal(t, want, fake.Dump(), "an unchanged Sync refills the chain")
+}
+
+func TestSyncRepairsAFlushedOutputChain(t *testing.T) {
+	ctx := context.Background()
+	g, fake := newFakeGuard(v1.IPv4Protocol)
+	d := Desired{ServiceIPs: prefixes("10.96.0.0/16"), Served: []Binding{bind("10.96.0.10", v1.ProtocolTCP, 80)}}
+	require.NoError(t, g.Sync(ctx, d))
+	want := fake.Dump()
+
+	// Someone runs "nft flush chain ip kube-haproxy service-ip-output":
+	// node-local clients of HAProxy would be tracked again, and rejected
+	// by another table's checks of new connections.
+	tx := fake.NewTransaction()
+	tx.Flush(&knftables.Chain{Name: OutputChain})
+	require.NoError(t, fake.Run(ctx, tx))
+	require.NotEqual(t, want, fake.Dump())
+	require.NoError(t, g.Sync(ctx, d))
+	assert.Equal(t, want, fake.Dump(), "an unchanged Sync refills the output chain")
 }

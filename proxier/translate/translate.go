@@ -154,7 +154,7 @@ func Translate(opts Options, services proxy.ServicePortMap, endpoints proxy.Endp
 	}
 	listeners := make(map[netip.AddrPort]string, len(names))
 	for _, name := range names {
-		translateServicePort(opts, name, services[name], endpoints[name], listeners, res)
+		translateServicePort(opts, name, services[name], endpoints[name], listeners, res, nil)
 	}
 	return res
 }
@@ -200,7 +200,16 @@ func (o *Options) familyOK(a netip.Addr) bool {
 	return a.IsValid() && a.Is4() == (o.Family != v1.IPv6Protocol)
 }
 
-func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[netip.AddrPort]string, res *Result) {
+// listenerClaim is an address a service port wanted to listen on, and who
+// had it already ("" if nobody: the service port got it).
+type listenerClaim struct {
+	addr  netip.AddrPort
+	owner string
+}
+
+// translateServicePort adds the frontend and backends of one service port
+// to res. With claims, it also records each address it asked for.
+func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[netip.AddrPort]string, res *Result, claims *[]listenerClaim) {
 	skip := func(reason SkipReason, format string, args ...any) {
 		res.Skipped = append(res.Skipped, Skipped{Name: name, Protocol: svc.Protocol(), Reason: reason, Detail: fmt.Sprintf(format, args...)})
 	}
@@ -225,6 +234,9 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	fe := &haproxycfg.Frontend{Name: base}
 	addBind := func(bindName string, a netip.Addr, p uint16) {
 		ap := netip.AddrPortFrom(a, p)
+		if claims != nil {
+			*claims = append(*claims, listenerClaim{addr: ap, owner: listeners[ap]})
+		}
 		if owner, taken := listeners[ap]; taken {
 			skip(AddressConflict, "%s is already served by %s", ap, owner)
 			return

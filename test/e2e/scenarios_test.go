@@ -50,6 +50,7 @@ var scenarios = []scenario{
 	{"service-deleted", serviceDeleted},
 	{"udp-clusterip", udpClusterIP},
 	{"dns-like-tcp-and-udp-53", dnsLike},
+	{"dns-like-from-the-node", dnsLikeFromTheNode},
 	{"scale-1-10-1-under-load", scaleUnderLoad},
 }
 
@@ -375,6 +376,25 @@ func dnsLike(t *testing.T, e *env) string {
 		udpServedBy(t, e.c.Outside, hostPort(n.IP.String(), udpNodePort), names(e.web...)...)
 	}
 	return fmt.Sprintf("NodePorts %d/TCP and %d/UDP on both nodes", tcpNodePort, udpNodePort)
+}
+
+// dnsLikeFromTheNode: a process in each node's own network namespace
+// (host network) reaches TCP 53 and UDP 53 of a DNS-like Service through
+// its ClusterIP. In haproxy mode TCP goes to HAProxy and UDP to nftables
+// on the same ClusterIP, and upstream's check of new node-local
+// connections must not reject the TCP one.
+func dnsLikeFromTheNode(t *testing.T, e *env) string {
+	svc := e.service(t, "dns-node", "web", func(s *v1.Service) {
+		s.Spec.Ports = []v1.ServicePort{
+			{Name: "dns-tcp", Protocol: v1.ProtocolTCP, Port: 53, TargetPort: intstr.FromString("http")},
+			{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: intstr.FromString("echo")},
+		}
+	})
+	for _, n := range e.c.Nodes {
+		servedBy(t, n.NS, netip.Addr{}, "http://"+hostPort(svc.Spec.ClusterIP, 53)+"/", names(e.web...)...)
+		udpServedBy(t, n.NS, hostPort(svc.Spec.ClusterIP, 53), names(e.web...)...)
+	}
+	return "TCP and UDP 53 from both nodes"
 }
 
 // udpServedBy sends UDP echoes to addr from ns until every pod in want has

@@ -24,9 +24,11 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 
 	"kube-haproxy.io/kube-haproxy/proxier"
+	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
 	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
@@ -171,6 +173,7 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
+	recorder := events.NewFakeRecorder(100)
 	cfg := proxier.Config{
 		Scope:             proxier.ScopeNode,
 		HAProxyPath:       haproxy,
@@ -183,6 +186,7 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 		SyncPeriod:        time.Minute,
 		MinSyncPeriod:     100 * time.Millisecond,
 		NBThread:          1,
+		Recorder:          recorder,
 	}
 	p, err := proxier.NewProxier(ctx, v1.IPv4Protocol, cfg)
 	require.NoError(t, err, "scope node delegates UDP and SCTP to the nftables proxier by default")
@@ -241,6 +245,22 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 	assert.NotContains(t, string(cfgFile), ":udp")
 	assert.NotContains(t, string(cfgFile), ":sctp")
 
+	// SCTP: the rules are programmed whatever the kernel (above); a kernel
+	// without SCTP sockets gets a Warning event on the Service, once.
+	if kernelLacksSCTP() {
+		var got []string
+		for len(recorder.Events) > 0 {
+			got = append(got, <-recorder.Events)
+		}
+		n := 0
+		for _, e := range got {
+			if strings.Contains(e, "Warning SCTPNotSupportedOnNode Port sig/SCTP") {
+				n++
+			}
+		}
+		assert.Equal(t, 1, n, "one event for the SCTP port of a node without kernel SCTP: %v", got)
+	}
+
 	// The unallocated Service IPs stay closed (the guard), over UDP too.
 	eventually(t, "unallocated ClusterIP over UDP", func() error {
 		_, err := client.UDPEcho("10.96.0.99:53", "hello", time.Second)
@@ -250,11 +270,62 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 		return fmt.Errorf("want refused, got %v", err)
 	})
 
-	// The known limit (proxier/README.md, "UDP and SCTP"): upstream's
-	// cluster-ips check rejects a new connection *from the node itself*
-	// to a port of a delegated ClusterIP it does not DNAT, TCP 53 here.
-	err = node.TCPAccepts(dnsIP+":53", 2*time.Second)
-	assert.ErrorIs(t, err, syscall.ECONNREFUSED, "node-local TCP to a ClusterIP that also has UDP ports")
+	// A process on the node itself reaches the TCP port of a ClusterIP
+	// that also has UDP ports (upstream's cluster-ips check rejects new
+	// node-local connections to it that it did not DNAT; the guard keeps
+	// them out of conntrack), and the UDP port too.
+	eventually(t, "DNS over TCP from the node", httpAnswered(node, "http://"+dnsIP+":53/", "pod1", "pod2"))
+	eventually(t, "DNS over UDP from the node, again", udpAnswered(node, dnsIP+":53", "pod1", "pod2"))
+	assert.Contains(t, table, "cluster-ips-check", "upstream's check of node-local connections is in place")
+
+	// A port switches TCP -> UDP -> TCP: each time exactly one data plane
+	// serves it, for a client namespace and for the node itself; the
+	// other protocol is refused (the guard), not silently dropped.
+	const flipIP = "10.96.0.40"
+	flipTCP := service("flip", flipIP, "1", servicePort("p", v1.ProtocolTCP, 7000, 53, 0))
+	flipUDP := service("flip", flipIP, "2", servicePort("p", v1.ProtocolUDP, 7000, 53, 0))
+	flipTCPAgain := service("flip", flipIP, "3", servicePort("p", v1.ProtocolTCP, 7000, 53, 0))
+	udpRefused := func(ns *netns.Namespace) func() error {
+		return func() error {
+			if _, err := ns.UDPEcho(flipIP+":7000", "hello", time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+				return fmt.Errorf("udp from %s: want refused, got %v", ns.Short, err)
+			}
+			return nil
+		}
+	}
+	tcpRefused := func(ns *netns.Namespace) func() error {
+		return func() error {
+			if err := ns.TCPAccepts(flipIP+":7000", time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+				return fmt.Errorf("tcp from %s: want refused, got %v", ns.Short, err)
+			}
+			return nil
+		}
+	}
+	p.OnServiceAdd(flipTCP)
+	p.OnEndpointSliceAdd(slice(flipTCP, pods...))
+	servedOverTCP := func(step string) {
+		for _, ns := range []*netns.Namespace{client, node} {
+			eventually(t, step+": TCP from "+ns.Short, httpAnswered(ns, "http://"+flipIP+":7000/", "pod1", "pod2"))
+			eventually(t, step+": UDP from "+ns.Short, udpRefused(ns))
+		}
+	}
+	servedOverTCP("TCP port")
+	p.OnServiceUpdate(flipTCP, flipUDP)
+	p.OnEndpointSliceUpdate(slice(flipTCP, pods...), slice(flipUDP, pods...))
+	for _, ns := range []*netns.Namespace{client, node} {
+		eventually(t, "switched to UDP: UDP from "+ns.Short, udpAnswered(ns, flipIP+":7000", "pod1", "pod2"))
+		eventually(t, "switched to UDP: TCP from "+ns.Short, tcpRefused(ns))
+	}
+	p.OnServiceUpdate(flipUDP, flipTCPAgain)
+	p.OnEndpointSliceUpdate(slice(flipUDP, pods...), slice(flipTCPAgain, pods...))
+	servedOverTCP("switched back to TCP")
+	eventually(t, "the switched port left the nftables view", func() error {
+		if out := node.MustExec("nft", "list", "table", "ip", "kube-proxy"); strings.Contains(out, flipIP) {
+			return fmt.Errorf("%s still in table ip kube-proxy", flipIP)
+		}
+		return nil
+	})
+	p.OnServiceDelete(flipTCPAgain)
 
 	// The UDP port leaves the DNS Service: the nftables view loses it,
 	// TCP 53 goes on through HAProxy.
@@ -283,6 +354,15 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 	assert.NotContains(t, tables, "kube-haproxy")
 }
 
+// kernelLacksSCTP reports whether this kernel cannot open SCTP sockets.
+func kernelLacksSCTP() bool {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, syscall.IPPROTO_SCTP)
+	if err == nil {
+		syscall.Close(fd)
+	}
+	return err != nil
+}
+
 // TestSCTPWithoutKernelSupport: SCTP needs the kernel's SCTP module for
 // sockets, not for DNAT. Where the module is missing, the pods' SCTP
 // servers fail with EPROTONOSUPPORT; the test says so clearly rather than
@@ -296,4 +376,82 @@ func TestSCTPWithoutKernelSupport(t *testing.T) {
 	}
 	require.ErrorIs(t, err, syscall.EPROTONOSUPPORT, "an SCTP socket without the kernel's SCTP module")
 	t.Logf("kernel lacks SCTP sockets (%v): SCTP service ports are programmed in nftables but no pod here can serve them", err)
+}
+
+// TestKubeProxyCleanupRemovesBothTables: `kube-proxy --cleanup` (the
+// binary `make build` produces, run in the node namespace with the
+// haproxy mode's configuration) removes upstream's nftables table of the
+// delegated ports and the guard's table, which a stopped proxier leaves
+// in place.
+func TestKubeProxyCleanupRemovesBothTables(t *testing.T) {
+	haproxy := netns.RequireBinary(t, "haproxy")
+	netns.RequireBinary(t, "nft")
+	kubeProxy := controlplane.Binary(t, "kube-proxy")
+	k := netns.New(t)
+	node := k.Self()
+	k.Link(node, "eth0", netip.MustParsePrefix(nodeIP+"/24"), k.Namespace("client"), "eth0", netip.MustParsePrefix(clientIP+"/24"))
+	t.Cleanup(func() { _, _ = node.Exec("ip", "link", "del", "eth0") })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := proxier.Config{
+		Scope:             proxier.ScopeNode,
+		HAProxyPath:       haproxy,
+		StateDir:          filepath.Join(k.Dir(), "state"),
+		ManageProcess:     true,
+		NodeName:          nodeName,
+		NodeIPs:           map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP(nodeIP)},
+		NodePortAddresses: []string{nodeIP + "/32"},
+		ClusterCIDRs:      []string{"10.244.0.0/16"},
+		SyncPeriod:        time.Minute,
+		MinSyncPeriod:     100 * time.Millisecond,
+		NBThread:          1,
+	}
+	p, err := proxier.NewProxier(ctx, v1.IPv4Protocol, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = proxier.CleanupLeftovers(context.Background(), cfg) })
+	go p.SyncLoop()
+	dns := service("dns", dnsIP, "1",
+		servicePort("dns-tcp", v1.ProtocolTCP, 53, 53, 0),
+		servicePort("dns", v1.ProtocolUDP, 53, 53, 0))
+	p.OnServiceCIDRsChanged([]string{"10.96.0.0/16"})
+	p.OnServiceAdd(dns)
+	p.OnServiceSynced()
+	p.OnEndpointSliceAdd(slice(dns))
+	p.OnEndpointSlicesSynced()
+	eventually(t, "both tables programmed", func() error {
+		out, err := node.Exec("nft", "list", "tables")
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{"table ip kube-proxy", "table ip kube-haproxy"} {
+			if !strings.Contains(out, want) {
+				return fmt.Errorf("no %s in %q", want, out)
+			}
+		}
+		return nil
+	})
+	// Stop the proxier first: kube-proxy --cleanup runs while no proxier
+	// does. A moment for the runners to see the cancelled context.
+	cancel()
+	time.Sleep(500 * time.Millisecond)
+	tables := node.MustExec("nft", "list", "tables")
+	require.Contains(t, tables, "table ip kube-proxy", "a stopped proxier leaves the tables to --cleanup")
+	require.Contains(t, tables, "table ip kube-haproxy", "a stopped proxier leaves the tables to --cleanup")
+
+	config := filepath.Join(k.Dir(), "kube-proxy.yaml")
+	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: haproxy
+hostnameOverride: %s
+haproxy:
+  binaryPath: %s
+  stateDir: %s
+  scope: node
+`, nodeName, haproxy, cfg.StateDir)), 0o600))
+	out, err := node.Exec(kubeProxy, "--cleanup", "--config", config)
+	require.NoError(t, err, "kube-proxy --cleanup: %s", out)
+	tables = node.MustExec("nft", "list", "tables")
+	assert.NotContains(t, tables, "kube-proxy", "upstream's table of the delegated ports is gone")
+	assert.NotContains(t, tables, "kube-haproxy", "the guard's table is gone")
 }

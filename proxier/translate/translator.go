@@ -1,0 +1,150 @@
+package translate
+
+import (
+	"net/netip"
+	"reflect"
+	"slices"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/kubernetes/pkg/proxy"
+
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
+)
+
+// Translator is Translate for a proxier that syncs again and again: it
+// keeps the translation of each service port and translates again only
+// the service ports whose Service or endpoints changed since, so an
+// endpoint change among 10,000 Services costs one Service's translation
+// instead of all of them.
+//
+// It relies on how upstream's change trackers update their maps: a
+// Service or endpoint change replaces the proxy.ServicePort or the
+// []proxy.Endpoint of the service ports it touches with new values and
+// leaves every other one as it was, so identity says "unchanged". The
+// zero value is ready to use; it is not safe for concurrent use.
+type Translator struct {
+	opts Options
+	// names are the service ports of the last call, sorted, and ports
+	// their translations (nil: none yet).
+	names []proxy.ServicePortName
+	ports []*portTranslation
+	// listeners is reused from call to call.
+	listeners map[netip.AddrPort]string
+}
+
+// Translate returns what Translate(opts, services, endpoints) returns.
+// The frontends and backends of unchanged service ports are the ones of
+// the previous call: callers must not modify a Result.
+func (t *Translator) Translate(opts Options, services proxy.ServicePortMap, endpoints proxy.EndpointsMap) *Result {
+	if t.ports == nil || !reflect.DeepEqual(opts, t.opts) {
+		t.opts = opts
+		t.ports = make([]*portTranslation, 0, len(services))
+		t.names = nil
+	}
+	if len(t.names) == len(services) {
+		if res, ok := t.translate(services, endpoints); ok {
+			return res
+		}
+	}
+	// Service ports came or went: sort the names again, keeping the
+	// translations of those that stay.
+	old := make(map[proxy.ServicePortName]*portTranslation, len(t.names))
+	for i, n := range t.names {
+		old[n] = t.ports[i]
+	}
+	t.names = t.names[:0]
+	for name := range services {
+		t.names = append(t.names, name)
+	}
+	slices.SortFunc(t.names, compareServicePortNames)
+	t.ports = t.ports[:0]
+	for _, n := range t.names {
+		t.ports = append(t.ports, old[n])
+	}
+	res, _ := t.translate(services, endpoints)
+	return res
+}
+
+// translate translates the service ports of t.names, which must be those
+// of services (false if one is not).
+func (t *Translator) translate(services proxy.ServicePortMap, endpoints proxy.EndpointsMap) (*Result, bool) {
+	res := &Result{
+		Frontends: make([]*haproxycfg.Frontend, 0, len(t.names)),
+		Backends:  make([]*haproxycfg.Backend, 0, len(t.names)),
+	}
+	// The map of the last call, emptied: no rehashing as it fills.
+	if t.listeners == nil {
+		t.listeners = make(map[netip.AddrPort]string, len(t.names))
+	}
+	listeners := t.listeners
+	clear(listeners)
+	for i, name := range t.names {
+		svc, ok := services[name]
+		if !ok {
+			return nil, false
+		}
+		eps := endpoints[name]
+		pt := t.ports[i]
+		if pt == nil || !pt.reuse(svc, eps, listeners) {
+			pt = translatePort(t.opts, name, svc, eps, listeners)
+			t.ports[i] = pt
+		}
+		res.add(&pt.res)
+	}
+	return res, true
+}
+
+// portTranslation is the translation of one service port and what it was
+// made from: the Service, the endpoints and who had the addresses it
+// asked for (the other service ports before it in name order).
+type portTranslation struct {
+	base   string
+	svc    proxy.ServicePort
+	eps    []proxy.Endpoint
+	claims []listenerClaim
+	res    Result
+}
+
+// reuse says whether pt still is the translation of svc and eps, and if
+// so claims its addresses as translating again would.
+func (pt *portTranslation) reuse(svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[netip.AddrPort]string) bool {
+	if pt.svc != svc || !sameEndpoints(pt.eps, eps) {
+		return false
+	}
+	for _, c := range pt.claims {
+		if listeners[c.addr] != c.owner {
+			return false
+		}
+	}
+	for _, c := range pt.claims {
+		if c.owner == "" {
+			listeners[c.addr] = pt.base
+		}
+	}
+	return true
+}
+
+// sameEndpoints: the same slice, not only equal content.
+func sameEndpoints(a, b []proxy.Endpoint) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// translatePort translates one service port on its own.
+func translatePort(opts Options, name proxy.ServicePortName, svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[netip.AddrPort]string) *portTranslation {
+	pt := &portTranslation{svc: svc, eps: eps}
+	if svc.Protocol() == v1.ProtocolTCP {
+		pt.base = BaseName(opts.Family, name, svc.Port())
+	}
+	translateServicePort(opts, name, svc, eps, listeners, &pt.res, &pt.claims)
+	return pt
+}
+
+// add appends the translation of one service port.
+func (r *Result) add(p *Result) {
+	r.Frontends = append(r.Frontends, p.Frontends...)
+	r.Backends = append(r.Backends, p.Backends...)
+	r.Skipped = append(r.Skipped, p.Skipped...)
+	r.BadEndpoints += p.BadEndpoints
+	r.NoLocalEndpointsInternal += p.NoLocalEndpointsInternal
+	r.NoLocalEndpointsExternal += p.NoLocalEndpointsExternal
+}
