@@ -65,7 +65,7 @@ bench-smoke: build ## A short benchmark run (100 Services, few changes, about 2 
 	$(MAKE) --no-print-directory bench-smoke-built
 bench-smoke-built:
 	$(BENCH_ENV) BENCH_OUT=$(abspath $(OUT))/bench-smoke SCALES=100 CHANGES=10 NEW_SERVICES=3 WRK_DURATION=1s MEMORY_SCALES=100 \
-		$(GO) test -count=1 -v -timeout 20m -run '^TestBench$$' ./test/bench/
+		$(GO) test -count=1 -v -timeout 20m -run '^(TestBench|TestBenchInterruptCleansUp)$$' ./test/bench/
 
 .PHONY: image
 image: ## Build the kube-proxy container image (needs docker, podman or nerdctl).
