@@ -254,8 +254,10 @@ func EstimateBytes(n, endpoints int) int64 {
 	return 3<<29 + int64(n)*(768<<10+int64(endpoints)*32<<10)
 }
 
-// MaxServices bounds a scale: the Service CIDR is a /16, and beyond this
-// the bench's setup alone would take longer than it measures anything.
+// MaxServices bounds a scale: the Service CIDR is a /16, and kube-apiserver
+// allocates each ClusterIP in time linear in the Services already there
+// (10,000 take about 10 minutes here), so beyond this the setup alone
+// would take most of an hour.
 const MaxServices = 20000
 
 // CheckScale refuses a scale the machine cannot hold, saying why.
