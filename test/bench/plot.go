@@ -288,10 +288,12 @@ func linePlot(path, title, ylabel string, ss []series) (bool, error) {
 			return false, fmt.Errorf("%s: %w", s.name, err)
 		}
 		l.Color, l.Width = s.colour, vg.Points(1.5)
-		if s.dashed {
-			l.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
-		}
 		pts.Color, pts.Shape = s.colour, draw.CircleGlyph{}
+		if s.dashed {
+			// Dashes and another mark: told apart even as a single point.
+			l.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
+			pts.Shape = draw.TriangleGlyph{}
+		}
 		p.Add(l, pts)
 		p.Legend.Add(s.name, l, pts)
 		for _, xy := range s.pts {
