@@ -1061,16 +1061,28 @@ func (b *bench) npl() (float64, float64) {
 	return sum, count
 }
 
-// wrk runs wrk in the client pod against url.
+// wrk runs wrk in the client pod against url, and measures where the CPU
+// went meanwhile.
 func (b *bench) wrk(cfg config, d time.Duration, url string, closeEach bool) WrkResult {
 	args := []string{"wrk", "-t1", fmt.Sprintf("-c%d", cfg.wrkConns), "-d" + d.String(), "--latency"}
 	if closeEach {
 		args = append(args, "-H", "Connection: close")
 	}
 	args = append(args, url)
+	groups := b.cpuGroups()
+	before, err := TakeCPUSnapshot("/proc", groups)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	t0 := time.Now()
 	out, err := b.from.NS.Exec(args...)
 	if err != nil {
 		b.t.Fatalf("wrk: %v", err)
+	}
+	wall := time.Since(t0)
+	after, err := TakeCPUSnapshot("/proc", groups)
+	if err != nil {
+		b.t.Fatal(err)
 	}
 	r, err := ParseWrk(out)
 	if err != nil {
@@ -1079,5 +1091,31 @@ func (b *bench) wrk(cfg config, d time.Duration, url string, closeEach bool) Wrk
 	if r.Errors > 0 {
 		b.t.Fatalf("wrk %s: %d errors; a data-plane number with errors is not reported:\n%s", url, r.Errors, out)
 	}
+	r.CPU = CPUCores(before, after, wall)
 	return r
+}
+
+// cpuGroups maps each CPU group to the network namespaces of its
+// processes.
+func (b *bench) cpuGroups() map[string][]uint64 {
+	g := map[string][]uint64{
+		CPUNode:   {b.nsInode(b.c.Nodes[0].NS.Name)},
+		CPUClient: {b.nsInode(b.from.NS.Name)},
+	}
+	for _, pool := range b.pools {
+		for _, p := range pool {
+			g[CPUPods] = append(g[CPUPods], b.nsInode(p.NS.Name))
+		}
+	}
+	return g
+}
+
+// nsInode is the inode of a named network namespace, as /proc/PID/ns/net
+// links show it.
+func (b *bench) nsInode(name string) uint64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join("/run/netns", name), &st); err != nil {
+		b.t.Fatalf("network namespace %s: %v", name, err)
+	}
+	return st.Ino
 }

@@ -182,6 +182,8 @@ type WrkResult struct {
 	// Errors counts socket errors (connect, read, write, timeout) and
 	// non-2xx/3xx responses.
 	Errors int
+	// CPU is what each CPUGroups group used while wrk ran, in cores.
+	CPU map[string]float64
 }
 
 // ParseWrk reads the output of `wrk --latency`.
@@ -455,4 +457,116 @@ func (s *MemSampler) Stop() (MemPeak, error) {
 	}
 	hwm, procs := PeakConcurrent(s.samples)
 	return MemPeak{ProxyHWM: s.proxy, HAProxyHWM: hwm, HAProxyProcs: procs, Samples: len(s.samples)}, nil
+}
+
+// CPU groups: where the CPU time of a data-plane measurement went.
+const (
+	CPUNode    = "node1 (HAProxy, kube-proxy)"
+	CPUClient  = "client pod (wrk)"
+	CPUPods    = "backend pods"
+	CPUSoftIRQ = "kernel softirq (packets, nftables)"
+	CPUTotal   = "whole machine"
+)
+
+// CPUGroups are the groups in the order a report lists them.
+var CPUGroups = []string{CPUNode, CPUClient, CPUPods, CPUSoftIRQ, CPUTotal}
+
+// CPUSnapshot is cumulative CPU seconds per group at one moment.
+type CPUSnapshot map[string]float64
+
+// userHZ is the unit of /proc's CPU times (USER_HZ, 100 on Linux).
+const userHZ = 100
+
+// TakeCPUSnapshot reads the CPU time of every process whose network
+// namespace is one of groups' (by nsfs inode), and the machine's softirq
+// and busy time from /proc/stat.
+func TakeCPUSnapshot(procRoot string, groups map[string][]uint64) (CPUSnapshot, error) {
+	snap := CPUSnapshot{}
+	byInode := map[uint64]string{}
+	for g, inodes := range groups {
+		for _, ino := range inodes {
+			byInode[ino] = g
+		}
+	}
+	entries, err := os.ReadDir(procRoot)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", procRoot, err)
+	}
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		link, err := os.Readlink(filepath.Join(procRoot, e.Name(), "ns", "net"))
+		if err != nil {
+			continue
+		}
+		ino, ok := parseNSLink(link)
+		if !ok {
+			continue
+		}
+		g, ok := byInode[ino]
+		if !ok {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(procRoot, e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		snap[g] += (ut + st) / userHZ
+	}
+	b, err := os.ReadFile(filepath.Join(procRoot, "stat"))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s/stat: %w", procRoot, err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return nil, fmt.Errorf("%s/stat: unexpected first line %q", procRoot, line)
+	}
+	var total, idle float64
+	for i, x := range f[1:] {
+		v, _ := strconv.ParseFloat(x, 64)
+		if i >= 8 { // guest time is already in user
+			break
+		}
+		total += v
+		switch i {
+		case 3, 4: // idle, iowait
+			idle += v
+		case 6: // softirq
+			snap[CPUSoftIRQ] = v / userHZ
+		}
+	}
+	snap[CPUTotal] = (total - idle) / userHZ
+	return snap, nil
+}
+
+// parseNSLink reads the inode of a namespace link: "net:[4026532281]".
+func parseNSLink(link string) (uint64, bool) {
+	_, rest, ok := strings.Cut(link, "[")
+	if !ok {
+		return 0, false
+	}
+	ino, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 64)
+	return ino, err == nil
+}
+
+// CPUCores is the CPU each group used between two snapshots, in cores
+// (CPU seconds per second of wall time).
+func CPUCores(before, after CPUSnapshot, wall time.Duration) map[string]float64 {
+	out := map[string]float64{}
+	if wall <= 0 {
+		return out
+	}
+	for _, g := range CPUGroups {
+		out[g] = (after[g] - before[g]) / wall.Seconds()
+	}
+	return out
 }

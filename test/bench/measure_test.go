@@ -234,7 +234,8 @@ func TestReportRatiosAndMissingValues(t *testing.T) {
 		{Pass: PassLatency, Mode: ModeHAProxy, Services: 100, Endpoints: 4, ColdStart: time.Second, Sweep: 100 * time.Millisecond,
 			EndpointChange: msList(50, 100), NewService: msList(600), HasReloads: true, ReloadsNewService: 1,
 			ProxyHWM: 100 << 20, HAProxyHWM: 50 << 20, HAProxyProcs: 2, NPLMean: 40 * time.Millisecond, NPLCount: 2,
-			Wrk: map[WrkKey]WrkResult{{TargetClusterIP, ConnKeepAlive}: {RequestsPerSec: 500, P50: 2 * time.Millisecond, P99: 4 * time.Millisecond}}},
+			Wrk: map[WrkKey]WrkResult{{TargetClusterIP, ConnKeepAlive}: {RequestsPerSec: 500, P50: 2 * time.Millisecond, P99: 4 * time.Millisecond,
+				CPU: map[string]float64{CPUNode: 1.25, CPUClient: 0.5, CPUTotal: 1.98}}}},
 		{Pass: PassMemory, Mode: ModeHAProxy, Services: 1000, Endpoints: 2, ColdStart: 3 * time.Second, NewService: msList(700),
 			HasReloads: true, ReloadsNewService: 1, ProxyHWM: 200 << 20, HAProxyHWM: 100 << 20, HAProxyProcs: 3},
 	}
@@ -250,6 +251,8 @@ func TestReportRatiosAndMissingValues(t *testing.T) {
 		"| kube-proxy + HAProxy, peak RSS (node1) | 150.0 MiB | 100.0 MiB | 1.50× |",
 		"| keep-alive | requests/s | 500 | 1000 | 1200 | 0.50× |",
 		"| new connection per request | requests/s | – | – | – | – |",
+		"CPU while wrk ran, in cores (of 2)",
+		"| keep-alive, haproxy mode ClusterIP | 1.25 | 0.50 | 0.00 | 0.00 | 1.98 |",
 		// The memory pass: its own table, without rows it did not measure.
 		"## 1000 Services × 2 endpoints: cold start and memory\n",
 		"| cold start: kube-proxy started → every ClusterIP answers | 3000.0 ms | – | – |",
@@ -266,4 +269,43 @@ func TestReportRatiosAndMissingValues(t *testing.T) {
 	require.Less(t, strings.Index(out, "100 Services × 4"), strings.Index(out, "1000 Services × 2"))
 	_, memTable, _ := strings.Cut(out, "1000 Services × 2 endpoints")
 	require.NotContains(t, memTable, "endpoint change")
+}
+
+func TestCPUSnapshotByNamespace(t *testing.T) {
+	root := t.TempDir()
+	proc := func(pid, ns int, utime, stime int) {
+		dir := filepath.Join(root, itoa(pid))
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, "ns"), 0o755))
+		require.NoError(t, os.Symlink("net:["+itoa(ns)+"]", filepath.Join(dir, "ns", "net")))
+		// Fields after comm: state ppid pgrp session tty tpgid flags minflt
+		// cminflt majflt cmajflt utime stime ...
+		stat := itoa(pid) + " (x y) S 1 1 1 0 -1 0 0 0 0 0 " + itoa(utime) + " " + itoa(stime) + " 0 0 20 0 1\n"
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644))
+	}
+	proc(10, 100, 300, 100) // node1: 4 s
+	proc(11, 100, 50, 50)   // node1: 1 s
+	proc(20, 200, 200, 0)   // client: 2 s
+	proc(30, 300, 100, 0)   // a pod: 1 s
+	proc(31, 301, 100, 100) // another pod: 2 s
+	proc(40, 999, 1000, 0)  // not ours
+	// cpu user nice system idle iowait irq softirq steal guest guest_nice
+	stat := "cpu  1000 0 500 8000 100 0 250 0 40 0\ncpu0 1 2 3\n"
+	require.NoError(t, os.WriteFile(filepath.Join(root, "stat"), []byte(stat), 0o644))
+
+	snap, err := TakeCPUSnapshot(root, map[string][]uint64{CPUNode: {100}, CPUClient: {200}, CPUPods: {300, 301}})
+	require.NoError(t, err)
+	require.InDelta(t, 5.0, snap[CPUNode], 1e-9)
+	require.InDelta(t, 2.0, snap[CPUClient], 1e-9)
+	require.InDelta(t, 3.0, snap[CPUPods], 1e-9)
+	require.InDelta(t, 2.5, snap[CPUSoftIRQ], 1e-9)
+	// Busy: user+nice+system+irq+softirq+steal = 1750 jiffies; guest is
+	// part of user already.
+	require.InDelta(t, 17.5, snap[CPUTotal], 1e-9)
+
+	later := CPUSnapshot{CPUNode: 7, CPUClient: 3, CPUPods: 3, CPUSoftIRQ: 2.5, CPUTotal: 21.5}
+	cores := CPUCores(snap, later, 2*time.Second)
+	require.InDelta(t, 1.0, cores[CPUNode], 1e-9)
+	require.InDelta(t, 0.5, cores[CPUClient], 1e-9)
+	require.InDelta(t, 0.0, cores[CPUPods], 1e-9)
+	require.InDelta(t, 2.0, cores[CPUTotal], 1e-9)
 }

@@ -262,6 +262,47 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 		}
 	}
 	fmt.Fprintln(b)
+	writeCPU(b, meta, ours, theirs)
+}
+
+// writeCPU tells where the CPU went during each wrk run: what saturates.
+func writeCPU(b *strings.Builder, meta Meta, ours, theirs *Run) {
+	type row struct {
+		name string
+		w    WrkResult
+	}
+	var rows []row
+	for _, conn := range []string{ConnKeepAlive, ConnClose} {
+		for _, r := range []*Run{ours, theirs} {
+			if w, ok := r.wrkResult(WrkKey{TargetClusterIP, conn}); ok && w.CPU != nil {
+				rows = append(rows, row{fmt.Sprintf("%s, %s mode ClusterIP", conn, r.Mode), w})
+			}
+		}
+		direct := theirs
+		if _, ok := direct.wrkResult(WrkKey{TargetDirect, conn}); !ok {
+			direct = ours
+		}
+		if w, ok := direct.wrkResult(WrkKey{TargetDirect, conn}); ok && w.CPU != nil {
+			rows = append(rows, row{conn + ", direct to the pod", w})
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "CPU while wrk ran, in cores (of %d): a group near its share of the machine, or the machine near %d, is what saturates.\n\n", meta.CPUs, meta.CPUs)
+	fmt.Fprintf(b, "| wrk run |")
+	for _, g := range CPUGroups {
+		fmt.Fprintf(b, " %s |", g)
+	}
+	fmt.Fprintf(b, "\n|---|%s\n", strings.Repeat("---|", len(CPUGroups)))
+	for _, r := range rows {
+		fmt.Fprintf(b, "| %s |", r.name)
+		for _, g := range CPUGroups {
+			fmt.Fprintf(b, " %.2f |", r.w.CPU[g])
+		}
+		fmt.Fprintln(b)
+	}
+	fmt.Fprintln(b)
 }
 
 // wrkResult is r's measurement for k; false for a nil Run too.
