@@ -25,3 +25,6 @@ go test ./test/... ./examples/...
 
 echo "== end-to-end: the local cluster in haproxy and nftables mode, side by side (root; make build)"
 KH_E2E=1 go test -count=1 -v -timeout 30m ./test/e2e/
+
+echo "== benchmark smoke run: 100 Services in both modes, every pass and figure (root; make build); make bench is the full run"
+make --no-print-directory bench-smoke-built

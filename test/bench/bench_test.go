@@ -12,9 +12,11 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -41,9 +43,21 @@ type config struct {
 	newServices int
 	wrkDuration time.Duration
 	wrkConns    int
-	outDir      string
-	docs        string
+	// The cold start and memory pass: its scales (none when empty) and
+	// endpoints per Service.
+	memScales    []int
+	memEndpoints int
+	// haproxyMaxConn, when not 0, overrides the maxconn the proxier
+	// renders (haproxy -n): see kubeProxyConfig.
+	haproxyMaxConn int
+	outDir         string
+	docs           string
 }
+
+// memNewServices is how many Services the memory pass adds once every
+// Service answers: in haproxy mode each is a reload, whose old and new
+// workers overlap, and the peak must include that.
+const memNewServices = 5
 
 func envInt(t *testing.T, name string, def int) int {
 	v := os.Getenv(name)
@@ -57,15 +71,50 @@ func envInt(t *testing.T, name string, def int) int {
 	return n
 }
 
+// envScales reads a comma-separated list of Service counts; "none" is the
+// empty list.
+func envScales(t *testing.T, name, def string) []int {
+	v := os.Getenv(name)
+	if v == "" {
+		v = def
+	}
+	if v == "none" {
+		return nil
+	}
+	var out []int
+	for _, s := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			t.Fatalf("%s=%q: want numbers separated by commas, or none", name, v)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// The issue's workload: latencies at 100, 1,000 and 10,000 Services with
+// 10 endpoints each; cold start and memory at 1,000 and 10,000 Services
+// with 2 endpoints each.
+const (
+	defaultScales       = "100,1000,10000"
+	defaultEndpoints    = 10
+	defaultMemScales    = "1000,10000"
+	defaultMemEndpoints = 2
+)
+
 func loadConfig(t *testing.T) config {
 	c := config{
-		modes:       []string{localcluster.ModeHAProxy, localcluster.ModeNFTables},
-		endpoints:   envInt(t, "ENDPOINTS", 4),
-		changes:     envInt(t, "CHANGES", 50),
-		newServices: envInt(t, "NEW_SERVICES", 20),
-		wrkConns:    envInt(t, "WRK_CONNECTIONS", 16),
-		outDir:      os.Getenv("BENCH_OUT"),
-		docs:        os.Getenv("BENCH_DOCS"),
+		modes:          []string{localcluster.ModeHAProxy, localcluster.ModeNFTables},
+		scales:         envScales(t, "SCALES", defaultScales),
+		endpoints:      envInt(t, "ENDPOINTS", defaultEndpoints),
+		changes:        envInt(t, "CHANGES", 50),
+		newServices:    envInt(t, "NEW_SERVICES", 20),
+		wrkConns:       envInt(t, "WRK_CONNECTIONS", 16),
+		memScales:      envScales(t, "MEMORY_SCALES", defaultMemScales),
+		memEndpoints:   envInt(t, "MEMORY_ENDPOINTS", defaultMemEndpoints),
+		haproxyMaxConn: envInt(t, "HAPROXY_MAXCONN", 0),
+		outDir:         os.Getenv("BENCH_OUT"),
+		docs:           os.Getenv("BENCH_DOCS"),
 	}
 	if m := os.Getenv("MODE"); m != "" {
 		c.modes = strings.Split(m, ",")
@@ -75,19 +124,16 @@ func loadConfig(t *testing.T) config {
 			t.Fatalf("MODE=%q: each mode must be %s or %s", os.Getenv("MODE"), localcluster.ModeHAProxy, localcluster.ModeNFTables)
 		}
 	}
-	scales := os.Getenv("SCALES")
-	if scales == "" {
-		scales = "100"
-	}
-	for _, s := range strings.Split(scales, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil {
-			t.Fatalf("SCALES=%q: want numbers separated by commas", scales)
+	for _, e := range []struct {
+		name string
+		n    int
+	}{{"ENDPOINTS", c.endpoints}, {"MEMORY_ENDPOINTS", c.memEndpoints}} {
+		if e.n < 1 || e.n > 100 {
+			t.Fatalf("%s=%d: want 1..100 (two pools of that many pods are started)", e.name, e.n)
 		}
-		c.scales = append(c.scales, n)
 	}
-	if c.endpoints < 1 || c.endpoints > 100 {
-		t.Fatalf("ENDPOINTS=%d: want 1..100 (two pools of that many pods are started)", c.endpoints)
+	if len(c.scales)+len(c.memScales) == 0 {
+		t.Fatalf("SCALES and MEMORY_SCALES are both none: nothing to measure")
 	}
 	d := os.Getenv("WRK_DURATION")
 	if d == "" {
@@ -101,8 +147,30 @@ func loadConfig(t *testing.T) config {
 	return c
 }
 
-// TestBench runs every scenario on a fresh cluster per mode and scale, and
-// writes the report only when every run succeeded.
+// passSpec is what one pass measures.
+type passSpec struct {
+	pass        string
+	endpoints   int
+	changes     int
+	newServices int
+	wrk         time.Duration
+}
+
+func (c config) passes() []struct {
+	spec   passSpec
+	scales []int
+} {
+	return []struct {
+		spec   passSpec
+		scales []int
+	}{
+		{passSpec{PassLatency, c.endpoints, c.changes, c.newServices, c.wrkDuration}, c.scales},
+		{passSpec{PassMemory, c.memEndpoints, 0, memNewServices, 0}, c.memScales},
+	}
+}
+
+// TestBench runs every scenario on a fresh cluster per pass, mode and
+// scale, and writes the report only when every run succeeded.
 func TestBench(t *testing.T) {
 	if os.Getenv("KH_BENCH") != "1" {
 		t.Skip("set KH_BENCH=1 to run the benchmarks (make bench)")
@@ -112,9 +180,11 @@ func TestBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range cfg.scales {
-		if err := CheckScale(n, avail); err != nil {
-			t.Fatalf("refusing to run: %v", err)
+	for _, p := range cfg.passes() {
+		for _, n := range p.scales {
+			if err := CheckScale(n, p.spec.endpoints, avail); err != nil {
+				t.Fatalf("refusing to run: %v", err)
+			}
 		}
 	}
 	// Ctrl-C or SIGTERM ends the run through the test's cleanups, which
@@ -122,35 +192,55 @@ func TestBench(t *testing.T) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	// One cluster per scale, its Services written once (the API writes
+	// them at about 25 Services/s, see docs/benchmarks.md): every mode and
+	// pass at that scale runs on it in turn, each from a cold start with
+	// kube-proxies of its own, so their measurements share nothing but
+	// the control plane.
 	var runs []Run
-	for _, n := range cfg.scales {
-		for _, mode := range cfg.modes {
-			t.Run(fmt.Sprintf("%s/%d", mode, n), func(t *testing.T) {
-				r := runOne(ctx, t, cfg, mode, n)
-				runs = append(runs, r)
-			})
-			if t.Failed() || ctx.Err() != nil {
-				t.Fatalf("a run failed or was interrupted: no report is written")
+	for _, n := range unionSorted(cfg.scales, cfg.memScales) {
+		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			b := newBench(ctx, t, cfg, n)
+			for _, p := range cfg.passes() {
+				if !slices.Contains(p.scales, n) {
+					continue
+				}
+				for _, mode := range cfg.modes {
+					if t.Failed() || ctx.Err() != nil {
+						return
+					}
+					t.Logf("== %s pass, %s mode, %d Services × %d endpoints", p.spec.pass, mode, n, p.spec.endpoints)
+					runs = append(runs, b.run(cfg, p.spec, mode))
+				}
 			}
+		})
+		if t.Failed() || ctx.Err() != nil {
+			t.Fatalf("a run failed or was interrupted: no report is written")
 		}
 	}
 	meta := collectMeta(t, cfg)
-	report := "# Benchmarks: haproxy mode beside upstream's nftables mode\n\n" + Report(meta, runs)
+	if cfg.outDir == "" {
+		t.Log("\n" + "# Benchmarks: haproxy mode beside upstream's nftables mode\n\n" + Report(meta, runs, nil, ""))
+		return
+	}
+	// Plots of a run live beside its report, in a directory of their own,
+	// so an older report keeps its pictures.
+	stamp := "bench-" + meta.Date.UTC().Format("20060102-150405")
+	figs, err := Plots(filepath.Join(cfg.outDir, stamp), runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := "# Benchmarks: haproxy mode beside upstream's nftables mode\n\n" + Report(meta, runs, figs, stamp+"/")
 	t.Log("\n" + report)
-	if cfg.outDir != "" {
-		if err := os.MkdirAll(cfg.outDir, 0o755); err != nil {
+	name := filepath.Join(cfg.outDir, stamp+".md")
+	for _, p := range []string{name, filepath.Join(cfg.outDir, "latest.md")} {
+		if err := os.WriteFile(p, []byte(report), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		name := filepath.Join(cfg.outDir, "bench-"+meta.Date.UTC().Format("20060102-150405")+".md")
-		for _, p := range []string{name, filepath.Join(cfg.outDir, "latest.md")} {
-			if err := os.WriteFile(p, []byte(report), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		t.Logf("report: %s", name)
 	}
+	t.Logf("report: %s, plots: %s", name, filepath.Join(cfg.outDir, stamp))
 	if cfg.docs != "" {
-		if err := writeDocs(cfg.docs, report); err != nil {
+		if err := writeDocs(cfg.docs, filepath.Join(cfg.outDir, stamp), meta, runs, figs); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("copied into %s", cfg.docs)
@@ -161,7 +251,10 @@ func TestBench(t *testing.T) {
 // the generated results, which each `make bench` replaces.
 const resultsMarker = "<!-- results: generated by make bench, everything below is replaced -->"
 
-func writeDocs(path, report string) error {
+// writeDocs replaces the results in the document at path with this run's
+// report, and copies the plots into the directory named like the document
+// (docs/benchmarks/ beside docs/benchmarks.md), which the report links.
+func writeDocs(path, plotDir string, meta Meta, runs []Run, figs []Figure) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", path, err)
@@ -170,9 +263,21 @@ func writeDocs(path, report string) error {
 	if !ok {
 		return fmt.Errorf("%s has no results marker %q", path, resultsMarker)
 	}
-	// The generated title duplicates the document's own.
-	_, body, _ := strings.Cut(report, "\n\n")
-	return os.WriteFile(path, []byte(head+resultsMarker+"\n\n## Latest results\n\n"+body), 0o644)
+	docDir := strings.TrimSuffix(path, filepath.Ext(path))
+	if err := os.MkdirAll(docDir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", docDir, err)
+	}
+	for _, f := range figs {
+		png, err := os.ReadFile(filepath.Join(plotDir, f.File))
+		if err != nil {
+			return fmt.Errorf("copying a plot: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(docDir, f.File), png, 0o644); err != nil {
+			return fmt.Errorf("copying a plot: %w", err)
+		}
+	}
+	report := Report(meta, runs, figs, filepath.Base(docDir)+"/")
+	return os.WriteFile(path, []byte(head+resultsMarker+"\n\n## Latest results\n\n"+report), 0o644)
 }
 
 func collectMeta(t *testing.T, cfg config) Meta {
@@ -190,8 +295,34 @@ func collectMeta(t *testing.T, cfg config) Meta {
 	}
 	out, _ = exec.Command("uname", "-r").Output()
 	m.Kernel = strings.TrimSpace(string(out))
-	m.Command = fmt.Sprintf("make bench SCALES=%s ENDPOINTS=%d CHANGES=%d NEW_SERVICES=%d", joinInts(cfg.scales), cfg.endpoints, cfg.changes, cfg.newServices)
+	// kube-proxy and HAProxy inherit it; HAProxy needs two descriptors per
+	// connection (maxconn) plus one per listener.
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err == nil {
+		m.FileLimit = l.Max
+	}
+	scales := func(ns []int) string {
+		if len(ns) == 0 {
+			return "none"
+		}
+		return joinInts(ns)
+	}
+	m.Command = fmt.Sprintf("make bench SCALES=%s ENDPOINTS=%d CHANGES=%d NEW_SERVICES=%d WRK_DURATION=%s MEMORY_SCALES=%s MEMORY_ENDPOINTS=%d",
+		scales(cfg.scales), cfg.endpoints, cfg.changes, cfg.newServices, cfg.wrkDuration, scales(cfg.memScales), cfg.memEndpoints)
+	if len(cfg.modes) == 1 {
+		m.Command += " MODE=" + cfg.modes[0]
+	}
+	if cfg.haproxyMaxConn > 0 {
+		m.Command += fmt.Sprintf(" HAPROXY_MAXCONN=%d", cfg.haproxyMaxConn)
+	}
 	return m
+}
+
+// unionSorted is every number in a or b once, in increasing order.
+func unionSorted(a, b []int) []int {
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 func joinInts(ns []int) string {
@@ -202,9 +333,10 @@ func joinInts(ns []int) string {
 	return strings.Join(s, ",")
 }
 
-// bench is one run's state: the cluster, a client pod on node1, and two
-// pools of pods; every benchmark Service lists one whole pool, so a
-// request answered by the other pool proves a change is programmed.
+// bench is one scale's state: the cluster, a client pod on node1, two
+// pools of pods, and n Services; every benchmark Service lists (the first
+// endpoints pods of) one pool, so a request answered by the other pool
+// proves a change is programmed.
 type bench struct {
 	t      *testing.T
 	ctx    context.Context
@@ -213,27 +345,69 @@ type bench struct {
 	from   *localcluster.Pod
 	pools  [2][]*localcluster.Pod
 	inPool map[string]int
+	n      int
+	ips    []string
+	// endpoints is how many pods of a pool each slice lists now, and
+	// state[i] the pool Service i's slice lists.
+	endpoints int
+	state     []int
+	// mode is the mode kube-proxy runs in now.
+	mode string
+	// proxyPID is node1's kube-proxy, read by the memory sampler while a
+	// cold start replaces the process.
+	proxyPID atomic.Int64
+	// kubeProxy is the kube-proxy binary.
+	kubeProxy string
+	// runs counts kube-proxy starts, to name their logs.
+	runs int
+	// haproxyMaxConn is config.haproxyMaxConn.
+	haproxyMaxConn int
+	// failure is set by watchProxyLog when node1's kube-proxy reports that
+	// HAProxy refused its configuration: probes then stop at once rather
+	// than wait for a timeout that scales with the Services.
+	failure   atomic.Pointer[string]
+	stopWatch chan struct{}
+	watchDone chan struct{}
 }
 
 const benchManagedBy = "bench.kube-haproxy.io"
 
-func runOne(ctx context.Context, t *testing.T, cfg config, mode string, n int) Run {
-	c := localcluster.Start(t, localcluster.Options{Mode: mode, Logf: t.Logf})
+// Timeouts grow with the number of Services: HAProxy reloads, nftables
+// transactions and the API's lists are all linear in it. The per-Service
+// terms are about ten times what a 10,000-Service run takes here.
+func scaled(base time.Duration, n int, perService time.Duration) time.Duration {
+	return base + time.Duration(n)*perService
+}
+
+// newBench starts a cluster, stops its kube-proxies (each run starts its
+// own), starts the pods and writes n Services with their slices.
+func newBench(ctx context.Context, t *testing.T, cfg config, n int) *bench {
+	// The local cluster starts in haproxy mode; a run in nftables mode
+	// starts kube-proxy with the same configuration in that mode.
+	c := localcluster.Start(t, localcluster.Options{Mode: localcluster.ModeHAProxy, Logf: t.Logf})
 	// The benchmark writes thousands of objects: a client of its own that
-	// the default rate limits do not slow down.
+	// the default rate limits (5 QPS) do not slow down.
 	rc := rest.CopyConfig(c.CP.RESTConfig)
-	rc.QPS, rc.Burst = 1000, 2000
+	rc.QPS, rc.Burst = 5000, 10000
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}}
+	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}, n: n, kubeProxy: controlplane.Binary(t, "kube-proxy"),
+		haproxyMaxConn: cfg.haproxyMaxConn}
+	b.stopProxies()
 	b.from, err = c.AddPod(ctx, c.Nodes[0], "client", map[string]string{"app": "bench-client"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	pods := 0
+	for _, p := range cfg.passes() {
+		if slices.Contains(p.scales, n) {
+			pods = max(pods, p.spec.endpoints)
+		}
+	}
 	for pool := range 2 {
-		for i := range cfg.endpoints {
+		for i := range pods {
 			node := c.Nodes[i%len(c.Nodes)]
 			p, err := c.StartPod(node, fmt.Sprintf("p%d-%d", pool, i), map[string]string{"app": "bench-backend"})
 			if err != nil {
@@ -243,64 +417,95 @@ func runOne(ctx context.Context, t *testing.T, cfg config, mode string, n int) R
 			b.inPool[p.Name] = pool
 		}
 	}
-	r := Run{Mode: mode, Services: n, Endpoints: cfg.endpoints, HasReloads: mode == localcluster.ModeHAProxy}
+	b.endpoints = pods
+	b.state = make([]int, n)
+	t.Logf("creating %d Services with %d endpoints each, kube-proxy stopped", n, pods)
+	created := time.Now()
+	b.ips = b.createServices(n)
+	t.Logf("%d Services and slices written in %v", n, time.Since(created).Round(time.Millisecond))
+	return b
+}
 
-	// Initial sync: n Services, each listing pool 0.
-	t.Logf("%s: creating %d Services with %d endpoints each", mode, n, cfg.endpoints)
-	start := time.Now()
-	ips := b.createServices(n)
-	for _, i := range []int{0, n / 2, n - 1} {
-		b.waitPool(ips[i], 0, 5*time.Minute)
-	}
-	r.InitialSync = time.Since(start)
-	t.Logf("%s: %d Services answer after %v", mode, n, r.InitialSync)
+// run measures one pass in one mode: a cold start, then the pass's
+// scenarios. It leaves the Services as it found them (the ones it added
+// deleted) and every kube-proxy stopped and cleaned up.
+func (b *bench) run(cfg config, spec passSpec, mode string) Run {
+	t, n, ips := b.t, b.n, b.ips
+	b.mode = mode
+	b.resetSlices(spec.endpoints)
+	r := Run{Pass: spec.pass, Mode: mode, Services: n, Endpoints: spec.endpoints, HasReloads: mode == localcluster.ModeHAProxy}
+
+	// Memory is sampled from the start to the end, so the peaks include
+	// the cold start and every reload's overlap of old and new workers.
+	sampler := StartMemSampler("/proc", func() int { return int(b.proxyPID.Load()) }, 100*time.Millisecond)
+	samplerStopped := false
+	defer func() {
+		if !samplerStopped {
+			_, _ = sampler.Stop()
+		}
+	}()
+
+	// Cold start: with every Service already written and nothing
+	// programmed, the kube-proxies start and node1's is timed until every
+	// ClusterIP answers from node1's client pod.
+	r.ColdStart = b.startProxies()
+	t.Logf("%s: cold start: every one of %d Services answers %v after kube-proxy started", mode, n, r.ColdStart)
+	// The probing alone, every ClusterIP once while all answer: the floor
+	// under the cold start figure.
+	t0 := time.Now()
+	b.waitAll(ips, 0, scaled(time.Minute, n, 10*time.Millisecond))
+	r.Sweep = time.Since(t0)
 	b.checkCtx()
 
 	// Endpoint changes: a random Service flips to the other pool.
 	reloads0 := b.settle()
 	npl0sum, npl0count := b.npl()
-	state := make([]int, n)
 	rng := rand.New(rand.NewPCG(uint64(n), 1))
-	for range cfg.changes {
+	for range spec.changes {
 		i := rng.IntN(n)
-		state[i] = 1 - state[i]
+		b.state[i] = 1 - b.state[i]
 		t0 := time.Now()
-		b.writeSlice(svcName(i), state[i])
-		b.waitPool(ips[i], state[i], 30*time.Second)
+		b.writeSlice(svcName(i), b.state[i])
+		b.waitPool(ips[i], b.state[i], scaled(30*time.Second, n, 5*time.Millisecond))
 		r.EndpointChange = append(r.EndpointChange, time.Since(t0))
 		b.checkCtx()
 	}
-	// Let the other node and the metrics settle before reading counters.
-	time.Sleep(time.Second)
-	r.ReloadsEndpoint = b.reloads() - reloads0
-	npl1sum, npl1count := b.npl()
-	if c := npl1count - npl0count; c > 0 {
-		r.NPLCount = int(c)
-		r.NPLMean = time.Duration((npl1sum - npl0sum) / c * float64(time.Second))
-	}
-	t.Logf("%s: endpoint change p50 %v p99 %v, reloads %d", mode, Percentile(r.EndpointChange, 50), Percentile(r.EndpointChange, 99), r.ReloadsEndpoint)
-	if r.HasReloads && r.ReloadsEndpoint != 0 {
-		t.Errorf("%s: %d HAProxy reloads during endpoint-only changes; want 0; kube-proxy on node1 logged:\n%s",
-			mode, r.ReloadsEndpoint, grepLines(c.Nodes[0].Proxy.Log(), "eload", 20))
+	if spec.changes > 0 {
+		// Let the other node and the metrics settle before reading counters.
+		time.Sleep(time.Second)
+		r.ReloadsEndpoint = b.reloads() - reloads0
+		npl1sum, npl1count := b.npl()
+		if c := npl1count - npl0count; c > 0 {
+			r.NPLCount = int(c)
+			r.NPLMean = time.Duration((npl1sum - npl0sum) / c * float64(time.Second))
+		}
+		t.Logf("%s: endpoint change p50 %v p99 %v, reloads %d, network programming %v (%d obs.)", mode,
+			Percentile(r.EndpointChange, 50), Percentile(r.EndpointChange, 99), r.ReloadsEndpoint, r.NPLMean, r.NPLCount)
+		if r.HasReloads && r.ReloadsEndpoint != 0 {
+			t.Errorf("%s: %d HAProxy reloads during endpoint-only changes; want 0; kube-proxy on node1 logged:\n%s",
+				mode, r.ReloadsEndpoint, grepLines(b.c.Nodes[0].Proxy.Log(), "eload", 20))
+		}
 	}
 
-	// New Services, one at a time.
+	// New Services, one at a time; deleted at the end of the run.
 	reloads0 = b.settle()
-	for j := range cfg.newServices {
+	for j := range spec.newServices {
 		t0 := time.Now()
 		ip := b.createService(n+j, 0)
-		b.waitPool(ip, 0, 60*time.Second)
+		b.waitPool(ip, 0, scaled(time.Minute, n, 10*time.Millisecond))
 		r.NewService = append(r.NewService, time.Since(t0))
 		b.checkCtx()
 	}
-	time.Sleep(time.Second)
-	r.ReloadsNewService = b.reloads() - reloads0
-	t.Logf("%s: new Service p50 %v p99 %v, reloads %d", mode, Percentile(r.NewService, 50), Percentile(r.NewService, 99), r.ReloadsNewService)
+	if spec.newServices > 0 {
+		time.Sleep(time.Second)
+		r.ReloadsNewService = b.reloads() - reloads0
+		t.Logf("%s: new Service p50 %v p99 %v, reloads %d", mode, Percentile(r.NewService, 50), Percentile(r.NewService, 99), r.ReloadsNewService)
+	}
 
-	if cfg.wrkDuration > 0 {
+	if spec.wrk > 0 {
 		r.Wrk = map[WrkKey]WrkResult{}
 		direct := b.pools[0][len(b.pools[0])-1]
-		if len(c.Nodes) > 1 && len(b.pools[0]) > 1 {
+		if len(b.c.Nodes) > 1 && len(b.pools[0]) > 1 {
 			direct = b.pools[0][1] // on node2, as half the ClusterIP's endpoints
 		}
 		for _, target := range []struct{ name, url string }{
@@ -308,36 +513,217 @@ func runOne(ctx context.Context, t *testing.T, cfg config, mode string, n int) R
 			{TargetDirect, fmt.Sprintf("http://%s:%d/", direct.IP, localcluster.PodPorts["http"].Port)},
 		} {
 			for _, conn := range []string{ConnKeepAlive, ConnClose} {
-				r.Wrk[WrkKey{target.name, conn}] = b.wrk(cfg, target.url, conn == ConnClose)
+				r.Wrk[WrkKey{target.name, conn}] = b.wrk(cfg, spec.wrk, target.url, conn == ConnClose)
 				b.checkCtx()
 			}
 		}
 	}
 
 	// Memory last: the peaks include every scenario above.
-	proxyPID := c.Nodes[0].Proxy.PID()
-	r.ProxyHWM, err = ProcHWM("/proc", proxyPID)
+	samplerStopped = true
+	peak, err := sampler.Stop()
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.ProxyHWM = peak.ProxyHWM
 	if r.HasReloads {
-		pids, err := Descendants("/proc", proxyPID, "haproxy")
-		if err != nil {
-			t.Fatal(err)
+		if peak.HAProxyProcs == 0 {
+			t.Fatalf("%s: no haproxy process below kube-proxy was ever sampled (%d samples)", mode, peak.Samples)
 		}
-		if len(pids) == 0 {
-			t.Fatalf("%s: no haproxy process below kube-proxy (pid %d)", mode, proxyPID)
-		}
-		for _, pid := range pids {
-			hwm, err := ProcHWM("/proc", pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.HAProxyHWM += hwm
-		}
-		r.HAProxyProcs = len(pids)
+		r.HAProxyHWM, r.HAProxyProcs = peak.HAProxyHWM, peak.HAProxyProcs
+	}
+	t.Logf("%s: peak RSS kube-proxy %s, HAProxy %s (%d processes at once), %d samples", mode, mib(r.ProxyHWM), mib(r.HAProxyHWM), r.HAProxyProcs, peak.Samples)
+
+	b.stopProxies()
+	for j := range spec.newServices {
+		b.deleteService(n + j)
 	}
 	return r
+}
+
+// kubeProxyConfig is the configuration file of node's kube-proxy in the
+// current mode: the one the local cluster wrote (haproxy mode), or a copy
+// in nftables mode. The copy keeps the haproxy section, so that
+// `kube-proxy --cleanup` with it still finds this node's HAProxy state.
+//
+// With HAPROXY_MAXCONN set, haproxy mode's copy runs HAProxy through a
+// wrapper that adds `-n HAPROXY_MAXCONN`, which takes precedence over the
+// configuration's global maxconn: HAProxy asks the kernel for two file
+// descriptors per connection of maxconn plus one per listener, and fails
+// to start when that exceeds the hard file limit.
+func (b *bench) kubeProxyConfig(n *localcluster.Node) string {
+	p := filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy.yaml")
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		b.t.Fatalf("the kube-proxy configuration of %s: %v", n.Name, err)
+	}
+	mode := b.mode
+	if mode == "" {
+		mode = localcluster.ModeHAProxy
+	}
+	if mode == localcluster.ModeHAProxy && b.haproxyMaxConn == 0 {
+		return p
+	}
+	cfg := string(orig)
+	replace := func(from, to string) {
+		if !strings.Contains(cfg, from) {
+			b.t.Fatalf("the kube-proxy configuration of %s has no %q to change", n.Name, strings.TrimSpace(from))
+		}
+		cfg = strings.Replace(cfg, from, to, 1)
+	}
+	if mode != localcluster.ModeHAProxy {
+		replace("\nmode: "+localcluster.ModeHAProxy+"\n", "\nmode: "+mode+"\n")
+	} else {
+		wrapper := filepath.Join(b.c.Opts.Dir, "haproxy-maxconn")
+		script := fmt.Sprintf("#!/bin/sh\n# HAProxy with its global maxconn set to %d whatever the configuration says.\nexec %s -n %d \"$@\"\n",
+			b.haproxyMaxConn, b.c.Opts.HAProxyPath, b.haproxyMaxConn)
+		if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+			b.t.Fatal(err)
+		}
+		replace("\n  binaryPath: "+b.c.Opts.HAProxyPath+"\n", "\n  binaryPath: "+wrapper+"\n")
+	}
+	p = filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy-"+mode+".yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+	return p
+}
+
+// stopProxies stops every node's kube-proxy and removes what it
+// programmed with `kube-proxy --cleanup` (HAProxy and its state, routes,
+// nftables tables), as after a node reboot: nothing serves a ClusterIP.
+func (b *bench) stopProxies() {
+	if b.stopWatch != nil {
+		close(b.stopWatch)
+		<-b.watchDone
+		b.stopWatch = nil
+	}
+	b.proxyPID.Store(0)
+	for _, n := range b.c.Nodes {
+		n.Proxy.Stop()
+		if out, err := n.NS.Exec(b.kubeProxy, "--config="+b.kubeProxyConfig(n), "--cleanup", "--v=2"); err != nil {
+			b.t.Fatalf("kube-proxy --cleanup on %s: %v\n%s", n.Name, err, out)
+		}
+	}
+	for _, n := range b.c.Nodes {
+		if owned := b.haproxyOf(n); len(owned) > 0 {
+			b.t.Fatalf("kube-proxy --cleanup on %s left HAProxy running: pids %v", n.Name, owned)
+		}
+	}
+}
+
+// haproxyOf lists HAProxy processes whose command line names node's state
+// directory in this cluster, wherever they are in the process tree (one
+// kube-proxy left running is not below any kube-proxy).
+func (b *bench) haproxyOf(n *localcluster.Node) []int {
+	stateDir := filepath.Join(b.c.Opts.Dir, n.Name, "haproxy") + "/"
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.HasPrefix(filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0]), "haproxy") {
+			continue
+		}
+		if strings.Contains(string(cmd), stateDir) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// startProxies starts every node's kube-proxy in the current mode and
+// returns the time from node1's start to every ClusterIP answering from
+// node1's client pod. It then waits until both report healthy.
+func (b *bench) startProxies() time.Duration {
+	// Nothing may answer before kube-proxy starts, or the cold start
+	// would measure nothing.
+	if r, err := b.probe("http://" + b.ips[0] + "/"); err == nil {
+		b.t.Fatalf("%s answers (from %s) with every kube-proxy stopped and cleaned up", b.ips[0], r.Name)
+	}
+	b.runs++
+	start := time.Now()
+	for i, n := range b.c.Nodes {
+		// A log of its own per run: earlier runs' logs stay readable.
+		n.Proxy = n.NS.Start(fmt.Sprintf("kube-proxy-run%d", b.runs), b.kubeProxy, "--config="+b.kubeProxyConfig(n), "--v=2")
+		if i == 0 {
+			b.proxyPID.Store(int64(n.Proxy.PID()))
+		}
+	}
+	b.watchProxyLog(b.c.Nodes[0])
+	b.waitAll(b.ips, 0, scaled(2*time.Minute, len(b.ips), 30*time.Millisecond))
+	took := time.Since(start)
+	for _, n := range b.c.Nodes {
+		b.waitHealthy(n, scaled(time.Minute, len(b.ips), 10*time.Millisecond))
+	}
+	return took
+}
+
+// proxyRejected is what kube-proxy logs when HAProxy refuses a
+// configuration (the last good one, if any, keeps serving).
+const proxyRejected = "HAProxy configuration rejected"
+
+// watchProxyLog watches node's kube-proxy log until stopProxies, and
+// records the first line saying HAProxy refused a configuration.
+func (b *bench) watchProxyLog(n *localcluster.Node) {
+	proxy := n.Proxy
+	b.stopWatch, b.watchDone = make(chan struct{}), make(chan struct{})
+	go func(stop, done chan struct{}) {
+		defer close(done)
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if lines := grepLines(proxy.Log(), proxyRejected, 3); lines != "" {
+				msg := fmt.Sprintf("kube-proxy on %s: HAProxy refused the configuration:\n%s", n.Name, lines)
+				b.failure.Store(&msg)
+				return
+			}
+		}
+	}(b.stopWatch, b.watchDone)
+}
+
+// waitHealthy waits until node's kube-proxy answers 200 on /healthz.
+func (b *bench) waitHealthy(n *localcluster.Node, timeout time.Duration) {
+	url := fmt.Sprintf("http://%s:%d/healthz", n.IP, localcluster.HealthzPort)
+	client := n.NS.HTTPClient(2 * time.Second)
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		if ended, err := n.Proxy.Exited(); ended {
+			b.t.Fatalf("kube-proxy on %s exited: %v\n%s", n.Name, err, tailLines(n.Proxy.Log(), 30))
+		}
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("kube-proxy on %s not healthy after %v (last: %s)\n%s", n.Name, timeout, last, tailLines(n.Proxy.Log(), 30))
+		}
+		b.checkCtx()
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 func (b *bench) checkCtx() {
@@ -348,27 +734,28 @@ func (b *bench) checkCtx() {
 
 func svcName(i int) string { return fmt.Sprintf("bench-%05d", i) }
 
-// createServices creates Services 0..n-1 in parallel and returns their
-// ClusterIPs.
-func (b *bench) createServices(n int) []string {
-	ips := make([]string, n)
+// createWriters is how many Services and slices are written at once:
+// enough to keep kube-apiserver and etcd busy on two cores (about 1,000
+// objects/s here), whose writes are the limit, not the round trips.
+const createWriters = 32
+
+// parallel calls fn(0..n-1) from createWriters goroutines and fails the
+// test with every error.
+func (b *bench) parallel(n int, fn func(i int) error) {
 	work := make(chan int)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
-	for range 16 {
+	for range createWriters {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				ip, err := b.tryCreateService(i, 0)
-				if err != nil {
+				if err := fn(i); err != nil {
 					mu.Lock()
 					errs = append(errs, err)
 					mu.Unlock()
-					continue
 				}
-				ips[i] = ip
 			}
 		}()
 	}
@@ -380,11 +767,62 @@ func (b *bench) createServices(n int) []string {
 	}
 	close(work)
 	wg.Wait()
+	if len(errs) > 5 {
+		errs = append(errs[:5], fmt.Errorf("and %d more errors", len(errs)-5))
+	}
 	if err := errors.Join(errs...); err != nil {
 		b.t.Fatal(err)
 	}
 	b.checkCtx()
+}
+
+// createServices creates Services 0..n-1 in parallel and returns their
+// ClusterIPs.
+func (b *bench) createServices(n int) []string {
+	ips := make([]string, n)
+	b.parallel(n, func(i int) error {
+		ip, err := b.tryCreateService(i, 0)
+		ips[i] = ip
+		return err
+	})
 	return ips
+}
+
+// resetSlices rewrites, in parallel, every slice that does not list the
+// first endpoints pods of pool 0, so a run starts where every run starts.
+func (b *bench) resetSlices(endpoints int) {
+	var todo []int
+	for i, pool := range b.state {
+		if pool != 0 || endpoints != b.endpoints {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	b.endpoints = endpoints
+	t0 := time.Now()
+	b.parallel(len(todo), func(j int) error {
+		i := todo[j]
+		if err := b.tryWriteSlice(svcName(i), 0); err != nil {
+			return err
+		}
+		b.state[i] = 0
+		return nil
+	})
+	b.t.Logf("%d slices rewritten to %d endpoints in %v", len(todo), endpoints, time.Since(t0).Round(time.Millisecond))
+}
+
+// deleteService deletes Service i and its slice (there is no garbage
+// collector in the local cluster).
+func (b *bench) deleteService(i int) {
+	name := svcName(i)
+	if err := b.client.CoreV1().Services(metav1.NamespaceDefault).Delete(b.ctx, name, metav1.DeleteOptions{}); err != nil {
+		b.t.Fatalf("deleting Service %s: %v", name, err)
+	}
+	if err := b.client.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).Delete(b.ctx, name+"-bench", metav1.DeleteOptions{}); err != nil {
+		b.t.Fatalf("deleting the EndpointSlice of %s: %v", name, err)
+	}
 }
 
 func (b *bench) createService(i, pool int) string {
@@ -414,7 +852,7 @@ func (b *bench) tryCreateService(i, pool int) (string, error) {
 	return created.Spec.ClusterIP, nil
 }
 
-// slice is svc's EndpointSlice listing every pod of pool, ready, with the
+// slice is svc's EndpointSlice listing the first b.endpoints pods of pool, ready, with the
 // trigger-time annotation kube-proxy's network programming metric reads.
 func (b *bench) slice(svc string, pool int) *discovery.EndpointSlice {
 	s := &discovery.EndpointSlice{
@@ -431,7 +869,7 @@ func (b *bench) slice(svc string, pool int) *discovery.EndpointSlice {
 			Name: ptr.To("http"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To(localcluster.PodPorts["http"].Port),
 		}},
 	}
-	for _, p := range b.pools[pool] {
+	for _, p := range b.pools[pool][:b.endpoints] {
 		s.Endpoints = append(s.Endpoints, discovery.Endpoint{
 			Addresses:  []string{p.IP.String()},
 			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)},
@@ -444,26 +882,40 @@ func (b *bench) slice(svc string, pool int) *discovery.EndpointSlice {
 
 // writeSlice replaces svc's slice with one listing pool.
 func (b *bench) writeSlice(svc string, pool int) {
+	if err := b.tryWriteSlice(svc, pool); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func (b *bench) tryWriteSlice(svc string, pool int) error {
 	want := b.slice(svc, pool)
 	have, err := b.client.DiscoveryV1().EndpointSlices(want.Namespace).Get(b.ctx, want.Name, metav1.GetOptions{})
 	if err != nil {
-		b.t.Fatalf("reading the EndpointSlice of %s: %v", svc, err)
+		return fmt.Errorf("reading the EndpointSlice of %s: %w", svc, err)
 	}
 	want.ResourceVersion = have.ResourceVersion
 	if _, err := b.client.DiscoveryV1().EndpointSlices(want.Namespace).Update(b.ctx, want, metav1.UpdateOptions{}); err != nil {
-		b.t.Fatalf("updating the EndpointSlice of %s: %v", svc, err)
+		return fmt.Errorf("updating the EndpointSlice of %s: %w", svc, err)
 	}
+	return nil
 }
 
 // waitPool sends requests to ip from the client pod, each on a new
 // connection, until one is answered by a pod of pool.
+func (b *bench) waitPool(ip string, pool int, timeout time.Duration) {
+	b.t.Helper()
+	if err := b.waitPoolErr(ip, pool, timeout, 2*time.Millisecond); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// waitPoolErr is waitPool returning its failure, pausing between probes.
 //
 // Each connection attempt gives up after probeDialTimeout: a SYN the data
 // plane drops (nftables mode before a new Service is programmed) would
 // otherwise be retransmitted by the kernel only after a second, and the
 // measurement would show TCP's retransmission timer, not kube-proxy.
-func (b *bench) waitPool(ip string, pool int, timeout time.Duration) {
-	b.t.Helper()
+func (b *bench) waitPoolErr(ip string, pool int, timeout, pause time.Duration) error {
 	url := "http://" + ip + "/"
 	deadline := time.Now().Add(timeout)
 	var last string
@@ -471,17 +923,58 @@ func (b *bench) waitPool(ip string, pool int, timeout time.Duration) {
 		r, err := b.probe(url)
 		if err == nil {
 			if p, ok := b.inPool[r.Name]; ok && p == pool {
-				return
+				return nil
 			}
 			last = "answered by " + r.Name
 		} else {
 			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			b.t.Fatalf("%s: not answered by pool %d after %v (last: %s)", url, pool, timeout, last)
+			return fmt.Errorf("%s: not answered by pool %d after %v (last: %s)", url, pool, timeout, last)
 		}
-		b.checkCtx()
-		time.Sleep(2 * time.Millisecond)
+		if err := b.ctx.Err(); err != nil {
+			return fmt.Errorf("interrupted: %w", err)
+		}
+		if f := b.failure.Load(); f != nil {
+			return fmt.Errorf("%s: not answered by pool %d: %s", url, pool, *f)
+		}
+		time.Sleep(pause)
+	}
+}
+
+// waitAll waits until every ClusterIP in ips is answered by pool, probing
+// several at once. A prober waits on one Service at a time, so while
+// nothing answers only probeWorkers connection attempts are in flight,
+// paced so the probing does not take the CPU kube-proxy needs.
+func (b *bench) waitAll(ips []string, pool int, timeout time.Duration) {
+	b.t.Helper()
+	const probeWorkers = 8
+	deadline := time.Now().Add(timeout)
+	work := make(chan string)
+	errc := make(chan error, probeWorkers)
+	var wg sync.WaitGroup
+	for range probeWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ip := range work {
+				if err := b.waitPoolErr(ip, pool, time.Until(deadline), 10*time.Millisecond); err != nil {
+					errc <- err
+					for range work {
+					}
+					return
+				}
+			}
+		}()
+	}
+	for _, ip := range ips {
+		work <- ip
+	}
+	close(work)
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		b.t.Fatal(err)
 	}
 }
 
@@ -513,7 +1006,7 @@ func (b *bench) metrics() string {
 // reloads is node1's count of HAProxy reloads and starts, 0 in nftables
 // mode.
 func (b *bench) reloads() int {
-	if b.c.Opts.Mode != localcluster.ModeHAProxy {
+	if b.mode != localcluster.ModeHAProxy {
 		return 0
 	}
 	v, ok := MetricSum(b.metrics(), "kubeproxy_haproxy_reloads_total")
@@ -527,10 +1020,11 @@ func (b *bench) reloads() int {
 // reload for 3 s) and returns the reload count: a scenario's reloads are
 // then its own, not the tail of the previous one's.
 func (b *bench) settle() int {
+	timeout := scaled(time.Minute, b.n, 10*time.Millisecond)
 	last, quiet := b.reloads(), 0
-	for deadline := time.Now().Add(time.Minute); quiet < 6; {
+	for deadline := time.Now().Add(timeout); quiet < 6; {
 		if time.Now().After(deadline) {
-			b.t.Fatalf("HAProxy on node1 still reloads after a minute without changes")
+			b.t.Fatalf("HAProxy on node1 still reloads after %v without changes", timeout)
 		}
 		b.checkCtx()
 		time.Sleep(500 * time.Millisecond)
@@ -568,8 +1062,8 @@ func (b *bench) npl() (float64, float64) {
 }
 
 // wrk runs wrk in the client pod against url.
-func (b *bench) wrk(cfg config, url string, closeEach bool) WrkResult {
-	args := []string{"wrk", "-t1", fmt.Sprintf("-c%d", cfg.wrkConns), "-d" + cfg.wrkDuration.String(), "--latency"}
+func (b *bench) wrk(cfg config, d time.Duration, url string, closeEach bool) WrkResult {
+	args := []string{"wrk", "-t1", fmt.Sprintf("-c%d", cfg.wrkConns), "-d" + d.String(), "--latency"}
 	if closeEach {
 		args = append(args, "-H", "Connection: close")
 	}

@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -241,13 +242,16 @@ func parseWrkDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// EstimateBytes is the memory a cluster with n benchmark Services needs,
-// generously: etcd, kube-apiserver and two kube-proxies with HAProxy start
-// near 1.5 GiB, and every Service with its slice costs them about 0.6 MiB
-// (measured at 1000 Services: 0.23 MiB per node for kube-proxy and
-// HAProxy, the rest in the control plane), rounded up to 1 MiB.
-func EstimateBytes(n int) int64 {
-	return 3<<29 + int64(n)<<20
+// EstimateBytes is the memory a cluster with n benchmark Services of
+// endpoints endpoints each needs, generously: etcd, kube-apiserver and two
+// kube-proxies with HAProxy start near 1.5 GiB; every Service with its
+// slice costs them about 0.6 MiB (measured at 1000 Services: 0.23 MiB per
+// node for kube-proxy and HAProxy, the rest in the control plane), rounded
+// up to 768 KiB, and every endpoint 32 KiB more (an HAProxy server is
+// 5.6 KiB per worker, two workers during a reload, on two nodes, plus its
+// share of the slice in every process that holds it).
+func EstimateBytes(n, endpoints int) int64 {
+	return 3<<29 + int64(n)*(768<<10+int64(endpoints)*32<<10)
 }
 
 // MaxServices bounds a scale: the Service CIDR is a /16, and beyond this
@@ -255,16 +259,16 @@ func EstimateBytes(n int) int64 {
 const MaxServices = 20000
 
 // CheckScale refuses a scale the machine cannot hold, saying why.
-func CheckScale(n int, memAvailable int64) error {
+func CheckScale(n, endpoints int, memAvailable int64) error {
 	if n < 1 {
 		return fmt.Errorf("scale %d: at least one Service is needed", n)
 	}
 	if n > MaxServices {
 		return fmt.Errorf("scale %d: more than %d Services is not supported (Service CIDR /16, setup time)", n, MaxServices)
 	}
-	if need := EstimateBytes(n); float64(need) > 0.8*float64(memAvailable) {
-		return fmt.Errorf("scale %d: needs about %d MiB, and 80%% of this machine's available memory is %d MiB",
-			n, need>>20, int64(0.8*float64(memAvailable))>>20)
+	if need := EstimateBytes(n, endpoints); float64(need) > 0.8*float64(memAvailable) {
+		return fmt.Errorf("scale %d × %d endpoints: needs about %d MiB, and 80%% of this machine's available memory is %d MiB",
+			n, endpoints, need>>20, int64(0.8*float64(memAvailable))>>20)
 	}
 	return nil
 }
@@ -295,4 +299,158 @@ func meminfoField(procRoot, field string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("meminfo has no %s", field)
+}
+
+// MemPeak is what a MemSampler saw: the peak resident memory of one
+// node's kube-proxy and of its HAProxy processes.
+type MemPeak struct {
+	// ProxyHWM is the largest VmHWM of any kube-proxy process sampled (a
+	// restarted kube-proxy is a new process; they never overlap).
+	ProxyHWM int64
+	// HAProxyHWM is the largest sum of VmHWM over HAProxy processes alive
+	// at the same time (see PeakConcurrent), and HAProxyProcs how many
+	// processes that sum counts.
+	HAProxyHWM   int64
+	HAProxyProcs int
+	// Samples is the number of samples taken.
+	Samples int
+}
+
+// pidSeen is one process's record across samples.
+type pidSeen struct {
+	first, last int   // indexes of the first and last sample that saw it
+	hwm         int64 // its largest VmHWM seen
+}
+
+// PeakConcurrent returns the largest sum of VmHWM over processes alive at
+// once, and how many processes it sums, from a sequence of samples (each
+// maps a pid to its VmHWM at that moment).
+//
+// Each process counts with the largest VmHWM it ever showed, and is taken
+// as alive from its first sample to one sample after its last: a worker
+// that an HAProxy reload replaces overlaps the new one for as long as it
+// drains, often less than a sampling interval, and the overlap is exactly
+// what a node must have memory for. Processes further apart (HAProxy
+// stopped, then started again much later) are not summed.
+func PeakConcurrent(samples []map[int]int64) (int64, int) {
+	seen := map[int]*pidSeen{}
+	for i, s := range samples {
+		for pid, hwm := range s {
+			p := seen[pid]
+			if p == nil {
+				p = &pidSeen{first: i}
+				seen[pid] = p
+			}
+			p.last = i
+			p.hwm = max(p.hwm, hwm)
+		}
+	}
+	var peak int64
+	var procs int
+	for i := range samples {
+		var sum int64
+		n := 0
+		for _, p := range seen {
+			if p.first <= i && i <= p.last+1 {
+				sum += p.hwm
+				n++
+			}
+		}
+		if sum > peak {
+			peak, procs = sum, n
+		}
+	}
+	return peak, procs
+}
+
+// MemSampler samples, at a fixed interval, VmHWM of a node's kube-proxy
+// and of every HAProxy process below it, so short-lived processes (the
+// old worker of a reload) are counted while they live.
+type MemSampler struct {
+	procRoot string
+	rootPID  func() int
+	interval time.Duration
+
+	stop    chan struct{}
+	done    chan struct{}
+	mu      sync.Mutex
+	samples []map[int]int64
+	proxy   int64
+	err     error
+}
+
+// StartMemSampler starts sampling below the process rootPID returns (read
+// at every sample: kube-proxy may be restarted meanwhile; 0 skips a
+// sample) until Stop.
+func StartMemSampler(procRoot string, rootPID func() int, interval time.Duration) *MemSampler {
+	s := &MemSampler{procRoot: procRoot, rootPID: rootPID, interval: interval, stop: make(chan struct{}), done: make(chan struct{})}
+	go s.loop()
+	return s
+}
+
+func (s *MemSampler) loop() {
+	defer close(s.done)
+	tick := time.NewTicker(s.interval)
+	defer tick.Stop()
+	for {
+		s.sample()
+		select {
+		case <-s.stop:
+			s.sample()
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// sample records one snapshot. A process that ends between listing and
+// reading is simply not in it.
+func (s *MemSampler) sample() {
+	root := s.rootPID()
+	if root == 0 {
+		s.add(nil)
+		return
+	}
+	if hwm, err := ProcHWM(s.procRoot, root); err == nil {
+		s.proxy = max(s.proxy, hwm)
+	}
+	pids, err := Descendants(s.procRoot, root, "haproxy")
+	if err != nil {
+		s.err = err
+		return
+	}
+	snap := map[int]int64{}
+	for _, pid := range pids {
+		if hwm, err := ProcHWM(s.procRoot, pid); err == nil {
+			snap[pid] = hwm
+		}
+	}
+	s.add(snap)
+}
+
+func (s *MemSampler) add(snap map[int]int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.samples = append(s.samples, snap)
+}
+
+// samplesSoFar is a copy of the samples taken until now.
+func (s *MemSampler) samplesSoFar() []map[int]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]map[int]int64(nil), s.samples...)
+}
+
+// Stop takes a last sample, stops sampling and returns the peaks.
+func (s *MemSampler) Stop() (MemPeak, error) {
+	close(s.stop)
+	<-s.done
+	if s.err != nil {
+		return MemPeak{}, fmt.Errorf("sampling memory: %w", s.err)
+	}
+	if s.proxy == 0 {
+		return MemPeak{}, fmt.Errorf("sampling memory: no sample of kube-proxy's VmHWM in %d samples", len(s.samples))
+	}
+	hwm, procs := PeakConcurrent(s.samples)
+	return MemPeak{ProxyHWM: s.proxy, HAProxyHWM: hwm, HAProxyProcs: procs, Samples: len(s.samples)}, nil
 }

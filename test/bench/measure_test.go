@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,38 +142,106 @@ func TestParseWrk(t *testing.T) {
 }
 
 func TestCheckScale(t *testing.T) {
-	require.NoError(t, CheckScale(100, 20<<30))
-	require.NoError(t, CheckScale(1000, 20<<30))
-	err := CheckScale(10000, 2<<30)
+	require.NoError(t, CheckScale(100, 10, 20<<30))
+	require.NoError(t, CheckScale(1000, 10, 20<<30))
+	// The largest scale fits this kind of machine (24 GiB)...
+	require.NoError(t, CheckScale(10000, 10, 22<<30))
+	// ... and not one with a few GiB free, with a message that says why.
+	err := CheckScale(10000, 10, 4<<30)
 	require.ErrorContains(t, err, "available memory")
-	require.ErrorContains(t, CheckScale(MaxServices+1, 1<<40), "not supported")
-	require.Error(t, CheckScale(0, 1<<40))
+	require.ErrorContains(t, err, "10000 × 10 endpoints")
+	// More endpoints cost more.
+	require.Greater(t, EstimateBytes(1000, 10), EstimateBytes(1000, 2))
+	require.ErrorContains(t, CheckScale(MaxServices+1, 2, 1<<40), "not supported")
+	require.Error(t, CheckScale(0, 2, 1<<40))
 }
 
-func TestReportRatiosAndMissingValues(t *testing.T) {
-	meta := Meta{Date: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC), CPUs: 2, MemTotal: 24 << 30,
-		KubeProxy: "Kubernetes v1.36.3-haproxy.1", HAProxy: "HAProxy version 2.6.12", Kernel: "6.1", Command: "make bench", WrkArgs: "-t1"}
-	ms := func(ns ...int) []time.Duration {
-		out := make([]time.Duration, len(ns))
-		for i, n := range ns {
-			out[i] = time.Duration(n) * time.Millisecond
-		}
-		return out
+func TestPeakConcurrent(t *testing.T) {
+	// A master (1) and worker (2); a reload forks worker 3, and worker 2
+	// is gone by the next sample; then kube-proxy restarts HAProxy from
+	// scratch much later (4, 5), bigger but never beside 1-3.
+	samples := []map[int]int64{
+		{1: 10, 2: 100},
+		{1: 10, 2: 120},
+		{1: 10, 3: 90},  // 2 drained between samples: still counted here
+		{1: 10, 3: 130}, // 3 grew: its largest VmHWM counts throughout
+		nil,             // kube-proxy stopped: nothing sampled
+		nil,
+		{4: 12},
+		{4: 12, 5: 200},
 	}
+	peak, procs := PeakConcurrent(samples)
+	// max(10+120+130 at sample 2, 12+200 at sample 7) = 260 with 3 processes.
+	require.Equal(t, int64(260), peak)
+	require.Equal(t, 3, procs)
+
+	peak, procs = PeakConcurrent(nil)
+	require.Zero(t, peak)
+	require.Zero(t, procs)
+}
+
+func TestMemSamplerFollowsRestartedRoot(t *testing.T) {
+	root := fakeProc(t, map[int]struct {
+		ppid int
+		comm string
+		hwm  int
+	}{
+		10: {1, "kube-proxy", 70000},
+		11: {10, "haproxy", 9000},
+		12: {11, "haproxy", 12000},
+		20: {1, "kube-proxy", 80000}, // the restarted kube-proxy
+		21: {20, "haproxy", 8000},
+	})
+	var pid atomic.Int64
+	pid.Store(10)
+	s := StartMemSampler(root, func() int { return int(pid.Load()) }, time.Millisecond)
+	// The sampler samples once at start; a restart moves it to pid 20.
+	require.Eventually(t, func() bool { return len(s.samplesSoFar()) >= 2 }, 5*time.Second, time.Millisecond)
+	pid.Store(20)
+	n := len(s.samplesSoFar())
+	require.Eventually(t, func() bool { return len(s.samplesSoFar()) >= n+2 }, 5*time.Second, time.Millisecond)
+	peak, err := s.Stop()
+	require.NoError(t, err)
+	require.Equal(t, int64(80000*1024), peak.ProxyHWM)
+	// 11 and 12 alive together; 21 alone later (and one sample after its
+	// processes' last, 11 and 12 may overlap 21: never more than the three).
+	require.GreaterOrEqual(t, peak.HAProxyHWM, int64((9000+12000)*1024))
+	require.LessOrEqual(t, peak.HAProxyHWM, int64((9000+12000+8000)*1024))
+
+	// A root that never existed: no number rather than a zero.
+	s = StartMemSampler(root, func() int { return 99 }, time.Millisecond)
+	_, err = s.Stop()
+	require.Error(t, err)
+}
+
+func msList(ns ...int) []time.Duration {
+	out := make([]time.Duration, len(ns))
+	for i, n := range ns {
+		out[i] = time.Duration(n) * time.Millisecond
+	}
+	return out
+}
+
+var testMeta = Meta{Date: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC), CPUs: 2, MemTotal: 24 << 30,
+	KubeProxy: "Kubernetes v1.36.3-haproxy.1", HAProxy: "HAProxy version 2.6.12", Kernel: "6.1", Command: "make bench", WrkArgs: "-t1"}
+
+func TestReportRatiosAndMissingValues(t *testing.T) {
 	runs := []Run{
-		{Mode: ModeNFTables, Services: 100, Endpoints: 4, InitialSync: 2 * time.Second,
-			EndpointChange: ms(100, 200), NewService: ms(300), ProxyHWM: 100 << 20,
+		{Pass: PassLatency, Mode: ModeNFTables, Services: 100, Endpoints: 4, ColdStart: 2 * time.Second, Sweep: 100 * time.Millisecond,
+			EndpointChange: msList(100, 200), NewService: msList(300), ProxyHWM: 100 << 20,
 			Wrk: map[WrkKey]WrkResult{{TargetClusterIP, ConnKeepAlive}: {RequestsPerSec: 1000, P50: time.Millisecond, P99: 2 * time.Millisecond},
 				{TargetDirect, ConnKeepAlive}: {RequestsPerSec: 1200, P50: time.Millisecond, P99: 2 * time.Millisecond}}},
-		{Mode: ModeHAProxy, Services: 100, Endpoints: 4, InitialSync: time.Second,
-			EndpointChange: ms(50, 100), NewService: ms(600), HasReloads: true, ReloadsNewService: 1,
+		{Pass: PassLatency, Mode: ModeHAProxy, Services: 100, Endpoints: 4, ColdStart: time.Second, Sweep: 100 * time.Millisecond,
+			EndpointChange: msList(50, 100), NewService: msList(600), HasReloads: true, ReloadsNewService: 1,
 			ProxyHWM: 100 << 20, HAProxyHWM: 50 << 20, HAProxyProcs: 2, NPLMean: 40 * time.Millisecond, NPLCount: 2,
 			Wrk: map[WrkKey]WrkResult{{TargetClusterIP, ConnKeepAlive}: {RequestsPerSec: 500, P50: 2 * time.Millisecond, P99: 4 * time.Millisecond}}},
+		{Pass: PassMemory, Mode: ModeHAProxy, Services: 1000, Endpoints: 2, ColdStart: 3 * time.Second, NewService: msList(700),
+			HasReloads: true, ReloadsNewService: 1, ProxyHWM: 200 << 20, HAProxyHWM: 100 << 20, HAProxyProcs: 3},
 	}
-	out := Report(meta, runs)
+	out := Report(testMeta, runs, []Figure{{File: FigMemory, Title: "Peak RSS"}}, "plots/")
 	for _, want := range []string{
-		"## 100 Services × 4 endpoints",
-		"| initial sync: first Service created → last ClusterIP answering | 1000.0 ms | 2000.0 ms | 0.50× |",
+		"## 100 Services × 4 endpoints\n",
+		"| cold start: kube-proxy started → every ClusterIP answers | 1000.0 ms | 2000.0 ms | 0.50× |",
 		"p50 (2 changes) | 50.0 ms | 100.0 ms | 0.50× |",
 		"p99 (2 changes) | 100.0 ms | 200.0 ms | 0.50× |",
 		"mean over the endpoint changes (node1) | 40.0 ms (2 obs.) | – | – |",
@@ -181,9 +250,20 @@ func TestReportRatiosAndMissingValues(t *testing.T) {
 		"| kube-proxy + HAProxy, peak RSS (node1) | 150.0 MiB | 100.0 MiB | 1.50× |",
 		"| keep-alive | requests/s | 500 | 1000 | 1200 | 0.50× |",
 		"| new connection per request | requests/s | – | – | – | – |",
+		// The memory pass: its own table, without rows it did not measure.
+		"## 1000 Services × 2 endpoints: cold start and memory\n",
+		"| cold start: kube-proxy started → every ClusterIP answers | 3000.0 ms | – | – |",
+		"(node1; master + workers) | 100.0 MiB (3 processes) | – | – |",
+		"| kube-proxy + HAProxy, peak RSS (node1) | 300.0 MiB | – | – |",
+		"![Peak RSS](plots/memory.png)",
 		"Kubernetes v1.36.3-haproxy.1",
 		"2 CPUs, 24.0 GiB",
 	} {
 		require.Contains(t, out, want)
 	}
+	// The latency tables come first, and the memory pass has no endpoint
+	// change rows.
+	require.Less(t, strings.Index(out, "100 Services × 4"), strings.Index(out, "1000 Services × 2"))
+	_, memTable, _ := strings.Cut(out, "1000 Services × 2 endpoints")
+	require.NotContains(t, memTable, "endpoint change")
 }

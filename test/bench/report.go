@@ -21,19 +21,31 @@ const (
 	ConnClose       = "new connection per request"
 )
 
+// Passes: the latency pass measures network programming and the data
+// plane (ENDPOINTS per Service); the memory pass, at its own scales and
+// endpoint count, measures the cold start and memory alone.
+const (
+	PassLatency = "latency"
+	PassMemory  = "memory"
+)
+
 // WrkKey names one data-plane measurement.
 type WrkKey struct{ Target, Conn string }
 
 // Run is everything measured on one cluster: one mode at one scale. A Run
 // exists only when every step of it succeeded.
 type Run struct {
+	Pass      string
 	Mode      string
 	Services  int
 	Endpoints int
 
-	// InitialSync is the time from the first Service created to the last
-	// one answering on its ClusterIP.
-	InitialSync time.Duration
+	// ColdStart is the time from kube-proxy's start, with every Service
+	// already in the API and nothing programmed, to every ClusterIP
+	// answering. Sweep is the same probing with every ClusterIP already
+	// answering: the part of ColdStart that is the probing itself.
+	ColdStart time.Duration
+	Sweep     time.Duration
 	// EndpointChange: EndpointSlice update to the first request served by
 	// a new endpoint.
 	EndpointChange []time.Duration
@@ -48,7 +60,8 @@ type Run struct {
 	HasReloads        bool
 	ReloadsEndpoint   int
 	ReloadsNewService int
-	// Peak RSS (VmHWM) of kube-proxy and the sum over HAProxy's processes.
+	// Peak RSS (VmHWM) of kube-proxy and the largest sum over HAProxy
+	// processes alive at once (MemSampler).
 	ProxyHWM     int64
 	HAProxyHWM   int64
 	HAProxyProcs int
@@ -66,6 +79,8 @@ type Meta struct {
 	Kernel    string
 	Command   string
 	WrkArgs   string
+	// FileLimit is the hard RLIMIT_NOFILE kube-proxy and HAProxy ran with.
+	FileLimit uint64
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
@@ -80,30 +95,46 @@ func ratio(ours, theirs float64) string {
 	return fmt.Sprintf("%.2f×", ours/theirs)
 }
 
-// Report renders the runs as Markdown: per scale, a table with haproxy
-// mode, nftables mode and their ratio.
-func Report(meta Meta, runs []Run) string {
+// Report renders the runs as Markdown: per pass and scale, a table with
+// haproxy mode, nftables mode and their ratio; then the figures, linked
+// as plotPrefix + file.
+func Report(meta Meta, runs []Run, figs []Figure, plotPrefix string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Measured %s on %d CPUs, %.1f GiB memory, Linux %s.\n\n",
+	fmt.Fprintf(&b, "Measured %s on %d CPUs, %.1f GiB memory, Linux %s",
 		meta.Date.UTC().Format("2006-01-02 15:04 MST"), meta.CPUs, float64(meta.MemTotal)/(1<<30), meta.Kernel)
+	if meta.FileLimit > 0 {
+		fmt.Fprintf(&b, ", file limit %d (hard, inherited by kube-proxy and HAProxy)", meta.FileLimit)
+	}
+	fmt.Fprintf(&b, ".\n\n")
 	fmt.Fprintf(&b, "- kube-proxy: `%s` (both modes: the same binary)\n- HAProxy: `%s`\n- command: `%s`\n\n",
 		meta.KubeProxy, meta.HAProxy, meta.Command)
 
-	byScale := map[int]map[string]*Run{}
-	for i := range runs {
-		r := &runs[i]
-		if byScale[r.Services] == nil {
-			byScale[r.Services] = map[string]*Run{}
+	for _, pass := range []string{PassLatency, PassMemory} {
+		byScale := map[int]map[string]*Run{}
+		for i := range runs {
+			r := &runs[i]
+			if r.Pass != pass {
+				continue
+			}
+			if byScale[r.Services] == nil {
+				byScale[r.Services] = map[string]*Run{}
+			}
+			byScale[r.Services][r.Mode] = r
 		}
-		byScale[r.Services][r.Mode] = r
+		scales := make([]int, 0, len(byScale))
+		for s := range byScale {
+			scales = append(scales, s)
+		}
+		sort.Ints(scales)
+		for _, s := range scales {
+			writeScale(&b, meta, byScale[s])
+		}
 	}
-	scales := make([]int, 0, len(byScale))
-	for s := range byScale {
-		scales = append(scales, s)
-	}
-	sort.Ints(scales)
-	for _, s := range scales {
-		writeScale(&b, meta, byScale[s])
+	if len(figs) > 0 {
+		fmt.Fprintf(&b, "## Plots\n\n")
+		for _, f := range figs {
+			fmt.Fprintf(&b, "![%s](%s%s)\n\n", f.Title, plotPrefix, f.File)
+		}
 	}
 	return b.String()
 }
@@ -114,7 +145,11 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 	if first == nil {
 		first = theirs
 	}
-	fmt.Fprintf(b, "## %d Services × %d endpoints\n\n", first.Services, first.Endpoints)
+	title := fmt.Sprintf("%d Services × %d endpoints", first.Services, first.Endpoints)
+	if first.Pass == PassMemory {
+		title += ": cold start and memory"
+	}
+	fmt.Fprintf(b, "## %s\n\n", title)
 	fmt.Fprintf(b, "| measurement | haproxy | nftables | haproxy / nftables |\n|---|---|---|---|\n")
 	row := func(name string, f func(*Run) (string, float64, bool)) {
 		cells := [2]string{"–", "–"}
@@ -137,39 +172,48 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", name, cells[0], cells[1], rat)
 	}
 	dur := func(d time.Duration) (string, float64, bool) { return ms(d), float64(d), true }
-	row("initial sync: first Service created → last ClusterIP answering", func(r *Run) (string, float64, bool) {
-		return dur(r.InitialSync)
+	row("cold start: kube-proxy started → every ClusterIP answers", func(r *Run) (string, float64, bool) {
+		return dur(r.ColdStart)
 	})
-	n := len(first.EndpointChange)
-	row(fmt.Sprintf("endpoint change → first request served by a new endpoint, p50 (%d changes)", n), func(r *Run) (string, float64, bool) {
-		return dur(Percentile(r.EndpointChange, 50))
+	row("probing every ClusterIP once, all answering (part of the cold start)", func(r *Run) (string, float64, bool) {
+		return dur(r.Sweep)
 	})
-	row(fmt.Sprintf("endpoint change → first request served by a new endpoint, p99 (%d changes)", n), func(r *Run) (string, float64, bool) {
-		return dur(Percentile(r.EndpointChange, 99))
-	})
-	row("kubeproxy_network_programming_duration_seconds, mean over the endpoint changes (node1)", func(r *Run) (string, float64, bool) {
-		if r.NPLCount == 0 {
-			return "", 0, false
-		}
-		return fmt.Sprintf("%s (%d obs.)", ms(r.NPLMean), r.NPLCount), float64(r.NPLMean), true
-	})
-	k := len(first.NewService)
-	row(fmt.Sprintf("new Service + slice → ClusterIP answers, p50 (%d Services)", k), func(r *Run) (string, float64, bool) {
-		return dur(Percentile(r.NewService, 50))
-	})
-	row(fmt.Sprintf("new Service + slice → ClusterIP answers, p99 (%d Services)", k), func(r *Run) (string, float64, bool) {
-		return dur(Percentile(r.NewService, 99))
-	})
-	row("HAProxy reloads during the endpoint changes (node1; must be 0)", func(r *Run) (string, float64, bool) {
-		return fmt.Sprint(r.ReloadsEndpoint), float64(r.ReloadsEndpoint), r.HasReloads
-	})
-	row("HAProxy reloads during the new Services (node1)", func(r *Run) (string, float64, bool) {
-		return fmt.Sprint(r.ReloadsNewService), float64(r.ReloadsNewService), r.HasReloads
-	})
+	if n := len(first.EndpointChange); n > 0 {
+		row(fmt.Sprintf("endpoint change → first request served by a new endpoint, p50 (%d changes)", n), func(r *Run) (string, float64, bool) {
+			return dur(Percentile(r.EndpointChange, 50))
+		})
+		row(fmt.Sprintf("endpoint change → first request served by a new endpoint, p99 (%d changes)", n), func(r *Run) (string, float64, bool) {
+			return dur(Percentile(r.EndpointChange, 99))
+		})
+		row("kubeproxy_network_programming_duration_seconds, mean over the endpoint changes (node1)", func(r *Run) (string, float64, bool) {
+			if r.NPLCount == 0 {
+				return "", 0, false
+			}
+			return fmt.Sprintf("%s (%d obs.)", ms(r.NPLMean), r.NPLCount), float64(r.NPLMean), true
+		})
+	}
+	if k := len(first.NewService); k > 0 {
+		row(fmt.Sprintf("new Service + slice → ClusterIP answers, p50 (%d Services)", k), func(r *Run) (string, float64, bool) {
+			return dur(Percentile(r.NewService, 50))
+		})
+		row(fmt.Sprintf("new Service + slice → ClusterIP answers, p99 (%d Services)", k), func(r *Run) (string, float64, bool) {
+			return dur(Percentile(r.NewService, 99))
+		})
+	}
+	if len(first.EndpointChange) > 0 {
+		row("HAProxy reloads during the endpoint changes (node1; must be 0)", func(r *Run) (string, float64, bool) {
+			return fmt.Sprint(r.ReloadsEndpoint), float64(r.ReloadsEndpoint), r.HasReloads
+		})
+	}
+	if len(first.NewService) > 0 {
+		row("HAProxy reloads during the new Services (node1)", func(r *Run) (string, float64, bool) {
+			return fmt.Sprint(r.ReloadsNewService), float64(r.ReloadsNewService), r.HasReloads
+		})
+	}
 	row("kube-proxy peak RSS (VmHWM, node1)", func(r *Run) (string, float64, bool) {
 		return mib(r.ProxyHWM), float64(r.ProxyHWM), true
 	})
-	row("HAProxy processes, sum of VmHWM (node1; master + workers)", func(r *Run) (string, float64, bool) {
+	row("HAProxy processes alive at once, largest sum of VmHWM (node1; master + workers)", func(r *Run) (string, float64, bool) {
 		return fmt.Sprintf("%s (%d processes)", mib(r.HAProxyHWM), r.HAProxyProcs), float64(r.HAProxyHWM), r.HasReloads
 	})
 	row("kube-proxy + HAProxy, peak RSS (node1)", func(r *Run) (string, float64, bool) {
