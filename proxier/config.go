@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"time"
 
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/kubernetes/pkg/proxy/healthcheck"
@@ -39,8 +40,11 @@ const (
 	DefaultServiceProxyName  = "haproxy"
 	DefaultLoadBalancerClass = "kube-haproxy.io/haproxy"
 
-	// DefaultFileLimit matches the usual container limit.
-	DefaultFileLimit      = 20000
+	// MaxDefaultFileLimit caps the file limit taken from the process:
+	// HAProxy sizes its file-descriptor table by maxconn, so a node's
+	// usual hard limit (a million) would cost every HAProxy process tens
+	// of megabytes for connections it never holds.
+	MaxDefaultFileLimit   = 65536
 	DefaultTimeoutConnect = 5 * time.Second
 	// Service traffic is often long-lived (databases, streams); kube-proxy's
 	// other modes impose no idle timeout, so the default is generous.
@@ -105,10 +109,13 @@ type Config struct {
 	// HAProxy process settings, rendered into the global and defaults
 	// sections. Zero values take the defaults below.
 
-	// FileLimit is the file-descriptor limit HAProxy runs with.
+	// FileLimit is the file-descriptor limit HAProxy runs with; default:
+	// this process's hard RLIMIT_NOFILE (HAProxy inherits it and raises
+	// its soft limit up to it), at most MaxDefaultFileLimit.
 	FileLimit int
-	// MaxConn is HAProxy's global maxconn; default: what fits in
-	// FileLimit with a quarter of it kept for listeners.
+	// MaxConn is HAProxy's global maxconn. 0 (the default) fits it to
+	// FileLimit at every sync: what the listeners of the configuration
+	// leave, two descriptors per connection (package apply).
 	MaxConn int
 	// NBThread is the number of HAProxy threads; default: one per CPU.
 	NBThread int
@@ -155,10 +162,7 @@ func (c *Config) SetDefaults() {
 		c.MinSyncPeriod = time.Second
 	}
 	if c.FileLimit == 0 {
-		c.FileLimit = DefaultFileLimit
-	}
-	if c.MaxConn == 0 {
-		c.MaxConn = haproxycfg.MaxConnForFileLimit(c.FileLimit, c.FileLimit/4)
+		c.FileLimit = processFileLimit()
 	}
 	if c.NBThread == 0 {
 		c.NBThread = runtime.NumCPU()
@@ -175,6 +179,16 @@ func (c *Config) SetDefaults() {
 	if c.HardStopAfter == 0 {
 		c.HardStopAfter = DefaultHardStopAfter
 	}
+}
+
+// processFileLimit is the hard RLIMIT_NOFILE of this process, at most
+// MaxDefaultFileLimit (also when it cannot be read).
+func processFileLimit() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Max > MaxDefaultFileLimit {
+		return MaxDefaultFileLimit
+	}
+	return int(lim.Max)
 }
 
 // haproxySections are the global and defaults sections for this Config.
@@ -221,6 +235,9 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParsePrefix(cidr); err != nil {
 			return fmt.Errorf("clusterCIDRs: %q: %w", cidr, err)
 		}
+	}
+	if c.MaxConn < 0 {
+		return fmt.Errorf("haproxy.maxConn: %d is negative", c.MaxConn)
 	}
 	if c.MaxConn*2 >= c.FileLimit {
 		return fmt.Errorf("haproxy.maxConn %d needs more than fileLimit %d file descriptors (two per connection)", c.MaxConn, c.FileLimit)

@@ -85,6 +85,7 @@ func newHAProxyApplier(ctx context.Context, cfg Config, families []v1.IPFamily) 
 		Runtime:    runtimeapi.New(cfg.RuntimeSocket),
 		Process:    sup,
 		Families:   families,
+		FileLimit:  cfg.FileLimit,
 		Recorder:   cfg.Recorder,
 		NodeName:   cfg.NodeName,
 		Logger:     logger.WithName("apply"),

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -1169,7 +1170,13 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 	cfg := Config{}
 	cfg.SetDefaults()
 	require.NoError(t, cfg.Validate())
-	assert.Equal(t, 7400, cfg.MaxConn, "fits a 20000 file limit with a quarter kept for listeners")
+	assert.Zero(t, cfg.MaxConn, "fitted to the listeners at every sync")
+	var lim unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &lim))
+	assert.Equal(t, int(min(lim.Max, MaxDefaultFileLimit)), cfg.FileLimit, "this process's hard limit, which HAProxy inherits")
+	negative := Config{MaxConn: -1}
+	negative.SetDefaults()
+	assert.ErrorContains(t, negative.Validate(), "haproxy.maxConn")
 	global, defaults := cfg.haproxySections()
 	assert.Equal(t, cfg.RuntimeSocket, global.StatsSocket)
 	assert.Positive(t, global.NBThread)
@@ -1179,9 +1186,9 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 	bad.SetDefaults()
 	assert.ErrorContains(t, bad.Validate(), "stats socket")
 
-	tooMany := Config{MaxConn: 20000}
+	tooMany := Config{FileLimit: 1000, MaxConn: 500}
 	tooMany.SetDefaults()
-	assert.ErrorContains(t, tooMany.Validate(), "maxConn")
+	assert.ErrorContains(t, tooMany.Validate(), "haproxy.maxConn 500 needs more than fileLimit 1000")
 }
 
 func TestServiceCIDRsReachTheApplier(t *testing.T) {

@@ -102,6 +102,11 @@ type Options struct {
 	// DrainCheckInterval is how often draining servers are looked at, to
 	// delete them as soon as their last connection is gone.
 	DrainCheckInterval time.Duration
+	// FileLimit is the file-descriptor limit HAProxy runs with (0: not
+	// known). A model without a global maxconn gets the largest one its
+	// listeners leave room for; a structure that does not fit is rejected
+	// like one "haproxy -c" refuses, and the last good one keeps serving.
+	FileLimit int
 	// FullReadInterval bounds how long the record of HAProxy's servers is
 	// trusted without reading them back: a sync after it reads every
 	// server again, which repairs changes made by someone else.
@@ -161,6 +166,8 @@ type Applier struct {
 	desired map[v1.IPFamily]*haproxycfg.Config
 	// started: HAProxy runs (adopted or started by us).
 	started bool
+	// autoMaxConn: the current model's maxconn was fitted to FileLimit.
+	autoMaxConn bool
 	// loadedKey is the structural key of the configuration HAProxy has
 	// loaded ("" when unknown: the next sync reloads).
 	loadedKey string
@@ -285,6 +292,13 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 		return fmt.Errorf("apply: %w", err)
 	}
 	want := a.cloneBackends(merged)
+	a.autoMaxConn = a.opts.FileLimit > 0 && want.Global.MaxConn == 0
+	if a.autoMaxConn {
+		// HAProxy refuses to start when its listeners and maxconn need
+		// more descriptors than it may open: fit maxconn to what the
+		// listeners leave (each new Service takes one or more).
+		want.Global.MaxConn = haproxycfg.MaxConnForFileLimit(a.opts.FileLimit, want.Binds())
+	}
 	if want.Global.StatsSocket == "" {
 		// Without it every endpoint change would cost a reload.
 		configRejectedTotal.WithLabelValues("model").Inc()
@@ -768,6 +782,9 @@ func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key strin
 	if key == a.rejectedKey && now.Before(a.retryAt) {
 		return fmt.Errorf("%w: the same structure was rejected, next try after %s: %w", ErrRejected, a.retryAt.Format(time.RFC3339), a.rejectedErr)
 	}
+	if err := a.fitsFileLimit(want); err != nil {
+		return a.reject(key, "file-limit", err)
+	}
 	dir := filepath.Dir(a.opts.ConfigFile)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return fmt.Errorf("apply: %w", err)
@@ -835,6 +852,30 @@ func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key strin
 		}
 	}
 	return nil
+}
+
+// MinAutoMaxConn is the fewest connections a fitted maxconn may allow:
+// below it the listeners have taken the file limit, and a configuration
+// that accepts almost no connection is refused rather than loaded.
+const MinAutoMaxConn = 256
+
+// fitsFileLimit says why want cannot run within Options.FileLimit, or nil.
+func (a *Applier) fitsFileLimit(want *haproxycfg.Config) error {
+	limit := a.opts.FileLimit
+	if limit <= 0 {
+		return nil
+	}
+	binds, conns := want.Binds(), want.Global.MaxConn
+	if a.autoMaxConn {
+		conns = max(conns, MinAutoMaxConn)
+	}
+	need := haproxycfg.FileDescriptorsNeeded(conns, binds)
+	if need <= limit {
+		return nil
+	}
+	return fmt.Errorf("%d listeners and %d connections need %d file descriptors, more than the file limit %d: "+
+		"raise kube-proxy's file limit (HAProxy inherits it) or serve fewer Services from this HAProxy",
+		binds, conns, need, limit)
 }
 
 // reject records a rejected structure, its backoff, an event and a metric.

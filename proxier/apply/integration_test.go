@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -70,7 +71,11 @@ type stack struct {
 }
 
 func newStack(t *testing.T) *stack {
-	bin := haproxytest.Binary(t)
+	return newStackWith(t, haproxytest.Binary(t), 0)
+}
+
+// newStackWith runs bin as HAProxy, with Options.FileLimit fileLimit.
+func newStackWith(t *testing.T, bin string, fileLimit int) *stack {
 	logger, _ := ktesting.NewTestContext(t)
 	dir := t.TempDir()
 	s := &stack{t: t, dir: dir, logger: logger, master: runtimeapi.NewMaster(filepath.Join(dir, "master.sock"))}
@@ -79,14 +84,14 @@ func newStack(t *testing.T) *stack {
 	require.NoError(t, err)
 	s.port = uint16(l.Addr().(*net.TCPAddr).Port)
 	l.Close()
-	s.connect(bin)
+	s.connect(bin, fileLimit)
 	t.Cleanup(func() { s.sup.Stop(context.Background(), 5*time.Second) })
 	return s
 }
 
 // connect builds a Supervisor and an Applier, as a proxier process does
 // when it starts.
-func (s *stack) connect(bin string) {
+func (s *stack) connect(bin string, fileLimit int) {
 	var a *Applier
 	s.sup = supervisor.New(supervisor.Options{
 		Binary:       bin,
@@ -106,6 +111,7 @@ func (s *stack) connect(bin string) {
 		Runtime:    runtimeapi.New(filepath.Join(s.dir, "haproxy.sock")),
 		Process:    s.sup,
 		Families:   []v1.IPFamily{v1.IPv4Protocol},
+		FileLimit:  fileLimit,
 		Logger:     s.logger,
 	})
 	require.NoError(s.t, err)
@@ -386,7 +392,7 @@ func TestRealProxierRestartAdopts(t *testing.T) {
 	// The proxier process exits (HAProxy keeps running) and a new one
 	// starts while endpoints change.
 	s.sup.Detach()
-	s.connect(haproxytest.Binary(t))
+	s.connect(haproxytest.Binary(t), 0)
 	s.apply(service{1, []*endpointServer{e2}})
 	require.Equal(t, pid, s.masterPID(), "the same HAProxy is adopted")
 	require.Equal(t, pid, s.sup.MasterPID())
@@ -500,4 +506,64 @@ func TestRealValidation(t *testing.T) {
 	good := filepath.Join(dir, "good.cfg")
 	require.NoError(t, os.WriteFile(good, []byte("global\n  stats socket "+filepath.Join(dir, "s.sock")+" level admin\n"), 0o644))
 	require.NoError(t, validateWithBinary(context.Background(), bin, good))
+}
+
+// HAProxy refuses to start or reload when its listeners and maxconn need
+// more file descriptors than its limit ("Cannot raise FD limit"), which
+// 10,000 Services reach with a fixed maxconn. Without a maxconn in the
+// model the applier fits it to what the listeners leave, and a structure
+// that leaves too little is rejected before HAProxy sees it.
+func TestRealMaxConnFitsTheFileLimit(t *testing.T) {
+	const limit = 2000
+	// HAProxy runs under a hard limit of 2000 descriptors.
+	wrapper := filepath.Join(t.TempDir(), "haproxy-limited")
+	require.NoError(t, os.WriteFile(wrapper, []byte(fmt.Sprintf("#!/bin/sh\nulimit -n %d || exit 1\nexec %s \"$@\"\n", limit, haproxytest.Binary(t))), 0o755))
+	s := newStackWith(t, wrapper, limit)
+	e1 := startEndpoint(t, "127.0.0.71")
+
+	// withBinds is Service 1 plus a frontend with n more listeners.
+	withBinds := func(n int) *haproxycfg.Config {
+		c := s.model(service{1, []*endpointServer{e1}})
+		c.Global.MaxConn = 0
+		fe := &haproxycfg.Frontend{Name: "fe:default.wide:tcp", DefaultBackend: c.Backends[0].Name}
+		for i := 0; i < n; i++ {
+			fe.Binds = append(fe.Binds, haproxycfg.Bind{Name: fmt.Sprintf("b%d", i), Addr: netip.MustParseAddr("127.0.0.72"), Port: uint16(40000 + i)})
+		}
+		c.Frontends = append(c.Frontends, fe)
+		return c
+	}
+	maxConnInFile := func() string {
+		b, err := os.ReadFile(filepath.Join(s.dir, "haproxy.cfg"))
+		require.NoError(t, err)
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) == 2 && f[0] == "maxconn" {
+				return f[1]
+			}
+		}
+		return ""
+	}
+
+	ctx := context.Background()
+	require.NoError(t, s.a.Apply(ctx, v1.IPv4Protocol, withBinds(300)))
+	require.Equal(t, strconv.Itoa(haproxycfg.MaxConnForFileLimit(limit, 301)), maxConnInFile())
+	require.Equal(t, set(e1), s.reached(1, 2))
+
+	// 1,000 more listeners: maxconn 749 of the first configuration
+	// would need 2,698 descriptors; fitted again, the reload succeeds.
+	require.NoError(t, s.a.Apply(ctx, v1.IPv4Protocol, withBinds(1000)))
+	require.Equal(t, strconv.Itoa(haproxycfg.MaxConnForFileLimit(limit, 1001)), maxConnInFile())
+	require.Equal(t, 1, s.reloads())
+	c, err := net.DialTimeout("tcp", "127.0.0.72:40999", 2*time.Second)
+	require.NoError(t, err, "the last listener of the reloaded configuration accepts")
+	c.Close()
+
+	// 1,600 listeners leave room for fewer than MinAutoMaxConn
+	// connections: rejected, the last good configuration keeps serving.
+	err = s.a.Apply(ctx, v1.IPv4Protocol, withBinds(1600))
+	require.ErrorIs(t, err, ErrRejected)
+	require.ErrorContains(t, err, "file limit 2000")
+	t.Logf("rejected: %v", err)
+	require.Equal(t, 1, s.reloads())
+	require.Equal(t, strconv.Itoa(haproxycfg.MaxConnForFileLimit(limit, 1001)), maxConnInFile())
+	require.Equal(t, set(e1), s.reached(1, 2))
 }

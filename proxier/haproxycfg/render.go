@@ -548,15 +548,34 @@ func renderServers(b *bytes.Buffer, servers []Server) {
 	}
 }
 
+// reservedFileDescriptors are those HAProxy keeps for itself (sockets,
+// pipes, pollers, the config); 2.6 counts about 16 with two threads.
+const reservedFileDescriptors = 200
+
 // MaxConnForFileLimit is the largest global maxconn that fits a process
 // file-descriptor limit: every proxied connection holds two descriptors
 // (client and server side), every bind one, and HAProxy keeps a few for
-// itself (sockets, pipes, the config). Never less than 1.
+// itself. Never less than 1.
 func MaxConnForFileLimit(fileLimit, binds int) int {
-	const reserved = 200
-	n := (fileLimit - binds - reserved) / 2
+	n := (fileLimit - binds - reservedFileDescriptors) / 2
 	if n < 1 {
 		return 1
+	}
+	return n
+}
+
+// FileDescriptorsNeeded is how many file descriptors HAProxy needs for
+// maxconn connections beside binds listeners. HAProxy refuses to start
+// when its limit is lower ("Cannot raise FD limit").
+func FileDescriptorsNeeded(maxConn, binds int) int {
+	return 2*maxConn + binds + reservedFileDescriptors
+}
+
+// Binds counts the listening sockets of c: one per bind line.
+func (c *Config) Binds() int {
+	n := 0
+	for _, fe := range c.Frontends {
+		n += len(fe.Binds)
 	}
 	return n
 }
