@@ -47,11 +47,8 @@ type config struct {
 	// endpoints per Service.
 	memScales    []int
 	memEndpoints int
-	// haproxyMaxConn, when not 0, overrides the maxconn the proxier
-	// renders (haproxy -n): see kubeProxyConfig.
-	haproxyMaxConn int
-	outDir         string
-	docs           string
+	outDir       string
+	docs         string
 }
 
 // memNewServices is how many Services the memory pass adds once every
@@ -104,17 +101,16 @@ const (
 
 func loadConfig(t *testing.T) config {
 	c := config{
-		modes:          []string{localcluster.ModeHAProxy, localcluster.ModeNFTables},
-		scales:         envScales(t, "SCALES", defaultScales),
-		endpoints:      envInt(t, "ENDPOINTS", defaultEndpoints),
-		changes:        envInt(t, "CHANGES", 50),
-		newServices:    envInt(t, "NEW_SERVICES", 20),
-		wrkConns:       envInt(t, "WRK_CONNECTIONS", 16),
-		memScales:      envScales(t, "MEMORY_SCALES", defaultMemScales),
-		memEndpoints:   envInt(t, "MEMORY_ENDPOINTS", defaultMemEndpoints),
-		haproxyMaxConn: envInt(t, "HAPROXY_MAXCONN", 0),
-		outDir:         os.Getenv("BENCH_OUT"),
-		docs:           os.Getenv("BENCH_DOCS"),
+		modes:        []string{localcluster.ModeHAProxy, localcluster.ModeNFTables},
+		scales:       envScales(t, "SCALES", defaultScales),
+		endpoints:    envInt(t, "ENDPOINTS", defaultEndpoints),
+		changes:      envInt(t, "CHANGES", 50),
+		newServices:  envInt(t, "NEW_SERVICES", 20),
+		wrkConns:     envInt(t, "WRK_CONNECTIONS", 16),
+		memScales:    envScales(t, "MEMORY_SCALES", defaultMemScales),
+		memEndpoints: envInt(t, "MEMORY_ENDPOINTS", defaultMemEndpoints),
+		outDir:       os.Getenv("BENCH_OUT"),
+		docs:         os.Getenv("BENCH_DOCS"),
 	}
 	if m := os.Getenv("MODE"); m != "" {
 		c.modes = strings.Split(m, ",")
@@ -312,9 +308,6 @@ func collectMeta(t *testing.T, cfg config) Meta {
 	if len(cfg.modes) == 1 {
 		m.Command += " MODE=" + cfg.modes[0]
 	}
-	if cfg.haproxyMaxConn > 0 {
-		m.Command += fmt.Sprintf(" HAPROXY_MAXCONN=%d", cfg.haproxyMaxConn)
-	}
 	return m
 }
 
@@ -360,8 +353,6 @@ type bench struct {
 	kubeProxy string
 	// runs counts kube-proxy starts, to name their logs.
 	runs int
-	// haproxyMaxConn is config.haproxyMaxConn.
-	haproxyMaxConn int
 	// failure is set by watchProxyLog when node1's kube-proxy reports that
 	// HAProxy refused its configuration: probes then stop at once rather
 	// than wait for a timeout that scales with the Services.
@@ -393,8 +384,7 @@ func newBench(ctx context.Context, t *testing.T, cfg config, n int) *bench {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}, n: n, kubeProxy: controlplane.Binary(t, "kube-proxy"),
-		haproxyMaxConn: cfg.haproxyMaxConn}
+	b := &bench{t: t, ctx: ctx, c: c, client: client, inPool: map[string]int{}, n: n, kubeProxy: controlplane.Binary(t, "kube-proxy")}
 	b.stopProxies()
 	b.from, err = c.AddPod(ctx, c.Nodes[0], "client", map[string]string{"app": "bench-client"})
 	if err != nil {
@@ -545,44 +535,21 @@ func (b *bench) run(cfg config, spec passSpec, mode string) Run {
 // current mode: the one the local cluster wrote (haproxy mode), or a copy
 // in nftables mode. The copy keeps the haproxy section, so that
 // `kube-proxy --cleanup` with it still finds this node's HAProxy state.
-//
-// With HAPROXY_MAXCONN set, haproxy mode's copy runs HAProxy through a
-// wrapper that adds `-n HAPROXY_MAXCONN`, which takes precedence over the
-// configuration's global maxconn: HAProxy asks the kernel for two file
-// descriptors per connection of maxconn plus one per listener, and fails
-// to start when that exceeds the hard file limit.
 func (b *bench) kubeProxyConfig(n *localcluster.Node) string {
 	p := filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy.yaml")
 	orig, err := os.ReadFile(p)
 	if err != nil {
 		b.t.Fatalf("the kube-proxy configuration of %s: %v", n.Name, err)
 	}
-	mode := b.mode
-	if mode == "" {
-		mode = localcluster.ModeHAProxy
-	}
-	if mode == localcluster.ModeHAProxy && b.haproxyMaxConn == 0 {
+	if b.mode == localcluster.ModeHAProxy || b.mode == "" {
 		return p
 	}
-	cfg := string(orig)
-	replace := func(from, to string) {
-		if !strings.Contains(cfg, from) {
-			b.t.Fatalf("the kube-proxy configuration of %s has no %q to change", n.Name, strings.TrimSpace(from))
-		}
-		cfg = strings.Replace(cfg, from, to, 1)
+	const haproxyMode = "\nmode: " + localcluster.ModeHAProxy + "\n"
+	if !strings.Contains(string(orig), haproxyMode) {
+		b.t.Fatalf("the kube-proxy configuration of %s has no %q line to change", n.Name, strings.TrimSpace(haproxyMode))
 	}
-	if mode != localcluster.ModeHAProxy {
-		replace("\nmode: "+localcluster.ModeHAProxy+"\n", "\nmode: "+mode+"\n")
-	} else {
-		wrapper := filepath.Join(b.c.Opts.Dir, "haproxy-maxconn")
-		script := fmt.Sprintf("#!/bin/sh\n# HAProxy with its global maxconn set to %d whatever the configuration says.\nexec %s -n %d \"$@\"\n",
-			b.haproxyMaxConn, b.c.Opts.HAProxyPath, b.haproxyMaxConn)
-		if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-			b.t.Fatal(err)
-		}
-		replace("\n  binaryPath: "+b.c.Opts.HAProxyPath+"\n", "\n  binaryPath: "+wrapper+"\n")
-	}
-	p = filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy-"+mode+".yaml")
+	cfg := strings.Replace(string(orig), haproxyMode, "\nmode: "+b.mode+"\n", 1)
+	p = filepath.Join(b.c.Opts.Dir, n.Name, "kube-proxy-"+b.mode+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
 		b.t.Fatal(err)
 	}
