@@ -57,6 +57,10 @@ func TestTune(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Twelve runs of new connections to one ClusterIP within minutes would
+	// exhaust the client's ephemeral ports in TIME_WAIT and measure that:
+	// let the client reuse them.
+	b.from.NS.MustExec("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000")
 	url := "http://" + b.ips[0] + "/"
 	d := cfg.wrkDuration
 	type result struct {
