@@ -213,6 +213,14 @@ func TestBench(t *testing.T) {
 		if t.Failed() || ctx.Err() != nil {
 			t.Fatalf("a run failed or was interrupted: no report is written")
 		}
+		// Every run of the scales done so far succeeded: keep them, so a
+		// long run that fails later still shows what it measured.
+		if cfg.outDir != "" {
+			partial := "# Benchmarks, partial: the scales completed so far\n\n" + Report(collectMeta(t, cfg), runs, nil, "")
+			if err := os.MkdirAll(cfg.outDir, 0o755); err == nil {
+				_ = os.WriteFile(filepath.Join(cfg.outDir, "partial.md"), []byte(partial), 0o644)
+			}
+		}
 	}
 	meta := collectMeta(t, cfg)
 	if cfg.outDir == "" {
