@@ -242,6 +242,7 @@ func TestBench(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	_ = os.Remove(filepath.Join(cfg.outDir, "partial.md"))
 	t.Logf("report: %s, plots: %s", name, filepath.Join(cfg.outDir, stamp))
 	if cfg.docs != "" {
 		if err := writeDocs(cfg.docs, filepath.Join(cfg.outDir, stamp), meta, runs, figs); err != nil {
