@@ -581,9 +581,19 @@ func (b *bench) stopProxies() {
 			b.t.Fatalf("kube-proxy --cleanup on %s: %v\n%s", n.Name, err, out)
 		}
 	}
+	// HAProxy's processes take a while to end after the cleanup stopped
+	// them (a worker frees the memory of every Service first).
+	deadline := time.Now().Add(scaled(30*time.Second, b.n, 3*time.Millisecond))
 	for _, n := range b.c.Nodes {
-		if owned := b.haproxyOf(n); len(owned) > 0 {
-			b.t.Fatalf("kube-proxy --cleanup on %s left HAProxy running: pids %v", n.Name, owned)
+		for {
+			owned := b.haproxyOf(n)
+			if len(owned) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.t.Fatalf("kube-proxy --cleanup on %s left HAProxy running: pids %v", n.Name, owned)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
 	}
 }
