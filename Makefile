@@ -57,7 +57,7 @@ BENCH_ENV = KH_BENCH=1 BENCH_OUT=$(abspath $(OUT))/bench
 bench: build ## Benchmarks, haproxy beside nftables mode (100, 1,000, 10,000 Services); writes _output/bench and docs/benchmarks.md.
 	$(BENCH_ENV) BENCH_DOCS=$(abspath docs/benchmarks.md) $(GO) test -count=1 -v -timeout 180m -run '^TestBench$$' ./test/bench/
 
-# The smoke run: the issue's smallest scale with few changes and short wrk
+# The smoke run: the smallest scale with few changes and short wrk
 # runs, every pass and figure once. hack/test.sh runs it on the binaries it
 # has just built (bench-smoke-built).
 .PHONY: bench-smoke bench-smoke-built

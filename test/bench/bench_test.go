@@ -89,7 +89,7 @@ func envScales(t *testing.T, name, def string) []int {
 	return out
 }
 
-// The workload: latencies at 100, 1,000 and 10,000 Services with
+// The benchmark's workload: latencies at 100, 1,000 and 10,000 Services with
 // 10 endpoints each; cold start and memory at 1,000 and 10,000 Services
 // with 2 endpoints each.
 const (

@@ -144,7 +144,7 @@ func TestParseWrk(t *testing.T) {
 func TestCheckScale(t *testing.T) {
 	require.NoError(t, CheckScale(100, 10, 20<<30))
 	require.NoError(t, CheckScale(1000, 10, 20<<30))
-	// The largest scale fits this kind of machine (24 GiB)...
+	// The largest default scale fits this kind of machine (24 GiB)...
 	require.NoError(t, CheckScale(10000, 10, 22<<30))
 	// ... and not one with a few GiB free, with a message that says why.
 	err := CheckScale(10000, 10, 4<<30)
