@@ -1090,8 +1090,9 @@ func (b *bench) wrk(cfg config, d time.Duration, url string, closeEach bool) Wrk
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	if r.Errors > 0 {
-		b.t.Fatalf("wrk %s: %d errors; a data-plane number with errors is not reported:\n%s", url, r.Errors, out)
+	if r.TooManyErrors() {
+		b.t.Fatalf("wrk %s: %d errors in %d requests; a data-plane number with more than %.1f%% errors is not reported:\n%s",
+			url, r.Errors, r.Requests, 100*MaxWrkErrorRatio, out)
 	}
 	r.CPU = CPUCores(before, after, wall)
 	return r

@@ -179,9 +179,10 @@ func MetricSum(text, name string, labels ...string) (float64, bool) {
 type WrkResult struct {
 	RequestsPerSec float64
 	P50, P99       time.Duration
-	// Errors counts socket errors (connect, read, write, timeout) and
-	// non-2xx/3xx responses.
-	Errors int
+	// Requests is how many requests completed; Errors counts socket
+	// errors (connect, read, write, timeout) and non-2xx/3xx responses.
+	Requests int
+	Errors   int
 	// CPU is what each CPUGroups group used while wrk ran, in cores.
 	CPU map[string]float64
 }
@@ -209,6 +210,13 @@ func ParseWrk(out string) (WrkResult, error) {
 			} else {
 				r.P99, have99 = d, true
 			}
+		case len(f) >= 3 && f[1] == "requests" && f[2] == "in":
+			// 13349 requests in 5.04s, 2.52MB read
+			n, err := strconv.Atoi(f[0])
+			if err != nil {
+				return r, fmt.Errorf("wrk: %q: %w", line, err)
+			}
+			r.Requests = n
 		case len(f) >= 2 && f[0] == "Socket" && f[1] == "errors:":
 			// Socket errors: connect 0, read 0, write 0, timeout 0
 			for i := 2; i+1 < len(f); i += 2 {
@@ -230,6 +238,18 @@ func ParseWrk(out string) (WrkResult, error) {
 		return r, fmt.Errorf("wrk: no requests/sec or latency distribution in its output:\n%s", out)
 	}
 	return r, nil
+}
+
+// MaxWrkErrorRatio is the share of wrk's requests that may fail before a
+// data-plane run counts as failed. New connections through NAT now and
+// then meet a port the server still holds in TIME_WAIT and are reset; a
+// few in ten thousand is the network, more is a broken data plane.
+const MaxWrkErrorRatio = 0.001
+
+// TooManyErrors reports whether r failed more requests than
+// MaxWrkErrorRatio allows.
+func (r WrkResult) TooManyErrors() bool {
+	return float64(r.Errors) > MaxWrkErrorRatio*float64(r.Requests+r.Errors)
 }
 
 // parseWrkDuration reads wrk's durations: 512.00us, 1.20ms, 2.00s, 1.00m.

@@ -132,6 +132,13 @@ func TestParseWrk(t *testing.T) {
 	r, err = ParseWrk(withErrors)
 	require.NoError(t, err)
 	require.Equal(t, 10, r.Errors)
+	require.Equal(t, 18470, r.Requests)
+	// 10 in 18,480 is less than one in a thousand: the network, not a
+	// broken data plane; 5 in 1,005 is more.
+	require.False(t, r.TooManyErrors())
+	require.True(t, WrkResult{Requests: 1000, Errors: 5}.TooManyErrors())
+	require.False(t, WrkResult{Requests: 13349, Errors: 2}.TooManyErrors())
+	require.True(t, WrkResult{Requests: 0, Errors: 1}.TooManyErrors())
 
 	_, err = ParseWrk("unable to connect to 10.96.0.10:80 Connection refused\n")
 	require.Error(t, err)

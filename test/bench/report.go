@@ -233,7 +233,7 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 		if _, ok := direct.wrkResult(WrkKey{TargetDirect, conn}); !ok {
 			direct = ours
 		}
-		for _, q := range []string{"requests/s", "p50", "p99"} {
+		for _, q := range []string{"requests/s", "p50", "p99", "errors"} {
 			var cells [3]string
 			var vals [3]float64
 			for i, key := range []struct {
@@ -252,10 +252,12 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 					cells[i], vals[i] = ms(w.P50), float64(w.P50)
 				case "p99":
 					cells[i], vals[i] = ms(w.P99), float64(w.P99)
+				case "errors":
+					cells[i], vals[i] = fmt.Sprintf("%d of %d", w.Errors, w.Requests+w.Errors), float64(w.Errors)
 				}
 			}
 			rat := "–"
-			if cells[0] != "–" && cells[1] != "–" {
+			if cells[0] != "–" && cells[1] != "–" && q != "errors" {
 				rat = ratio(vals[0], vals[1])
 			}
 			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", conn, q, cells[0], cells[1], cells[2], rat)
