@@ -174,20 +174,8 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	recorder := events.NewFakeRecorder(100)
-	cfg := proxier.Config{
-		Scope:             proxier.ScopeNode,
-		HAProxyPath:       haproxy,
-		StateDir:          filepath.Join(k.Dir(), "state"),
-		ManageProcess:     true,
-		NodeName:          nodeName,
-		NodeIPs:           map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP(nodeIP)},
-		NodePortAddresses: []string{nodeIP + "/32"},
-		ClusterCIDRs:      []string{"10.244.0.0/16"},
-		SyncPeriod:        time.Minute,
-		MinSyncPeriod:     100 * time.Millisecond,
-		NBThread:          1,
-		Recorder:          recorder,
-	}
+	cfg := nodeConfig(k.Dir(), haproxy)
+	cfg.Recorder = recorder
 	p, err := proxier.NewProxier(ctx, v1.IPv4Protocol, cfg)
 	require.NoError(t, err, "scope node delegates UDP and SCTP to the nftables proxier by default")
 	t.Cleanup(func() {
@@ -394,19 +382,7 @@ func TestKubeProxyCleanupRemovesBothTables(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cfg := proxier.Config{
-		Scope:             proxier.ScopeNode,
-		HAProxyPath:       haproxy,
-		StateDir:          filepath.Join(k.Dir(), "state"),
-		ManageProcess:     true,
-		NodeName:          nodeName,
-		NodeIPs:           map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP(nodeIP)},
-		NodePortAddresses: []string{nodeIP + "/32"},
-		ClusterCIDRs:      []string{"10.244.0.0/16"},
-		SyncPeriod:        time.Minute,
-		MinSyncPeriod:     100 * time.Millisecond,
-		NBThread:          1,
-	}
+	cfg := nodeConfig(k.Dir(), haproxy)
 	p, err := proxier.NewProxier(ctx, v1.IPv4Protocol, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = proxier.CleanupLeftovers(context.Background(), cfg) })
@@ -454,4 +430,22 @@ haproxy:
 	tables = node.MustExec("nft", "list", "tables")
 	assert.NotContains(t, tables, "kube-proxy", "upstream's table of the delegated ports is gone")
 	assert.NotContains(t, tables, "kube-haproxy", "the guard's table is gone")
+}
+
+// nodeConfig is the proxier configuration of the node namespace: scope
+// node, its state under dir, NodePorts on the node's address.
+func nodeConfig(dir, haproxy string) proxier.Config {
+	return proxier.Config{
+		Scope:             proxier.ScopeNode,
+		HAProxyPath:       haproxy,
+		StateDir:          filepath.Join(dir, "state"),
+		ManageProcess:     true,
+		NodeName:          nodeName,
+		NodeIPs:           map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP(nodeIP)},
+		NodePortAddresses: []string{nodeIP + "/32"},
+		ClusterCIDRs:      []string{"10.244.0.0/16"},
+		SyncPeriod:        time.Minute,
+		MinSyncPeriod:     100 * time.Millisecond,
+		NBThread:          1,
+	}
 }
