@@ -50,7 +50,15 @@ const (
 	// other modes impose no idle timeout, so the default is generous.
 	DefaultTimeoutClient = time.Hour
 	DefaultTimeoutServer = time.Hour
-	DefaultHardStopAfter = 30 * time.Second
+	// DefaultDispatchPort is the loopback port of HAProxy's one listener
+	// per IP family, where nftables sends Service connections (tproxy);
+	// DefaultDispatchPort+1 is HAProxy's local peer port, over which a
+	// reloaded worker takes the session-affinity table over.
+	DefaultDispatchPort = 10400
+	// DefaultMaxOldWorkers bounds the old workers a series of reloads can
+	// leave draining (mworker-max-reloads): reloads are rare (global
+	// settings only), and each old worker holds a copy of the maps.
+	DefaultMaxOldWorkers = 5
 )
 
 // Config is everything the proxier needs from its caller (kube-proxy's
@@ -124,8 +132,19 @@ type Config struct {
 	// TimeoutClient and TimeoutServer bound inactivity on either side.
 	TimeoutClient time.Duration
 	TimeoutServer time.Duration
-	// HardStopAfter bounds how long an old worker drains after a reload.
+	// HardStopAfter bounds how long an old worker drains after a reload;
+	// its connections are cut then. Default: the longer of TimeoutClient
+	// and TimeoutServer, so no idle timeout of a connection is shortened
+	// by a reload.
 	HardStopAfter time.Duration
+	// MaxOldWorkers is how many reloads an old worker survives before it is
+	// stopped (HAProxy's mworker-max-reloads), bounding the memory a run
+	// of reloads can hold. Default DefaultMaxOldWorkers.
+	MaxOldWorkers int
+	// DispatchPort is the loopback port HAProxy listens on for every
+	// Service connection (127.0.0.1 and ::1); DispatchPort+1 is its local
+	// peer port. Default DefaultDispatchPort.
+	DispatchPort int
 }
 
 // SetDefaults fills empty fields with their defaults.
@@ -177,7 +196,13 @@ func (c *Config) SetDefaults() {
 		c.TimeoutServer = DefaultTimeoutServer
 	}
 	if c.HardStopAfter == 0 {
-		c.HardStopAfter = DefaultHardStopAfter
+		c.HardStopAfter = max(c.TimeoutClient, c.TimeoutServer)
+	}
+	if c.MaxOldWorkers == 0 {
+		c.MaxOldWorkers = DefaultMaxOldWorkers
+	}
+	if c.DispatchPort == 0 {
+		c.DispatchPort = DefaultDispatchPort
 	}
 }
 
@@ -235,6 +260,15 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParsePrefix(cidr); err != nil {
 			return fmt.Errorf("clusterCIDRs: %q: %w", cidr, err)
 		}
+	}
+	if c.DispatchPort < 1 || c.DispatchPort > 65534 {
+		return fmt.Errorf("haproxy.dispatchPort: %d is not in [1, 65534] (the port and the next one are used)", c.DispatchPort)
+	}
+	if c.MaxOldWorkers < 0 {
+		return fmt.Errorf("haproxy.maxOldWorkers: %d is negative", c.MaxOldWorkers)
+	}
+	if c.HardStopAfter < 0 {
+		return fmt.Errorf("haproxy.hardStopAfter: %v is negative", c.HardStopAfter)
 	}
 	if c.MaxConn < 0 {
 		return fmt.Errorf("haproxy.maxConn: %d is negative", c.MaxConn)

@@ -2,17 +2,20 @@ package haproxycfg
 
 import (
 	"net/netip"
+	"strconv"
 	"time"
 )
 
-// Config is a whole haproxy.cfg: one global section, one defaults section,
-// the frontends and the backends. The renderer orders frontends and
-// backends by name, so the order of the slices does not matter.
+// Config is what one HAProxy serves: the global and defaults sections of
+// haproxy.cfg and one Dispatcher per IP family. Only Global, Defaults and
+// the dispatchers' listeners and files shape haproxy.cfg, which therefore
+// changes only with settings; the Service ports live in the dispatchers'
+// map files, which HAProxy's runtime API changes in place.
 type Config struct {
-	Global    Global
-	Defaults  Defaults
-	Frontends []*Frontend
-	Backends  []*Backend
+	Global   Global
+	Defaults Defaults
+	// Dispatchers, at most one per IP family.
+	Dispatchers []*Dispatcher
 }
 
 // Global is the global section. Zero fields are not rendered.
@@ -23,15 +26,23 @@ type Global struct {
 	// NBThread is the number of worker threads (usually one per core).
 	NBThread int
 	// StatsSocket is the path of the runtime API socket. It is rendered
-	// with "level admin" (servers are added and removed through it) and
-	// "expose-fd listeners" (a reloaded worker takes the listening sockets
-	// over, so no connection is refused during a reload).
+	// with "level admin" (maps are changed through it) and "expose-fd
+	// listeners" (a reloaded worker takes the listening sockets over, so
+	// no connection is refused during a reload).
 	StatsSocket string
 	// HardStopAfter bounds how long an old worker may drain its
-	// connections after a reload.
+	// connections after a reload; 0 renders nothing (no bound).
 	HardStopAfter time.Duration
+	// MaxOldWorkers is how many reloads a worker survives before it is
+	// stopped (mworker-max-reloads); 0 renders nothing.
+	MaxOldWorkers int
 	// PIDFile is written by the master process when set.
 	PIDFile string
+	// PeerPort, when set, makes 127.0.0.1:PeerPort the local peer of the
+	// "kube-haproxy" peers section: a reloaded worker learns the
+	// session-affinity tables from the old one over it, so affinity
+	// survives a reload.
+	PeerPort uint16
 }
 
 // Defaults is the defaults section. Mode is always tcp: Services are L4.
@@ -44,165 +55,160 @@ type Defaults struct {
 	TimeoutServerFin time.Duration
 }
 
-// Frontend is one frontend section: where connections are accepted and
-// how they are classified, filtered and handed to a backend.
-type Frontend struct {
-	// Name must satisfy ValidName.
-	Name string
-	// Comment is free text (escaped on rendering), e.g. the Service port.
-	Comment string
-	Binds   []Bind
-	ACLs    []ACL
-	// TCPRequestConnection rules are evaluated in order when a connection
-	// is accepted, before any byte is read.
-	TCPRequestConnection []TCPRule
-	// UseBackends are evaluated in order; the first whose condition holds
-	// wins. Otherwise DefaultBackend is used.
-	UseBackends    []UseBackend
-	DefaultBackend string
-}
-
-// Bind is one listening address of a frontend.
-type Bind struct {
-	// Name must satisfy ValidName; ACLs see it through the so_name fetch,
-	// which is how one frontend tells ClusterIP from NodePort traffic.
-	Name string
-	// Addr is the address to listen on. An unspecified address (0.0.0.0
-	// or ::) listens on every local address of that family; IPv6 ones
-	// are rendered v6only so they never catch IPv4 traffic.
-	Addr netip.Addr
-	Port uint16
-	// Transparent lets the socket bind an address that is on no
-	// interface (IP(V6)_TRANSPARENT, needs CAP_NET_ADMIN). IPv6 Service
-	// IPs made local by an AnyIP route need it: unlike IPv4, bind(2) on
-	// such an IPv6 address fails without it.
-	Transparent bool
-}
-
-// ACLKind is what an ACL tests.
-type ACLKind int
-
-const (
-	// ACLSourceIn matches when the client address is in one of Prefixes.
-	ACLSourceIn ACLKind = iota + 1
-	// ACLBindNamePrefix matches when the name of the bind that accepted
-	// the connection starts with one of Values.
-	ACLBindNamePrefix
-)
-
-// ACL is a named condition of a frontend.
-type ACL struct {
-	// Name must satisfy ValidName.
-	Name string
-	Kind ACLKind
-	// Prefixes, for ACLSourceIn.
-	Prefixes []netip.Prefix
-	// Values, for ACLBindNamePrefix; each must satisfy ValidName.
-	Values []string
-}
-
-// Term is one part of a Condition: a named ACL, or "the backend has at
-// least one usable server" (an anonymous nbsrv ACL, which follows runtime
-// API changes without a reload). Exactly one of ACL and BackendHasServers
-// is set.
-type Term struct {
-	Negate            bool
-	ACL               string
-	BackendHasServers string
-}
-
-// Condition is a conjunction of terms; an empty Condition always holds.
-type Condition []Term
-
-// TCPAction is the action of a tcp-request connection rule.
-type TCPAction string
-
-const (
-	// TCPAccept accepts the connection and stops evaluating rules.
-	TCPAccept TCPAction = "accept"
-	// TCPReject closes the connection at once (the client sees a reset):
-	// the "fail fast" answer for a Service without endpoints.
-	TCPReject TCPAction = "reject"
-	// TCPSilentDrop drops the connection without telling the client,
-	// as kube-proxy does for external traffic that may not be served here.
-	TCPSilentDrop TCPAction = "silent-drop"
-)
-
-// TCPRule is a "tcp-request connection <action> if <cond>" rule.
-type TCPRule struct {
-	Action TCPAction
-	Cond   Condition
-}
-
-// UseBackend is a "use_backend <backend> if <cond>" rule.
-type UseBackend struct {
-	Backend string
-	Cond    Condition
-}
-
-// Backend is one backend section: a set of servers (pod endpoints).
-type Backend struct {
-	// Name must satisfy ValidName.
-	Name    string
-	Comment string
-	// Balance is the algorithm; it must be dynamic (roundrobin, leastconn)
-	// because servers are added and removed through the runtime API.
-	// Empty means roundrobin.
-	Balance string
-	// StickTable, when set, pins each client address to one server
-	// (sessionAffinity: ClientIP).
-	StickTable *StickTable
-	Servers    []Server
-}
-
-// StickTable is a stick table keyed on the client address.
-type StickTable struct {
-	// IPv6 selects "type ipv6" keys, else "type ip".
+// Dispatcher is the one listener of an IP family and everything it
+// dispatches. nftables sends every connection to a served Service address
+// of the family to Listen (tproxy, so the connection keeps its original
+// destination); HAProxy looks the destination up in the services map,
+// picks an endpoint from the endpoints map and connects to it. The maps
+// are files in MapDir that the runtime API changes in place.
+type Dispatcher struct {
+	// IPv6 selects the family: every address below belongs to it.
 	IPv6 bool
-	// Size is the number of entries; 0 means DefaultStickTableSize.
-	Size int
-	// Expire is how long an idle client keeps its server.
-	Expire time.Duration
+	// Listen is the loopback address and port of the listener.
+	Listen netip.AddrPort
+	// MapDir is the absolute directory of the map and ACL files.
+	MapDir string
+	// ClusterSources are the clients whose connections to a NodePort,
+	// LoadBalancer IP or external IP count as cluster traffic: under
+	// externalTrafficPolicy Local they use the Cluster endpoints (see
+	// ServicePort.ShortCircuit). The pod CIDRs and the node's addresses.
+	ClusterSources []netip.Prefix
+	// NodePortAddresses are the addresses NodePorts are served on; empty
+	// means every local address of the family that is no Service IP.
+	NodePortAddresses []netip.Addr
+	// ServicePorts are sorted by Name by the renderer's callers; the
+	// renderer does not depend on their order.
+	ServicePorts []*ServicePort
 }
 
-// DefaultStickTableSize is the number of entries of a stick table whose
-// Size is 0.
-const DefaultStickTableSize = 100000
+// ListenerKind is the kind of address a Service port is reached on.
+type ListenerKind int
 
-// Server is one endpoint of a backend.
-type Server struct {
-	// Name must satisfy ValidName; see ServerName.
-	Name string
+const (
+	// ClusterIP: internal traffic.
+	ClusterIP ListenerKind = iota + 1
+	// NodePort: external traffic to a node address; its Addr is not set.
+	NodePort
+	// LoadBalancer: external traffic to a LoadBalancer ingress IP.
+	LoadBalancer
+	// ExternalIP: external traffic to one of spec.externalIPs.
+	ExternalIP
+)
+
+func (k ListenerKind) String() string {
+	switch k {
+	case ClusterIP:
+		return "clusterIP"
+	case NodePort:
+		return "nodePort"
+	case LoadBalancer:
+		return "loadBalancer"
+	case ExternalIP:
+		return "externalIP"
+	}
+	return "unknown"
+}
+
+// Listener is one address and port a Service port is reached on.
+type Listener struct {
+	Kind ListenerKind
+	// Addr is the Service address; not set for NodePort (which is served
+	// on the Dispatcher's NodePortAddresses).
 	Addr netip.Addr
 	Port uint16
-	// ID is HAProxy's numeric server id, unique in its backend and kept
-	// stable across reloads (AssignServerIDs) so that runtime state and
-	// stick tables survive. 0 means "not assigned": the renderer then
-	// lets HAProxy choose.
-	ID int
-	// Comment is free text (escaped), rendered on the line before.
+}
+
+// External reports whether connections to l are external traffic.
+func (l Listener) External() bool { return l.Kind != ClusterIP }
+
+// Key is l's key in the services map, as HAProxy builds it from a
+// connection's destination: "10.96.0.10:80", "[fd00::10]:80", and for a
+// NodePort "*:30080".
+func (l Listener) Key() string {
+	if l.Kind == NodePort {
+		return "*:" + strconv.Itoa(int(l.Port))
+	}
+	return netip.AddrPortFrom(l.Addr, l.Port).String()
+}
+
+// Verdict is what a client gets.
+type Verdict string
+
+const (
+	// NotDispatched: the kernel does not send the connection to HAProxy
+	// (on a Service IP the guard refuses it).
+	NotDispatched Verdict = "not-dispatched"
+	// Rejected: HAProxy closes the connection at once with a reset, the
+	// "fail fast" answer for a Service without endpoints.
+	Rejected Verdict = "rejected"
+	// Dropped: dropped without an answer, as kube-proxy does for external
+	// traffic that may not be served on this node, or for a client outside
+	// loadBalancerSourceRanges.
+	Dropped Verdict = "dropped"
+	// Served: connected to one of the endpoints.
+	Served Verdict = "served"
+)
+
+// ServicePort is one port of one Service in one IP family.
+type ServicePort struct {
+	// Name is namespace.service:port:protocol (":ipv6" added for IPv6),
+	// and the name of the Cluster endpoint set. It must satisfy ValidName.
+	Name string
+	// Comment is free text (escaped), e.g. the Service and its policies.
 	Comment string
+	// Listeners are where the port is reached; their keys are unique
+	// within a Dispatcher.
+	Listeners []Listener
+	// Cluster and Local are the endpoint sets for traffic policy Cluster
+	// and Local; nil when no traffic uses them.
+	Cluster *EndpointSet
+	Local   *EndpointSet
+	// InternalLocal: ClusterIP traffic uses Local (internalTrafficPolicy).
+	InternalLocal bool
+	// ExternalLocal: external traffic uses Local (externalTrafficPolicy).
+	ExternalLocal bool
+	// ShortCircuit: under ExternalLocal, external traffic from
+	// Dispatcher.ClusterSources uses Cluster, as upstream does for pods
+	// and the node itself.
+	ShortCircuit bool
+	// WhenEmpty is what a client gets when the endpoint set its traffic
+	// uses is empty: Rejected when the Service has no usable endpoint
+	// anywhere, Dropped when only the Local set is empty.
+	WhenEmpty Verdict
+	// Affinity, when positive, keeps each client on one endpoint for
+	// this long after its last connection (sessionAffinity ClientIP).
+	Affinity time.Duration
+	// SourceRanges are loadBalancerSourceRanges: connections to the
+	// LoadBalancer listeners from other sources are dropped (by the
+	// kernel, before dispatch). Empty means every source.
+	SourceRanges []netip.Prefix
 }
 
-// AddrPort is the server address.
-func (s Server) AddrPort() netip.AddrPort { return netip.AddrPortFrom(s.Addr, s.Port) }
-
-// Frontend returns the frontend with the given name, or nil.
-func (c *Config) Frontend(name string) *Frontend {
-	for _, f := range c.Frontends {
-		if f.Name == name {
-			return f
-		}
-	}
-	return nil
+// EndpointSet is a named list of endpoints. The renderer numbers them in
+// the order given; the translation sorts them, so that an unchanged set
+// renders the same map entries.
+type EndpointSet struct {
+	// Name must satisfy ValidName.
+	Name string
+	// Comment is free text (escaped).
+	Comment   string
+	Endpoints []netip.AddrPort
 }
 
-// Backend returns the backend with the given name, or nil.
-func (c *Config) Backend(name string) *Backend {
-	for _, b := range c.Backends {
-		if b.Name == name {
-			return b
+// internalSet and externalSet are the sets a listener's connections use:
+// for clients in general, and for clients in ClusterSources.
+func (sp *ServicePort) setsFor(l Listener) (others, fromCluster *EndpointSet) {
+	if !l.External() {
+		if sp.InternalLocal {
+			return sp.Local, sp.Local
 		}
+		return sp.Cluster, sp.Cluster
 	}
-	return nil
+	if !sp.ExternalLocal {
+		return sp.Cluster, sp.Cluster
+	}
+	if sp.ShortCircuit {
+		return sp.Local, sp.Cluster
+	}
+	return sp.Local, sp.Local
 }

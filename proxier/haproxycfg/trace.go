@@ -2,161 +2,186 @@ package haproxycfg
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"strings"
-)
-
-// Verdict is what happens to a connection.
-type Verdict string
-
-const (
-	// NoListener: no bind accepts the destination; the kernel refuses the
-	// connection (or, for a local Service IP, the host firewall does).
-	NoListener Verdict = "no-listener"
-	// Rejected: a "tcp-request connection reject" rule closed it at once.
-	Rejected Verdict = "rejected"
-	// Dropped: a "tcp-request connection silent-drop" rule dropped it.
-	Dropped Verdict = "dropped"
-	// NoServer: accepted, but the chosen backend has no server, so HAProxy
-	// closes it after accepting (the model should never produce this:
-	// fail-fast rules reject first).
-	NoServer Verdict = "no-server"
-	// Served: handed to a backend with at least one server.
-	Served Verdict = "served"
 )
 
 // TraceResult says where one connection goes.
 type TraceResult struct {
-	Verdict  Verdict
-	Frontend string
-	Bind     string
-	Backend  string
-	// Servers are the servers the connection may reach (one is chosen by
-	// the balance algorithm).
-	Servers []netip.AddrPort
-	// Sticky is true when the backend pins clients to a server.
+	Verdict Verdict
+	// ServicePort and Listener are what the destination selected.
+	ServicePort string
+	Listener    string
+	// Set is the endpoint set the connection used.
+	Set string
+	// Endpoints are those the connection may reach (one is picked at
+	// random, or the client's own with affinity).
+	Endpoints []netip.AddrPort
+	// Sticky is true when the Service port keeps clients on one endpoint.
 	Sticky bool
 }
 
 // Refused reports whether the client is told at once that the connection
-// failed (no listener or a reject rule), as opposed to being dropped or
+// failed (the guard's reset, or a reject), as opposed to being dropped or
 // served.
-func (r TraceResult) Refused() bool { return r.Verdict == NoListener || r.Verdict == Rejected }
+func (r TraceResult) Refused() bool { return r.Verdict == NotDispatched || r.Verdict == Rejected }
 
 func (r TraceResult) String() string {
 	if r.Verdict == Served {
-		return fmt.Sprintf("%s via %s/%s -> %s %v", r.Verdict, r.Frontend, r.Bind, r.Backend, r.Servers)
+		return fmt.Sprintf("%s via %s (%s) -> %s %v", r.Verdict, r.ServicePort, r.Listener, r.Set, r.Endpoints)
 	}
-	return fmt.Sprintf("%s (%s/%s)", r.Verdict, r.Frontend, r.Bind)
+	return fmt.Sprintf("%s (%s %s)", r.Verdict, r.ServicePort, r.Listener)
 }
 
-// Trace interprets c for one TCP connection from src to dst, the way
-// HAProxy and the kernel would: the most specific bind accepts it (an exact
-// address before a wildcard), the frontend's tcp-request connection rules
-// run in order, then use_backend rules, then default_backend. Trace
-// assumes every server in the model is up. It returns an error if two
-// frontends listen on the same address and port (the kernel would spread
-// connections between them).
-func Trace(c *Config, src netip.Addr, dst netip.AddrPort) (TraceResult, error) {
-	dstAddr := dst.Addr().Unmap()
-	var f *Frontend
-	var bind Bind
-	exact := false
-	for _, fe := range c.Frontends {
-		for _, b := range fe.Binds {
-			if b.Port != dst.Port() {
-				continue
-			}
-			ba := b.Addr.Unmap()
-			switch {
-			case ba == dstAddr:
-				if exact && f != fe {
-					return TraceResult{}, fmt.Errorf("frontends %q and %q both listen on %s", f.Name, fe.Name, dst)
-				}
-				f, bind, exact = fe, b, true
-			case ba.IsUnspecified() && ba.Is4() == dstAddr.Is4() && !exact:
-				if f != nil && f != fe {
-					return TraceResult{}, fmt.Errorf("frontends %q and %q both listen on %s", f.Name, fe.Name, FormatAddrPort(ba, b.Port))
-				}
-				f, bind = fe, b
+// Trace interprets d for one TCP connection from src to dst the way the
+// kernel and HAProxy would, reading the same map entries that RenderMaps
+// writes:
+//
+//   - the kernel dispatches dst when it is a listener's address and port,
+//     or a NodePort on a node address (in NodePortAddresses, or, when that
+//     is empty, any address that is no listener's: Trace does not know the
+//     ServiceCIDRs), dropping sources outside loadBalancerSourceRanges;
+//   - HAProxy then follows the rules renderDispatcher writes.
+func Trace(d *Dispatcher, src netip.Addr, dst netip.AddrPort) TraceResult {
+	var services, endpoints []MapEntry
+	serviceIPs := map[netip.Addr]bool{}
+	for _, sp := range d.ServicePorts {
+		services = sp.AppendDispatchEntries(services)
+		endpoints = sp.AppendEndpointEntries(endpoints)
+		for _, l := range sp.Listeners {
+			if l.Kind != NodePort {
+				serviceIPs[l.Addr] = true
 			}
 		}
 	}
-	if f == nil {
-		return TraceResult{Verdict: NoListener}, nil
-	}
-	res := TraceResult{Frontend: f.Name, Bind: bind.Name}
-	backends := make(map[string]*Backend, len(c.Backends))
-	for _, be := range c.Backends {
-		backends[be.Name] = be
-	}
-	acls := make(map[string]ACL, len(f.ACLs))
-	for _, a := range f.ACLs {
-		acls[a.Name] = a
-	}
-	aclMatches := func(a ACL) bool {
-		switch a.Kind {
-		case ACLSourceIn:
-			for _, p := range a.Prefixes {
-				if p.Contains(src.Unmap()) {
-					return true
-				}
-			}
-		case ACLBindNamePrefix:
-			for _, v := range a.Values {
-				if strings.HasPrefix(bind.Name, v) {
-					return true
-				}
-			}
+	return trace(d, lookupTable(services), lookupTable(endpoints), serviceIPs, src, dst)
+}
+
+// lookupTable is map_str: the first entry of a key wins.
+func lookupTable(entries []MapEntry) map[string]string {
+	m := make(map[string]string, len(entries))
+	for _, e := range entries {
+		if _, dup := m[e.Key]; !dup {
+			m[e.Key] = e.Value
 		}
-		return false
 	}
-	holds := func(cond Condition) bool {
-		for _, t := range cond {
-			var v bool
-			if t.ACL != "" {
-				v = aclMatches(acls[t.ACL])
-			} else if be := backends[t.BackendHasServers]; be != nil {
-				v = len(be.Servers) > 0
-			}
-			if v == t.Negate {
-				return false
-			}
-		}
-		return true
+	return m
+}
+
+func trace(d *Dispatcher, services, endpoints map[string]string, serviceIPs map[netip.Addr]bool, src netip.Addr, dst netip.AddrPort) TraceResult {
+	// The kernel: is dst dispatched at all?
+	sp, l := d.listenerFor(dst, serviceIPs)
+	if sp == nil {
+		return TraceResult{Verdict: NotDispatched}
 	}
-rules:
-	for _, r := range f.TCPRequestConnection {
-		if !holds(r.Cond) {
-			continue
-		}
-		switch r.Action {
-		case TCPReject:
+	res := TraceResult{ServicePort: sp.Name, Listener: l.Key(), Sticky: sp.Affinity > 0}
+	if l.Kind == LoadBalancer && len(sp.SourceRanges) > 0 && !containsAddr(sp.SourceRanges, src) {
+		res.Verdict = Dropped
+		return res
+	}
+	// HAProxy: the rules of renderDispatcher.
+	key := netip.AddrPortFrom(dst.Addr(), dst.Port()).String()
+	value, ok := services[key]
+	if !ok {
+		value, ok = services["*:"+strconv.Itoa(int(dst.Port()))]
+	}
+	if !ok {
+		res.Verdict = Rejected
+		return res
+	}
+	fields := strings.Split(value, FieldSeparator)
+	res.Set = fields[0]
+	if containsAddr(d.ClusterSources, src) {
+		res.Set = fields[1]
+	}
+	n, _ := strconv.Atoi(endpoints[res.Set])
+	if n == 0 {
+		if fields[2] == Rejected.mapWord() {
 			res.Verdict = Rejected
-			return res, nil
-		case TCPSilentDrop:
+		} else {
 			res.Verdict = Dropped
-			return res, nil
-		case TCPAccept:
-			break rules
 		}
+		return res
 	}
-	res.Backend = f.DefaultBackend
-	for _, u := range f.UseBackends {
-		if holds(u.Cond) {
-			res.Backend = u.Backend
-			break
+	for i := 0; i < n; i++ {
+		v, ok := endpoints[res.Set+"/"+strconv.Itoa(i)]
+		if !ok {
+			res.Verdict = Rejected
+			return res
 		}
-	}
-	be := backends[res.Backend]
-	if be == nil || len(be.Servers) == 0 {
-		res.Verdict = NoServer
-		return res, nil
+		ep, err := parseEndpointValue(v)
+		if err != nil {
+			res.Verdict = Rejected
+			return res
+		}
+		res.Endpoints = append(res.Endpoints, ep)
 	}
 	res.Verdict = Served
-	res.Sticky = be.StickTable != nil
-	for _, s := range be.Servers {
-		res.Servers = append(res.Servers, s.AddrPort())
+	return res
+}
+
+// Pick returns one of r's endpoints as HAProxy would choose without
+// affinity: uniformly at random.
+func (r TraceResult) Pick() netip.AddrPort {
+	if len(r.Endpoints) == 0 {
+		return netip.AddrPort{}
 	}
-	return res, nil
+	return r.Endpoints[rand.IntN(len(r.Endpoints))]
+}
+
+func parseEndpointValue(v string) (netip.AddrPort, error) {
+	f := strings.Split(v, FieldSeparator)
+	if len(f) != 3 {
+		return netip.AddrPort{}, fmt.Errorf("endpoint value %q: want address|port|id", v)
+	}
+	a, err := netip.ParseAddr(f[0])
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	p, err := strconv.ParseUint(f[1], 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return netip.AddrPortFrom(a, uint16(p)), nil
+}
+
+// listenerFor is the kernel's dispatch decision: the Service port and
+// listener dst reaches, or nil.
+func (d *Dispatcher) listenerFor(dst netip.AddrPort, serviceIPs map[netip.Addr]bool) (*ServicePort, Listener) {
+	for _, sp := range d.ServicePorts {
+		for _, l := range sp.Listeners {
+			if l.Kind != NodePort && l.Addr == dst.Addr() && l.Port == dst.Port() {
+				return sp, l
+			}
+		}
+	}
+	nodeAddr := !serviceIPs[dst.Addr()]
+	if len(d.NodePortAddresses) > 0 {
+		nodeAddr = false
+		for _, a := range d.NodePortAddresses {
+			nodeAddr = nodeAddr || a == dst.Addr()
+		}
+	}
+	if !nodeAddr {
+		return nil, Listener{}
+	}
+	for _, sp := range d.ServicePorts {
+		for _, l := range sp.Listeners {
+			if l.Kind == NodePort && l.Port == dst.Port() {
+				return sp, l
+			}
+		}
+	}
+	return nil, Listener{}
+}
+
+func containsAddr(prefixes []netip.Prefix, a netip.Addr) bool {
+	for _, p := range prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }

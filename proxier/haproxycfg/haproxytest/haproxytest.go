@@ -3,6 +3,8 @@
 package haproxytest
 
 import (
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
+
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +40,42 @@ func Check(t testing.TB, cfg []byte) {
 	}
 	out, err := exec.Command(bin, "-c", "-f", file).CombinedOutput()
 	if err != nil {
+		t.Fatalf("haproxy -c rejected the config: %v\n%s\n--- config:\n%s", err, out, cfg)
+	}
+}
+
+// WriteModel renders c into haproxy.cfg in dir and each dispatcher's map
+// files into its MapDir, and returns the path of haproxy.cfg.
+func WriteModel(t testing.TB, dir string, c *haproxycfg.Config) string {
+	t.Helper()
+	cfg, err := haproxycfg.Render(c)
+	if err != nil {
+		t.Fatalf("rendering: %v", err)
+	}
+	for _, d := range c.Dispatchers {
+		services, endpoints, sources := haproxycfg.RenderMaps(d)
+		for path, data := range map[string][]byte{d.ServicesMap(): services, d.EndpointsMap(): endpoints, d.ClusterSourcesACL(): sources} {
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				t.Fatalf("writing %s: %v", path, err)
+			}
+		}
+	}
+	file := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(file, cfg, 0o600); err != nil {
+		t.Fatalf("writing config: %v", err)
+	}
+	return file
+}
+
+// CheckModel runs "haproxy -c" on c rendered with its map files, and
+// fails the test if HAProxy rejects them.
+func CheckModel(t testing.TB, c *haproxycfg.Config) {
+	t.Helper()
+	bin := Binary(t)
+	file := WriteModel(t, t.TempDir(), c)
+	out, err := exec.Command(bin, "-c", "-f", file).CombinedOutput()
+	if err != nil {
+		cfg, _ := os.ReadFile(file)
 		t.Fatalf("haproxy -c rejected the config: %v\n%s\n--- config:\n%s", err, out, cfg)
 	}
 }

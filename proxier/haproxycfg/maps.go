@@ -1,0 +1,216 @@
+package haproxycfg
+
+import (
+	"bytes"
+	"hash/fnv"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The map files of a Dispatcher. HAProxy reads them at every start and
+// reload; between reloads the runtime API changes its copy in memory and
+// the applier rewrites the files, so file and memory agree.
+//
+// services-<family>.map: one entry per listener of every Service port:
+//
+//	<listener key> <set>|<set for cluster sources>|<reject or drop>|<affinity seconds>
+//
+// endpoints-<family>.map: per endpoint set with n endpoints,
+//
+//	<set> <n>
+//	<set>/<i> <address>|<port>|<id>      i in [0, n): a random i picks an endpoint
+//	<set>/ep<id> <address>|<port>|<id>   only for Service ports with affinity
+//
+// The id of an endpoint is stable as long as the endpoint exists (a hash
+// of its address, see EndpointIDs); the affinity table stores it, so a
+// client keeps its endpoint while the set around it changes.
+//
+// cluster-sources-<family>.acl: one prefix per line (ClusterSources).
+
+// File names in Dispatcher.MapDir.
+func (d *Dispatcher) familyName() string {
+	if d.IPv6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// ServicesMap is the path of the services map.
+func (d *Dispatcher) ServicesMap() string {
+	return filepath.Join(d.MapDir, "services-"+d.familyName()+".map")
+}
+
+// EndpointsMap is the path of the endpoints map.
+func (d *Dispatcher) EndpointsMap() string {
+	return filepath.Join(d.MapDir, "endpoints-"+d.familyName()+".map")
+}
+
+// ClusterSourcesACL is the path of the cluster sources ACL file.
+func (d *Dispatcher) ClusterSourcesACL() string {
+	return filepath.Join(d.MapDir, "cluster-sources-"+d.familyName()+".acl")
+}
+
+// Names of the proxies of a Dispatcher.
+func (d *Dispatcher) FrontendName() string { return "services-" + d.familyName() }
+func (d *Dispatcher) BackendName() string  { return "endpoints-" + d.familyName() }
+func (d *Dispatcher) TableName() string    { return "affinity-" + d.familyName() }
+
+// MapEntry is one key and value of a map.
+type MapEntry struct {
+	Key, Value string
+}
+
+// Fields of a services map value, separated by FieldSeparator.
+const FieldSeparator = "|"
+
+// mapWord is v in the services map: the HAProxy action that gives it.
+func (v Verdict) mapWord() string {
+	if v == Rejected {
+		return "reject"
+	}
+	return "drop"
+}
+
+// DispatchValue is the services map value of listener l of sp.
+func (sp *ServicePort) DispatchValue(l Listener) string {
+	others, fromCluster := sp.setsFor(l)
+	secs := int64(0)
+	if sp.Affinity > 0 {
+		secs = int64((sp.Affinity + time.Second - 1) / time.Second)
+	}
+	return others.Name + FieldSeparator + fromCluster.Name + FieldSeparator + sp.WhenEmpty.mapWord() + FieldSeparator + strconv.FormatInt(secs, 10)
+}
+
+// AppendDispatchEntries appends the services map entries of sp.
+func (sp *ServicePort) AppendDispatchEntries(dst []MapEntry) []MapEntry {
+	for _, l := range sp.Listeners {
+		dst = append(dst, MapEntry{Key: l.Key(), Value: sp.DispatchValue(l)})
+	}
+	return dst
+}
+
+// Sets returns sp's endpoint sets that are not nil: Cluster, then Local.
+func (sp *ServicePort) Sets() []*EndpointSet {
+	var out []*EndpointSet
+	if sp.Cluster != nil {
+		out = append(out, sp.Cluster)
+	}
+	if sp.Local != nil {
+		out = append(out, sp.Local)
+	}
+	return out
+}
+
+// AppendEndpointEntries appends the endpoints map entries of sp's sets.
+func (sp *ServicePort) AppendEndpointEntries(dst []MapEntry) []MapEntry {
+	for _, set := range sp.Sets() {
+		dst = set.appendEntries(dst, sp.Affinity > 0)
+	}
+	return dst
+}
+
+func (set *EndpointSet) appendEntries(dst []MapEntry, byID bool) []MapEntry {
+	dst = append(dst, MapEntry{Key: set.Name, Value: strconv.Itoa(len(set.Endpoints))})
+	ids := EndpointIDs(set.Endpoints)
+	var buf []byte
+	for i, ep := range set.Endpoints {
+		buf = EndpointValue(buf[:0], ep, ids[i])
+		v := string(buf)
+		dst = append(dst, MapEntry{Key: set.Name + "/" + strconv.Itoa(i), Value: v})
+		if byID {
+			dst = append(dst, MapEntry{Key: set.Name + "/ep" + strconv.FormatUint(uint64(ids[i]), 10), Value: v})
+		}
+	}
+	return dst
+}
+
+// EndpointValue appends the endpoints map value of ep: address|port|id.
+func EndpointValue(dst []byte, ep netip.AddrPort, id uint32) []byte {
+	dst = ep.Addr().AppendTo(dst)
+	dst = append(dst, FieldSeparator...)
+	dst = strconv.AppendUint(dst, uint64(ep.Port()), 10)
+	dst = append(dst, FieldSeparator...)
+	return strconv.AppendUint(dst, uint64(id), 10)
+}
+
+// EndpointIDs gives each endpoint of a set an id in [1, 2^31): a hash of
+// its address and port, so the id of an endpoint does not depend on the
+// others and survives any change to the set (the affinity table stores
+// it). A collision, rare, takes the next free id in the order of eps.
+func EndpointIDs(eps []netip.AddrPort) []uint32 {
+	ids := make([]uint32, len(eps))
+	var used map[uint32]bool
+	if len(eps) > 1 {
+		used = make(map[uint32]bool, len(eps))
+	}
+	var buf [64]byte
+	for i, ep := range eps {
+		h := fnv.New32a()
+		h.Write(ep.AppendTo(buf[:0]))
+		id := h.Sum32() & 0x7fffffff
+		for id == 0 || used[id] {
+			id = (id + 1) & 0x7fffffff
+		}
+		if used != nil {
+			used[id] = true
+		}
+		ids[i] = id
+	}
+	return ids
+}
+
+// RenderMaps renders the three files of d: the services map, the
+// endpoints map and the cluster sources ACL. Service ports come in the
+// order of d.ServicePorts, each preceded by its comment, so the files
+// name every Service.
+func RenderMaps(d *Dispatcher) (services, endpoints, sources []byte) {
+	var sb, eb, ab bytes.Buffer
+	sb.WriteString(mapHeader)
+	eb.WriteString(mapHeader)
+	ab.WriteString(mapHeader)
+	var entries []MapEntry
+	for _, sp := range d.ServicePorts {
+		comment(&sb, "", sp.Comment)
+		entries = sp.AppendDispatchEntries(entries[:0])
+		writeEntries(&sb, entries)
+		for _, set := range sp.Sets() {
+			comment(&eb, "", set.Comment)
+			entries = set.appendEntries(entries[:0], sp.Affinity > 0)
+			writeEntries(&eb, entries)
+		}
+	}
+	for _, p := range d.ClusterSources {
+		ab.WriteString(p.Masked().String())
+		ab.WriteByte('\n')
+	}
+	return sb.Bytes(), eb.Bytes(), ab.Bytes()
+}
+
+const mapHeader = "# Generated by kube-haproxy: do not edit, the proxier rewrites this file.\n"
+
+func writeEntries(b *bytes.Buffer, entries []MapEntry) {
+	for _, e := range entries {
+		b.WriteString(e.Key)
+		b.WriteByte(' ')
+		b.WriteString(e.Value)
+		b.WriteByte('\n')
+	}
+}
+
+// ParseMap reads a map file as HAProxy does: one "key value" per line,
+// blank lines and lines starting with '#' ignored.
+func ParseMap(data []byte) []MapEntry {
+	var out []MapEntry
+	for _, ln := range strings.Split(string(data), "\n") {
+		ln = strings.TrimSpace(ln)
+		if ln == "" || ln[0] == '#' {
+			continue
+		}
+		k, v, _ := strings.Cut(ln, " ")
+		out = append(out, MapEntry{Key: k, Value: strings.TrimSpace(v)})
+	}
+	return out
+}
