@@ -87,7 +87,7 @@ func (c *Client) exchange(ctx context.Context, lines []string) ([]string, error)
 
 	sc := bufio.NewScanner(conn)
 	sc.Buffer(make([]byte, 64*1024), maxAnswer)
-	sc.Split(splitAnswers)
+	sc.Split(new(answerSplitter).split)
 	read := func() (string, error) {
 		if sc.Scan() {
 			return sc.Text(), nil
@@ -122,9 +122,28 @@ const maxAnswer = 256 << 20
 // splitAnswers splits the prompt-mode stream into answers: each ends with
 // the prompt "\n> " (an empty answer is the prompt alone).
 func splitAnswers(data []byte, atEOF bool) (advance int, token []byte, err error) {
-	if i := bytes.Index(data, prompt); i >= 0 {
+	return new(answerSplitter).split(data, atEOF)
+}
+
+// answerSplitter is splitAnswers for one stream. bufio.Scanner calls the
+// split function again with the whole pending answer after each read, so
+// a stateless search rescans it every time: a 15 MB "show map" arrives in
+// about a hundred reads and was searched 700 MB deep. Remembering how far
+// the pending answer has been searched makes reading linear.
+type answerSplitter struct {
+	// searched is how many bytes of the pending answer hold no prompt
+	// start, except possibly its last len(prompt)-1 bytes.
+	searched int
+}
+
+func (s *answerSplitter) split(data []byte, atEOF bool) (advance int, token []byte, err error) {
+	from := min(max(s.searched-len(prompt)+1, 0), len(data))
+	if i := bytes.Index(data[from:], prompt); i >= 0 {
+		i += from
+		s.searched = 0
 		return i + len(prompt), data[:i], nil
 	}
+	s.searched = len(data)
 	if atEOF && len(data) > 0 {
 		return 0, nil, io.ErrUnexpectedEOF
 	}
@@ -224,6 +243,47 @@ func (c *Client) ShowBackends(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	return parseBackends(answers[0])
+}
+
+// ShowMap implements Interface.
+func (c *Client) ShowMap(ctx context.Context, mapFile string) ([]MapEntry, error) {
+	if err := checkFile(mapFile); err != nil {
+		return nil, err
+	}
+	answers, err := c.exchange(ctx, []string{"show map " + mapFile})
+	if err != nil {
+		return nil, err
+	}
+	entries, err := parseMap(answers[0])
+	if err != nil {
+		return nil, fmt.Errorf("map %s: %w", mapFile, err)
+	}
+	return entries, nil
+}
+
+// ShowACL implements Interface.
+func (c *Client) ShowACL(ctx context.Context, aclFile string) ([]string, error) {
+	if err := checkFile(aclFile); err != nil {
+		return nil, err
+	}
+	answers, err := c.exchange(ctx, []string{"show acl " + aclFile})
+	if err != nil {
+		return nil, err
+	}
+	values, err := parseACL(answers[0])
+	if err != nil {
+		return nil, fmt.Errorf("acl %s: %w", aclFile, err)
+	}
+	return values, nil
+}
+
+// ShowMaps implements Interface.
+func (c *Client) ShowMaps(ctx context.Context) ([]string, error) {
+	answers, err := c.exchange(ctx, []string{"show map"})
+	if err != nil {
+		return nil, err
+	}
+	return parseMaps(answers[0])
 }
 
 // Master talks to the master CLI of an HAProxy in master-worker mode (the

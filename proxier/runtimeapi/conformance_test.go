@@ -3,9 +3,14 @@ package runtimeapi
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -295,6 +300,18 @@ func TestInvalidArgumentsNeverSent(t *testing.T) {
 		"bad port":         func(b *Batch) { b.SetAddr("dyn", "a", "10.0.0.1", 70000) },
 		"weight too large": func(b *Batch) { b.SetWeight("dyn", "a", 300) },
 		"bad state":        func(b *Batch) { b.SetState("dyn", "a", State("up")) },
+		"relative map":     func(b *Batch) { b.AddMap("services.map", "k", "v") },
+		"space in map":     func(b *Batch) { b.ClearMap("/etc/my maps/x.map") },
+		"map by id":        func(b *Batch) { b.ClearMap("/x#1") },
+		"empty map value":  func(b *Batch) { b.SetMap("/x.map", "k", "") },
+		"empty map key":    func(b *Batch) { b.DelMap("/x.map", "") },
+		"space in value":   func(b *Batch) { b.AddMap("/x.map", "k", "a b") },
+		"newline in key":   func(b *Batch) { b.AddMap("/x.map", "k\nclear map /x.map", "v") },
+		"semicolon in acl": func(b *Batch) { b.AddACL("/x.acl", "10.0.0.0/8;clear acl /x.acl") },
+		"quote in value":   func(b *Batch) { b.AddMap("/x.map", "k", `"v"`) },
+		"backslash in acl": func(b *Batch) { b.DelACL("/x.acl", `10.0.0.0\/8`) },
+		"non-ASCII key":    func(b *Batch) { b.AddMap("/x.map", "ké", "v") },
+		"tab in file":      func(b *Batch) { b.ClearACL("/x\t.acl") },
 	} {
 		t.Run(name, func(t *testing.T) {
 			var b Batch
@@ -346,4 +363,299 @@ func BenchmarkClientBatch(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// answer is HAProxy's answer to one command ("" for success) and the
+// sentinel error it maps to.
+type answer struct {
+	text string
+	err  error
+}
+
+// HAProxy 2.6's answers to map and ACL commands.
+var (
+	okAnswer         = answer{}
+	unknownMapAnswer = answer{"Unknown map identifier. Please use #<id> or <file>.", ErrNoSuchMap}
+	unknownACLAnswer = answer{"Unknown ACL identifier. Please use #<id> or <file>.", ErrNoSuchMap}
+	noEntryAnswer    = answer{"entry not found.", ErrNoSuchEntry}
+	noKeyAnswer      = answer{"Key not found.", ErrNoSuchEntry}
+	aclIsMapAnswer   = answer{"This ACL is shared with a map containing samples. You must use the command 'add map' to add values.", ErrNoSuchMap}
+)
+
+func invalidIPAnswer(s string) answer {
+	return answer{"'" + s + "' is not a valid IPv4 or IPv6 address.", ErrInvalidArgument}
+}
+
+// patternFiles names the files of the map conformance scenario. services
+// starts with servicesAtLoad, other empty, acl with aclAtLoad; the nope
+// files are not loaded.
+type patternFiles struct {
+	services, other, acl, nopeMap, nopeACL string
+}
+
+var (
+	servicesAtLoad = []MapEntry{
+		{"10.96.0.10:80", "default.web:http:tcp|default.web:http:tcp|reject|0"},
+		{"10.96.0.11:80", "a"},
+		{"10.96.0.11:80", "b"},
+	}
+	aclAtLoad = []string{"10.244.0.0/16"}
+)
+
+// mapConformance runs one map and ACL scenario against an Interface: the
+// Fake must answer and end in the same state as HAProxy. lookup returns
+// what map_str(services) gives for a key (Fake.LookupMap, or traffic
+// through a real frontend).
+func mapConformance(t *testing.T, api Interface, fs patternFiles, lookup func(t *testing.T, key string) (string, bool)) {
+	ctx := context.Background()
+	run := func(name string, build func(b *Batch), want ...answer) {
+		t.Helper()
+		var b Batch
+		build(&b)
+		err := api.Run(ctx, &b)
+		failed := map[int]*CommandError{}
+		if err != nil {
+			var be *BatchError
+			require.ErrorAs(t, err, &be, "%s", name)
+			for _, f := range be.Failed {
+				failed[f.Index] = f
+			}
+		}
+		require.Len(t, want, b.Len(), name)
+		for i, w := range want {
+			cmd := b.Commands()[i]
+			if w.text == "" {
+				require.Nil(t, failed[i], "%s: command %d %q", name, i, cmd)
+				continue
+			}
+			require.NotNil(t, failed[i], "%s: command %d %q must fail", name, i, cmd)
+			require.Equal(t, w.text, failed[i].Response, "%s: command %d %q", name, i, cmd)
+			require.ErrorIs(t, failed[i], w.err, "%s: command %d %q", name, i, cmd)
+		}
+	}
+	showMap := func(file string) []MapEntry {
+		t.Helper()
+		entries, err := api.ShowMap(ctx, file)
+		require.NoError(t, err)
+		return entries
+	}
+	showACL := func(file string) []string {
+		t.Helper()
+		values, err := api.ShowACL(ctx, file)
+		require.NoError(t, err)
+		return values
+	}
+	requireLookup := func(key, want string, wantOK bool) {
+		t.Helper()
+		got, ok := lookup(t, key)
+		require.Equal(t, wantOK, ok, "lookup %q", key)
+		require.Equal(t, want, got, "lookup %q", key)
+	}
+	svc := fs.services
+
+	maps, err := api.ShowMaps(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{fs.services, fs.other}, maps)
+	require.Equal(t, servicesAtLoad, showMap(svc))
+	require.Empty(t, showMap(fs.other))
+	require.Equal(t, aclAtLoad, showACL(fs.acl))
+	requireLookup("10.96.0.11:80", "a", true) // duplicates in the file: the first wins
+	requireLookup("10.96.0.12:80", "", false)
+
+	run("add", func(b *Batch) {
+		b.AddMap(svc, "[fd00::1]:80", "default.web:http:tcp|x|reject|0")
+		b.AddMap(svc, "*:30080", "2")
+		b.AddMap(svc, "10.96.0.10:80", "dup")
+		b.AddMap(svc, "default.web:http:tcp/ep3", "10.180.0.1|8080|3")
+		b.AddMap(fs.nopeMap, "k", "v")
+		b.AddACL(fs.acl, "fd00::/64")
+		b.AddACL(fs.acl, "10.244.0.0/16")
+		b.AddACL(fs.acl, "10.0.0.0/33")
+		b.AddACL(fs.nopeACL, "10.0.0.0/8")
+		b.AddACL(svc, "10.0.0.0/8")
+	}, okAnswer, okAnswer, okAnswer, okAnswer, unknownMapAnswer,
+		okAnswer, okAnswer, invalidIPAnswer("10.0.0.0/33"), unknownACLAnswer, aclIsMapAnswer)
+	require.Equal(t, append(append([]MapEntry(nil), servicesAtLoad...),
+		MapEntry{"[fd00::1]:80", "default.web:http:tcp|x|reject|0"},
+		MapEntry{"*:30080", "2"},
+		MapEntry{"10.96.0.10:80", "dup"}, // add map adds a duplicate
+		MapEntry{"default.web:http:tcp/ep3", "10.180.0.1|8080|3"},
+	), showMap(svc))
+	requireLookup("10.96.0.10:80", "default.web:http:tcp|default.web:http:tcp|reject|0", true)
+	requireLookup("[fd00::1]:80", "default.web:http:tcp|x|reject|0", true)
+	require.Equal(t, []string{"10.244.0.0/16", "fd00::/64", "10.244.0.0/16"}, showACL(fs.acl))
+
+	run("set and delete", func(b *Batch) {
+		b.SetMap(svc, "*:30080", "3")
+		b.SetMap(svc, "10.96.0.10:80", "both")
+		b.SetMap(svc, "missing", "v")
+		b.DelMap(svc, "missing")
+		b.DelMap(svc, "[fd00::1]:80")
+		b.DelMap(svc, "10.96.0.11:80")
+		b.SetMap(fs.nopeMap, "k", "v")
+		b.DelMap(fs.nopeMap, "k")
+		b.DelACL(fs.acl, "10.244.0.0/16")
+		b.DelACL(fs.acl, "10.1.0.0/16")
+		b.DelACL(fs.nopeACL, "10.0.0.0/8")
+		b.DelMap(fs.acl, "fd00::/64")
+		b.DelACL(svc, "*:30080")
+	}, okAnswer, okAnswer, noEntryAnswer, noKeyAnswer, okAnswer, okAnswer, unknownMapAnswer, unknownMapAnswer,
+		okAnswer, noKeyAnswer, unknownMapAnswer, unknownMapAnswer, unknownMapAnswer)
+	require.Equal(t, []MapEntry{
+		{"10.96.0.10:80", "both"}, // set map changes every duplicate
+		{"*:30080", "3"},
+		{"10.96.0.10:80", "both"},
+		{"default.web:http:tcp/ep3", "10.180.0.1|8080|3"},
+	}, showMap(svc))
+	requireLookup("*:30080", "3", true)
+	requireLookup("[fd00::1]:80", "", false)
+	requireLookup("10.96.0.11:80", "", false) // del map removes every duplicate
+	require.Equal(t, []string{"fd00::/64"}, showACL(fs.acl))
+
+	run("re-add after delete", func(b *Batch) {
+		b.DelMap(svc, "10.96.0.10:80")
+		b.AddMap(svc, "10.96.0.10:80", "first")
+		b.AddMap(svc, "10.96.0.10:80", "second")
+	}, okAnswer, okAnswer, okAnswer)
+	require.Equal(t, []MapEntry{
+		{"*:30080", "3"},
+		{"default.web:http:tcp/ep3", "10.180.0.1|8080|3"},
+		{"10.96.0.10:80", "first"},
+		{"10.96.0.10:80", "second"},
+	}, showMap(svc))
+	requireLookup("10.96.0.10:80", "first", true)
+
+	// HAProxy 2.6 lets add map and set map change an ACL file.
+	run("map commands on an ACL", func(b *Batch) {
+		b.AddMap(fs.acl, "10.9.0.0/16", "v")
+		b.SetMap(fs.acl, "fd00::/64", "w")
+		b.AddMap(fs.acl, "notip", "v")
+	}, okAnswer, okAnswer, invalidIPAnswer("notip"))
+	require.Equal(t, []string{"fd00::/64 w", "10.9.0.0/16 v"}, showACL(fs.acl))
+
+	run("clear", func(b *Batch) {
+		b.AddMap(fs.other, "k", "v")
+		b.ClearMap(fs.other)
+		b.ClearACL(fs.acl)
+		b.ClearMap(fs.nopeMap)
+		b.ClearACL(fs.nopeACL)
+		b.ClearMap(fs.acl)
+		b.ClearACL(svc)
+	}, okAnswer, okAnswer, okAnswer, unknownMapAnswer, unknownACLAnswer, unknownMapAnswer, unknownACLAnswer)
+	require.Empty(t, showMap(fs.other))
+	require.Empty(t, showACL(fs.acl))
+	require.Len(t, showMap(svc), 4)
+
+	for _, f := range []string{fs.nopeMap, fs.acl} {
+		_, err = api.ShowMap(ctx, f)
+		require.ErrorIs(t, err, ErrNoSuchMap, f)
+	}
+	for _, f := range []string{fs.nopeACL, svc} {
+		_, err = api.ShowACL(ctx, f)
+		require.ErrorIs(t, err, ErrNoSuchMap, f)
+	}
+	_, err = api.ShowMap(ctx, "services.map")
+	require.ErrorIs(t, err, ErrInvalidArgument, "relative map file")
+}
+
+func TestFakeMapConformance(t *testing.T) {
+	fs := patternFiles{
+		services: "/etc/haproxy/services.map", other: "/etc/haproxy/other.map", acl: "/etc/haproxy/allowed.acl",
+		nopeMap: "/etc/haproxy/nope.map", nopeACL: "/etc/haproxy/nope.acl",
+	}
+	f := NewFake()
+	f.LoadACL(fs.acl, aclAtLoad...)
+	f.LoadMap(fs.services, servicesAtLoad...)
+	f.LoadMap(fs.other)
+	mapConformance(t, f, fs, func(t *testing.T, key string) (string, bool) { return f.LookupMap(fs.services, key) })
+
+	require.Equal(t, []string{
+		"map /etc/haproxy/services.map *:30080 3",
+		"map /etc/haproxy/services.map default.web:http:tcp/ep3 10.180.0.1|8080|3",
+		"map /etc/haproxy/services.map 10.96.0.10:80 first",
+		"map /etc/haproxy/services.map 10.96.0.10:80 second",
+	}, f.Dump())
+	f.Reset()
+	_, err := f.ShowMap(context.Background(), fs.services)
+	require.ErrorIs(t, err, ErrNoSuchMap, "Reset forgets maps")
+	require.Empty(t, f.Dump())
+}
+
+func TestClientMapConformance(t *testing.T) {
+	dir := t.TempDir()
+	fs := patternFiles{
+		services: filepath.Join(dir, "services.map"), other: filepath.Join(dir, "other.map"), acl: filepath.Join(dir, "allowed.acl"),
+		nopeMap: filepath.Join(dir, "nope.map"), nopeACL: filepath.Join(dir, "nope.acl"),
+	}
+	var svc strings.Builder
+	for _, e := range servicesAtLoad {
+		svc.WriteString(e.Key + " " + e.Value + "\n")
+	}
+	require.NoError(t, os.WriteFile(fs.services, []byte(svc.String()), 0o644))
+	require.NoError(t, os.WriteFile(fs.other, nil, 0o644))
+	require.NoError(t, os.WriteFile(fs.acl, []byte(strings.Join(aclAtLoad, "\n")+"\n"), 0o644))
+	port := freePort(t)
+
+	// The lookup answers 200 with map_str's result, or 404 when the key is
+	// not in the map: the real match, not the CLI's "get map".
+	in := haproxytest.Start(t, `
+frontend fe
+  mode http
+  bind 127.0.0.1:`+strconv.Itoa(port)+`
+  acl allowed src -f `+fs.acl+`
+  acl found req.hdr(k),map_str(`+fs.services+`) -m found
+  tcp-request connection set-var(sess.other) src,map_str(`+fs.other+`)
+  http-request set-var(txn.allowed) bool(1) if allowed
+  http-request return status 404 if !found
+  http-request return status 200 content-type text/plain lf-string "%[req.hdr(k),map_str(`+fs.services+`)]"
+`)
+	client := &http.Client{Timeout: 5 * time.Second}
+	mapConformance(t, New(in.StatsSocket), fs, func(t *testing.T, key string) (string, bool) {
+		req, err := http.NewRequest(http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(port)+"/", nil)
+		require.NoError(t, err)
+		req.Header.Set("k", key)
+		resp, err := client.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		if resp.StatusCode == http.StatusNotFound {
+			return "", false
+		}
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		return string(body), true
+	})
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestClientShowMapLarge reads a map of 250,000 entries (a 15 MB answer):
+// reading and parsing must stay linear.
+func TestClientShowMapLarge(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "endpoints.map")
+	const n = 250000
+	var sb strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&sb, "default.web%d:http:tcp/ep%d 10.%d.%d.%d|8080|%d\n", i/10, i%10, i>>16&255, i>>8&255, i&255, i%10)
+	}
+	require.NoError(t, os.WriteFile(file, []byte(sb.String()), 0o644))
+	in := haproxytest.Start(t, `
+frontend fe
+  bind 127.0.0.1:`+strconv.Itoa(freePort(t))+`
+  tcp-request connection set-var(sess.x) src,map_str(`+file+`)
+`)
+	start := time.Now()
+	entries, err := New(in.StatsSocket).ShowMap(context.Background(), file)
+	require.NoError(t, err)
+	t.Logf("show map of %d entries: %v", len(entries), time.Since(start))
+	require.Len(t, entries, n)
+	require.Equal(t, MapEntry{"default.web0:http:tcp/ep0", "10.0.0.0|8080|0"}, entries[0])
+	require.Equal(t, MapEntry{"default.web24999:http:tcp/ep9", "10.3.208.143|8080|9"}, entries[n-1])
 }

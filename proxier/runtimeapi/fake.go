@@ -15,14 +15,21 @@ import (
 //     balance algorithm, with a unique name and id;
 //   - only servers in maintenance, without attached connections, can be
 //     deleted;
-//   - unknown backends and servers fail as they do in HAProxy.
+//   - unknown backends and servers fail as they do in HAProxy;
+//   - maps (string keys, as map_str uses them) and ACL files (IP patterns,
+//     as "src -f" uses them) keep entries in insertion order, "add map"
+//     and "add acl" add duplicates, "set map" and "del map" act on every
+//     entry with the key.
 //
-// Backends appear only through LoadBackend, as in HAProxy they appear only
-// through the configuration.
+// Backends, maps and ACLs appear only through LoadBackend, LoadMap and
+// LoadACL, as in HAProxy they appear only through the configuration.
 type Fake struct {
 	mu            sync.Mutex
 	backends      map[string]*FakeBackend
 	nextBackendID int
+	// patterns holds the maps and ACL files by file name.
+	patterns       map[string]*fakePatterns
+	nextPatternSeq int
 	// Batches records the commands of every Run, one slice per connection.
 	Batches [][]string
 }
@@ -47,9 +54,9 @@ type FakeServer struct {
 
 var _ Interface = (*Fake)(nil)
 
-// NewFake returns a Fake without backends.
+// NewFake returns a Fake without backends, maps or ACLs.
 func NewFake() *Fake {
-	return &Fake{backends: map[string]*FakeBackend{}, nextBackendID: 1}
+	return &Fake{backends: map[string]*FakeBackend{}, nextBackendID: 1, patterns: map[string]*fakePatterns{}}
 }
 
 // LoadBackend replaces (or creates) a backend as a (re)load of the
@@ -84,11 +91,12 @@ func (f *Fake) RemoveBackend(name string) {
 	delete(f.backends, name)
 }
 
-// Reset forgets every backend.
+// Reset forgets every backend, map and ACL.
 func (f *Fake) Reset() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.backends = map[string]*FakeBackend{}
+	f.patterns = map[string]*fakePatterns{}
 }
 
 // SetSessions sets the number of connections attached to a server.
@@ -116,8 +124,9 @@ func (f *Fake) Server(backend, server string) *FakeServer {
 	return &c
 }
 
-// Dump returns "backend/server addr:port id=N state" lines, sorted, for
-// tests that compare the whole state.
+// Dump returns "backend/server addr:port id=N state" lines, sorted, then
+// the maps' and ACLs' entries (see dumpPatterns), for tests that compare
+// the whole state.
 func (f *Fake) Dump() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -127,7 +136,7 @@ func (f *Fake) Dump() []string {
 			out = append(out, fmt.Sprintf("%s/%s %s id=%d weight=%d %s", be.Name, s.Name, hostPort(s.Addr, s.Port), s.ID, s.Weight, s.State()))
 		}
 	}
-	return out
+	return append(out, f.dumpPatterns()...)
 }
 
 func (f *Fake) server(backend, server string) (*FakeServer, error) {
@@ -190,6 +199,9 @@ func (f *Fake) Run(ctx context.Context, b *Batch) error {
 
 // execute applies one command and answers as HAProxy 2.6 would.
 func (f *Fake) execute(c Command) string {
+	if c.verb.onPatterns() {
+		return f.executePatterns(c)
+	}
 	be, ok := f.backends[c.backend]
 	if !ok {
 		return "No such backend.\n"

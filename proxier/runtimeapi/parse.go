@@ -30,6 +30,18 @@ var knownErrors = []struct {
 	{"unknown keyword", ErrInvalidArgument},
 	{"expects 'ready', 'drain' and 'maint'", ErrInvalidArgument},
 	{"Require ", ErrInvalidArgument},
+	// Map and ACL commands. "Unknown ACL identifier" answers "add acl" and
+	// "clear acl"; "del acl" on an unknown file answers with the map text.
+	{"Unknown map identifier.", ErrNoSuchMap},
+	{"Unknown ACL identifier.", ErrNoSuchMap},
+	{"This ACL is shared with a map containing samples.", ErrNoSuchMap}, // add acl on a map
+	{"entry not found.", ErrNoSuchEntry},                                // set map
+	{"Key not found.", ErrNoSuchEntry},                                  // del map, del acl
+	{"is not a valid IPv4 or IPv6 address.", ErrInvalidArgument},
+	{"expects three parameters", ErrInvalidArgument},
+	{"expects two parameters", ErrInvalidArgument},
+	{"Missing map identifier.", ErrInvalidArgument},
+	{"Missing ACL identifier.", ErrInvalidArgument},
 }
 
 // classify turns the answer to one command into nil or an error. HAProxy's
@@ -43,6 +55,9 @@ func classify(c Command, response string) error {
 	case verbDelServer:
 		ok = resp == "Server deleted."
 	case verbSetState, verbSetWeight, verbShutdownSessions:
+		ok = resp == ""
+	case verbAddMap, verbSetMap, verbDelMap, verbClearMap, verbAddACL, verbDelACL, verbClearACL:
+		// HAProxy 2.6 answers nothing when a map or ACL command succeeds.
 		ok = resp == ""
 	case verbSetAddr:
 		ok = strings.Contains(resp, " changed from ") || strings.HasPrefix(resp, "no need to change")
@@ -293,4 +308,95 @@ func parseBackends(out string) ([]string, error) {
 		}
 	}
 	return names, nil
+}
+
+// parseMap parses the answer to "show map <file>": one "<ptr> <key>
+// <value>" line per entry, the value being the rest of the line. An empty
+// map is an empty answer. It walks the answer once and keeps substrings of
+// it: a map of 250,000 entries is a 15 MB answer.
+func parseMap(out string) ([]MapEntry, error) {
+	entries := make([]MapEntry, 0, strings.Count(out, "\n"))
+	err := eachPatternLine(out, "show map", func(line string) error {
+		key, value, ok := strings.Cut(line, " ")
+		if !ok || key == "" {
+			return fmt.Errorf("%w: show map line %q", ErrUnexpectedResponse, line)
+		}
+		entries = append(entries, MapEntry{Key: key, Value: value})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return entries, nil
+}
+
+// parseACL parses the answer to "show acl <file>": one "<ptr> <pattern>"
+// line per pattern.
+func parseACL(out string) ([]string, error) {
+	values := make([]string, 0, strings.Count(out, "\n"))
+	err := eachPatternLine(out, "show acl", func(line string) error {
+		values = append(values, line)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return values, nil
+}
+
+// eachPatternLine calls fn with each line of a "show map <file>" or "show
+// acl <file>" answer, without the leading entry pointer. An answer that
+// does not start with a pointer is HAProxy's error text.
+func eachPatternLine(out, cmd string, fn func(line string) error) error {
+	if t := strings.TrimSpace(out); t != "" && !strings.HasPrefix(t, "0x") {
+		return fmt.Errorf("%w: %s answered %q", responseError(t), cmd, firstLine(t))
+	}
+	for len(out) > 0 {
+		line := out
+		if i := strings.IndexByte(out, '\n'); i >= 0 {
+			line, out = out[:i], out[i+1:]
+		} else {
+			out = ""
+		}
+		if line == "" {
+			continue
+		}
+		ptr, rest, ok := strings.Cut(line, " ")
+		if !ok || !strings.HasPrefix(ptr, "0x") || rest == "" {
+			return fmt.Errorf("%w: %s line %q", ErrUnexpectedResponse, cmd, line)
+		}
+		if err := fn(rest); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseMaps parses the answer to "show map": a "# id (file) description"
+// header, then "<id> (<file>) pattern loaded from file ..." per map.
+func parseMaps(out string) ([]string, error) {
+	out = strings.TrimSpace(out)
+	lines := strings.Split(out, "\n")
+	if !strings.HasPrefix(lines[0], "# id") {
+		if err := responseError(out); err != ErrUnexpectedResponse {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: show map answered %q", ErrUnexpectedResponse, firstLine(out))
+	}
+	var files []string
+	for _, l := range lines[1:] {
+		if l = strings.TrimSpace(l); l == "" {
+			continue
+		}
+		_, rest, _ := strings.Cut(l, " (")
+		file, _, ok := strings.Cut(rest, ") ")
+		if !ok {
+			return nil, fmt.Errorf("%w: show map line %q", ErrUnexpectedResponse, l)
+		}
+		// Maps always come from a file; an inline list would show "()".
+		if file != "" {
+			files = append(files, file)
+		}
+	}
+	return files, nil
 }

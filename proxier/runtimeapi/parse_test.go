@@ -1,9 +1,12 @@
 package runtimeapi
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/stretchr/testify/require"
 )
@@ -132,4 +135,146 @@ func TestSplitAnswers(t *testing.T) {
 	require.Nil(t, tok)
 	_, _, err = splitAnswers([]byte("New server reg"), true)
 	require.Error(t, err)
+}
+
+// The stateful splitter must find prompts that arrive split across reads:
+// one byte per read is the worst case.
+func TestAnswerSplitterAcrossReads(t *testing.T) {
+	stream := "\n> New server registered.\n\n> \n> 0x1 k v\n0x2 k2 v2\n\n> "
+	sc := bufio.NewScanner(iotest.OneByteReader(strings.NewReader(stream)))
+	sc.Split(new(answerSplitter).split)
+	var got []string
+	for sc.Scan() {
+		got = append(got, sc.Text())
+	}
+	require.NoError(t, sc.Err())
+	require.Equal(t, []string{"", "New server registered.\n", "", "0x1 k v\n0x2 k2 v2\n"}, got)
+}
+
+// Answers of "show map" and "show acl" captured from HAProxy 2.6.12.
+const (
+	showMapsAnswer = `# id (file) description
+2 (/tmp/exp/services.map) pattern loaded from file '/tmp/exp/services.map' used by map at file 'h.cfg' line 11. curr_ver=0 next_ver=0 entry_cnt=0
+3 (/tmp/exp/other.map) pattern loaded from file '/tmp/exp/other.map' used by map at file 'h.cfg' line 12. curr_ver=0 next_ver=0 entry_cnt=2
+
+`
+	showMapAnswer = `0x55b39c2e2f10 10.96.0.10:80 default.web:http:tcp|default.web:http:tcp|reject|0
+0x7f6e34046430 10.96.0.10:80 second
+0x55b39c2e76c0 [fd00::1]:80 2
+0x7f6e34046850 default.web:http:tcp/ep3 10.180.0.1|8080|3
+
+`
+	showACLAnswer = `0x7f2c00046860 10.244.0.0/16
+0x7f2c00046940 fd00::/64
+0x55ab254e1f00 1.2.3.4 v2
+
+`
+	unknownMap = "Unknown map identifier. Please use #<id> or <file>.\n\n"
+	unknownACL = "Unknown ACL identifier. Please use #<id> or <file>.\n\n"
+)
+
+func TestParseMaps(t *testing.T) {
+	files, err := parseMaps(showMapsAnswer)
+	require.NoError(t, err)
+	require.Equal(t, []string{"/tmp/exp/services.map", "/tmp/exp/other.map"}, files)
+
+	files, err = parseMaps("# id (file) description\n\n")
+	require.NoError(t, err)
+	require.Empty(t, files)
+
+	_, err = parseMaps("Unknown command.\n")
+	require.ErrorIs(t, err, ErrUnknownCommand)
+}
+
+func TestParseMap(t *testing.T) {
+	entries, err := parseMap(showMapAnswer)
+	require.NoError(t, err)
+	require.Equal(t, []MapEntry{
+		{"10.96.0.10:80", "default.web:http:tcp|default.web:http:tcp|reject|0"},
+		{"10.96.0.10:80", "second"},
+		{"[fd00::1]:80", "2"},
+		{"default.web:http:tcp/ep3", "10.180.0.1|8080|3"},
+	}, entries)
+
+	// The value is the rest of the line, spaces included.
+	entries, err = parseMap("0x1 k a b  c\n")
+	require.NoError(t, err)
+	require.Equal(t, []MapEntry{{"k", "a b  c"}}, entries)
+
+	entries, err = parseMap("\n")
+	require.NoError(t, err)
+	require.Empty(t, entries)
+
+	_, err = parseMap(unknownMap)
+	require.ErrorIs(t, err, ErrNoSuchMap)
+	_, err = parseMap("0x1 k v\ngarbage\n")
+	require.ErrorIs(t, err, ErrUnexpectedResponse)
+}
+
+func TestParseACL(t *testing.T) {
+	values, err := parseACL(showACLAnswer)
+	require.NoError(t, err)
+	require.Equal(t, []string{"10.244.0.0/16", "fd00::/64", "1.2.3.4 v2"}, values)
+
+	values, err = parseACL("\n")
+	require.NoError(t, err)
+	require.Empty(t, values)
+
+	_, err = parseACL(unknownACL)
+	require.ErrorIs(t, err, ErrNoSuchMap)
+}
+
+func TestMapCommands(t *testing.T) {
+	var b Batch
+	b.AddMap("/m.map", "[fd00::1]:80", "a|b|reject|0")
+	b.SetMap("/m.map", "*:30080", "2")
+	b.DelMap("/m.map", "default.web:http:tcp/0")
+	b.ClearMap("/m.map")
+	b.AddACL("/a.acl", "10.244.0.0/16")
+	b.DelACL("/a.acl", "fd00::/64")
+	b.ClearACL("/a.acl")
+	require.NoError(t, b.validate())
+	require.Equal(t, []string{
+		"add map /m.map [fd00::1]:80 a|b|reject|0",
+		"set map /m.map *:30080 2",
+		"del map /m.map default.web:http:tcp/0",
+		"clear map /m.map",
+		"add acl /a.acl 10.244.0.0/16",
+		"del acl /a.acl fd00::/64",
+		"clear acl /a.acl",
+	}, b.Commands())
+}
+
+func TestValidIPPattern(t *testing.T) {
+	// What HAProxy 2.6.12 accepts and refuses for "add acl" on "src -f".
+	for _, ok := range []string{"10.0.0.1", "10.0.0.1/8", "10.244.0.0/16", "0.0.0.0/0", "10.0.0.0/255.0.255.0", "1.2.3.4/08", "fd00::1", "fd00::/64", "fd00::/064", "::/0", "::ffff:10.0.0.1", "::ffff:10.0.0.1/8"} {
+		require.True(t, validIPPattern(ok), ok)
+	}
+	for _, bad := range []string{"notacidr", "10.0.0.0/33", "fd00::/129", "010.0.0.1", "10.1", "10.1/8", "[fd00::1]", "localhost", "10.0.0.0/-1", "10.0.0.0/", "fe80::1%eth0", "10.0.0.256", "fd00::/ffff::", "10.0.0.0/8/8"} {
+		require.False(t, validIPPattern(bad), bad)
+	}
+}
+
+func TestFakeMapLookupAndReload(t *testing.T) {
+	f := NewFake()
+	f.LoadMap("/m.map", MapEntry{"k", "first"}, MapEntry{"k", "second"})
+	f.LoadACL("/a.acl", "10.0.0.0/8")
+	v, ok := f.LookupMap("/m.map", "k")
+	require.True(t, ok)
+	require.Equal(t, "first", v)
+	_, ok = f.LookupMap("/a.acl", "10.0.0.0/8")
+	require.False(t, ok, "an ACL is not a map")
+	require.Nil(t, f.Map("/a.acl"))
+	require.Nil(t, f.ACL("/m.map"))
+	require.Equal(t, []string{"10.0.0.0/8"}, f.ACL("/a.acl"))
+
+	// A reload replaces the entries and keeps the file's place.
+	f.LoadMap("/n.map")
+	f.LoadMap("/m.map", MapEntry{"k", "new"})
+	require.Equal(t, []MapEntry{{"k", "new"}}, f.Map("/m.map"))
+	maps, err := f.ShowMaps(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, []string{"/m.map", "/n.map"}, maps)
+	f.RemoveMap("/m.map")
+	require.Nil(t, f.Map("/m.map"))
 }

@@ -28,6 +28,17 @@ type Interface interface {
 	// ShowBackends returns the names of the loaded backends ("show
 	// backend"), also those without servers.
 	ShowBackends(ctx context.Context) ([]string, error)
+	// ShowMap returns the entries of a map ("show map <file>"), in the
+	// order HAProxy lists them: insertion order, duplicates included. A
+	// file that is not a loaded map is an error wrapping ErrNoSuchMap.
+	ShowMap(ctx context.Context, mapFile string) ([]MapEntry, error)
+	// ShowACL returns the patterns of an ACL file ("show acl <file>"), in
+	// insertion order, duplicates included. A file that is not a loaded
+	// ACL is an error wrapping ErrNoSuchMap.
+	ShowACL(ctx context.Context, aclFile string) ([]string, error)
+	// ShowMaps returns the files of the loaded maps ("show map"), in the
+	// order the configuration references them.
+	ShowMaps(ctx context.Context) ([]string, error)
 }
 
 // MasterInterface is what the proxier needs from the master CLI of an
@@ -132,16 +143,31 @@ type StatRow struct {
 	Fields          map[string]string
 }
 
+// MapEntry is one entry of a map: the key HAProxy matches and the value
+// it returns.
+type MapEntry struct {
+	Key   string
+	Value string
+}
+
 // Sentinel errors, wrapped by the errors Run returns. They name HAProxy's
 // answers so callers never match text.
 var (
-	ErrNoSuchBackend      = errors.New("no such backend")
-	ErrNoSuchServer       = errors.New("no such server")
-	ErrServerExists       = errors.New("server already exists")
-	ErrIDInUse            = errors.New("server id already in use")
-	ErrNotDynamicBackend  = errors.New("backend does not support dynamic servers")
-	ErrNotInMaintenance   = errors.New("server is not in maintenance")
-	ErrServerHasConns     = errors.New("server still has connections")
+	ErrNoSuchBackend     = errors.New("no such backend")
+	ErrNoSuchServer      = errors.New("no such server")
+	ErrServerExists      = errors.New("server already exists")
+	ErrIDInUse           = errors.New("server id already in use")
+	ErrNotDynamicBackend = errors.New("backend does not support dynamic servers")
+	ErrNotInMaintenance  = errors.New("server is not in maintenance")
+	ErrServerHasConns    = errors.New("server still has connections")
+	// ErrNoSuchMap: the file is not a loaded map (map commands) or not a
+	// loaded ACL (ACL commands, also "add acl" on a map file). One
+	// sentinel for both because HAProxy 2.6 itself answers "del acl" on an
+	// unknown file with its map wording.
+	ErrNoSuchMap = errors.New("no such map or acl file")
+	// ErrNoSuchEntry: "set map", "del map" or "del acl" named a key that
+	// the map or ACL does not hold.
+	ErrNoSuchEntry        = errors.New("no such map or acl entry")
 	ErrInvalidArgument    = errors.New("invalid argument")
 	ErrUnknownCommand     = errors.New("unknown command")
 	ErrPermissionDenied   = errors.New("permission denied")
@@ -198,7 +224,18 @@ const (
 	verbSetAddr
 	verbSetWeight
 	verbShutdownSessions
+	verbAddMap
+	verbSetMap
+	verbDelMap
+	verbClearMap
+	verbAddACL
+	verbDelACL
+	verbClearACL
 )
+
+// onPatterns says whether the verb changes a map or an ACL rather than a
+// server.
+func (v verb) onPatterns() bool { return v >= verbAddMap }
 
 // Command is one runtime API command of a Batch.
 type Command struct {
@@ -210,6 +247,11 @@ type Command struct {
 	addr    string
 	port    int
 	weight  int
+	// file, key and value are the arguments of map and ACL commands; an
+	// ACL command's pattern is in key.
+	file  string
+	key   string
+	value string
 }
 
 // String renders the command as HAProxy reads it.
@@ -243,6 +285,20 @@ func (c Command) String() string {
 		return "set server " + target + " weight " + strconv.Itoa(c.weight)
 	case verbShutdownSessions:
 		return "shutdown sessions server " + target
+	case verbAddMap:
+		return "add map " + c.file + " " + c.key + " " + c.value
+	case verbSetMap:
+		return "set map " + c.file + " " + c.key + " " + c.value
+	case verbDelMap:
+		return "del map " + c.file + " " + c.key
+	case verbClearMap:
+		return "clear map " + c.file
+	case verbAddACL:
+		return "add acl " + c.file + " " + c.key
+	case verbDelACL:
+		return "del acl " + c.file + " " + c.key
+	case verbClearACL:
+		return "clear acl " + c.file
 	}
 	return ""
 }
@@ -261,6 +317,9 @@ func hostPort(addr string, port int) string {
 // line: the runtime API splits on spaces and ends a command at a newline or
 // a semicolon.
 func (c Command) validate() error {
+	if c.verb.onPatterns() {
+		return c.validatePatterns()
+	}
 	check := checkToken
 	if err := check("backend", c.backend); err != nil {
 		return err
@@ -308,15 +367,62 @@ func (c Command) validate() error {
 	return nil
 }
 
+// validatePatterns checks the arguments of a map or ACL command.
+func (c Command) validatePatterns() error {
+	if err := checkFile(c.file); err != nil {
+		return err
+	}
+	switch c.verb {
+	case verbAddMap, verbSetMap:
+		if err := checkPattern("map key", c.key); err != nil {
+			return err
+		}
+		return checkPattern("map value", c.value)
+	case verbDelMap:
+		return checkPattern("map key", c.key)
+	case verbAddACL, verbDelACL:
+		return checkPattern("acl pattern", c.key)
+	}
+	return nil
+}
+
 // checkToken refuses an argument that is empty or holds a character that
 // would end the argument or the command (space, newline, ';'), start a
 // comment, or separate backend from server.
 func checkToken(what, s string) error {
+	return checkChars(what, s, "/")
+}
+
+// checkPattern refuses a map key or value, or an ACL pattern, that would
+// not reach HAProxy as one argument. '/' is fine there (CIDRs, "tcp/0").
+func checkPattern(what, s string) error {
+	return checkChars(what, s, "")
+}
+
+// checkFile refuses a map or ACL file that is not an absolute path or
+// holds a character that would change the command line. HAProxy finds a
+// map by the file name exactly as the configuration references it, so
+// relative names are a mistake waiting to happen.
+func checkFile(file string) error {
+	if err := checkChars("map file", file, ""); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(file, "/") {
+		return fmt.Errorf("%w: map file %q is not an absolute path", ErrInvalidArgument, file)
+	}
+	return nil
+}
+
+// checkChars refuses an empty argument and one that holds a space or
+// control character, ';' (ends a command), '#' (comment, or a map "#id"),
+// a backslash or quote (escaping), a character outside ASCII, or one of
+// extra.
+func checkChars(what, s, extra string) error {
 	if s == "" {
 		return fmt.Errorf("%w: empty %s", ErrInvalidArgument, what)
 	}
 	for _, r := range s {
-		if r <= ' ' || r == ';' || r == '/' || r == '#' || r == '\\' || r == '\'' || r == '"' || r > '~' {
+		if r <= ' ' || r == ';' || r == '#' || r == '\\' || r == '\'' || r == '"' || r > '~' || strings.ContainsRune(extra, r) {
 			return fmt.Errorf("%w: %s %q contains %q", ErrInvalidArgument, what, s, r)
 		}
 	}
@@ -371,6 +477,53 @@ func (b *Batch) SetWeight(backend, server string, weight int) {
 // ShutdownSessions closes every connection attached to a server.
 func (b *Batch) ShutdownSessions(backend, server string) {
 	b.cmds = append(b.cmds, Command{verb: verbShutdownSessions, backend: backend, server: server})
+}
+
+// AddMap adds an entry to a map; mapFile is the map's file as the
+// configuration references it. HAProxy does not look for an existing entry:
+// adding a key the map holds adds a duplicate, which "show map" lists but
+// lookups never return (map_str returns the entry inserted first). So use
+// AddMap only for new keys and SetMap for existing ones. HAProxy 2.6 does
+// not check that mapFile is a map: AddMap and SetMap on an ACL file succeed
+// and give its pattern a value.
+func (b *Batch) AddMap(mapFile, key, value string) {
+	b.cmds = append(b.cmds, Command{verb: verbAddMap, file: mapFile, key: key, value: value})
+}
+
+// SetMap changes the value of every entry with key; a key the map does
+// not hold fails with ErrNoSuchEntry (nothing is added).
+func (b *Batch) SetMap(mapFile, key, value string) {
+	b.cmds = append(b.cmds, Command{verb: verbSetMap, file: mapFile, key: key, value: value})
+}
+
+// DelMap deletes every entry with key (duplicates included); a key the map
+// does not hold fails with ErrNoSuchEntry.
+func (b *Batch) DelMap(mapFile, key string) {
+	b.cmds = append(b.cmds, Command{verb: verbDelMap, file: mapFile, key: key})
+}
+
+// ClearMap deletes every entry of a map.
+func (b *Batch) ClearMap(mapFile string) {
+	b.cmds = append(b.cmds, Command{verb: verbClearMap, file: mapFile})
+}
+
+// AddACL adds a pattern (value) to an ACL file. As with AddMap, a pattern
+// the ACL holds is added again. HAProxy parses the pattern with the ACL's
+// match method: for "src -f <file>" it must be an address or CIDR, else
+// the command fails with ErrInvalidArgument.
+func (b *Batch) AddACL(aclFile, value string) {
+	b.cmds = append(b.cmds, Command{verb: verbAddACL, file: aclFile, key: value})
+}
+
+// DelACL deletes every copy of a pattern; a pattern the ACL does not hold
+// fails with ErrNoSuchEntry.
+func (b *Batch) DelACL(aclFile, value string) {
+	b.cmds = append(b.cmds, Command{verb: verbDelACL, file: aclFile, key: value})
+}
+
+// ClearACL deletes every pattern of an ACL file.
+func (b *Batch) ClearACL(aclFile string) {
+	b.cmds = append(b.cmds, Command{verb: verbClearACL, file: aclFile})
 }
 
 // validate checks every command before anything is sent, so a bad argument
