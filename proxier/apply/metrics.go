@@ -52,10 +52,32 @@ var (
 		&metrics.CounterOpts{
 			Subsystem:      "kubeproxy",
 			Name:           "haproxy_runtime_updates_total",
-			Help:           "Cumulative number of endpoint updates applied through the HAProxy runtime API without a reload, by result (success, failed)",
+			Help:           "Cumulative number of Service and endpoint updates applied through the HAProxy runtime API without a reload, by result (success, failed)",
 			StabilityLevel: metrics.ALPHA,
 		},
 		[]string{"result"},
+	)
+
+	// runtimeCommandsTotal counts the runtime API commands those batches
+	// carried (map entries added, changed or deleted).
+	runtimeCommandsTotal = metrics.NewCounter(
+		&metrics.CounterOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_runtime_commands_total",
+			Help:           "Cumulative number of HAProxy runtime API commands sent (map and ACL entries added, changed or deleted)",
+			StabilityLevel: metrics.ALPHA,
+		},
+	)
+
+	// mapEntries is the number of entries of each map HAProxy serves.
+	mapEntries = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_map_entries",
+			Help:           "Number of entries of the HAProxy maps, by IP family and map (services: one per Service port listener; endpoints: per endpoint set, its count and its endpoints)",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"ip_family", "map"},
 	)
 
 	// RestartsTotal counts HAProxy processes started again after they died.
@@ -78,6 +100,8 @@ func registerMetrics() {
 		legacyregistry.MustRegister(reloadDuration)
 		legacyregistry.MustRegister(configRejectedTotal)
 		legacyregistry.MustRegister(runtimeUpdatesTotal)
+		legacyregistry.MustRegister(runtimeCommandsTotal)
+		legacyregistry.MustRegister(mapEntries)
 		legacyregistry.MustRegister(RestartsTotal)
 	})
 }

@@ -1,7 +1,6 @@
 package translate
 
 import (
-	"net/netip"
 	"reflect"
 	"slices"
 
@@ -29,11 +28,11 @@ type Translator struct {
 	names []proxy.ServicePortName
 	ports []*portTranslation
 	// listeners is reused from call to call.
-	listeners map[netip.AddrPort]string
+	listeners map[string]string
 }
 
 // Translate returns what Translate(opts, services, endpoints) returns.
-// The frontends and backends of unchanged service ports are the ones of
+// The haproxycfg.ServicePorts of unchanged service ports are the ones of
 // the previous call: callers must not modify a Result.
 func (t *Translator) Translate(opts Options, services proxy.ServicePortMap, endpoints proxy.EndpointsMap) *Result {
 	if t.ports == nil || !reflect.DeepEqual(opts, t.opts) {
@@ -68,13 +67,10 @@ func (t *Translator) Translate(opts Options, services proxy.ServicePortMap, endp
 // translate translates the service ports of t.names, which must be those
 // of services (false if one is not).
 func (t *Translator) translate(services proxy.ServicePortMap, endpoints proxy.EndpointsMap) (*Result, bool) {
-	res := &Result{
-		Frontends: make([]*haproxycfg.Frontend, 0, len(t.names)),
-		Backends:  make([]*haproxycfg.Backend, 0, len(t.names)),
-	}
+	res := &Result{ServicePorts: make([]*haproxycfg.ServicePort, 0, len(t.names))}
 	// The map of the last call, emptied: no rehashing as it fills.
 	if t.listeners == nil {
-		t.listeners = make(map[netip.AddrPort]string, len(t.names))
+		t.listeners = make(map[string]string, len(t.names))
 	}
 	listeners := t.listeners
 	clear(listeners)
@@ -107,18 +103,18 @@ type portTranslation struct {
 
 // reuse says whether pt still is the translation of svc and eps, and if
 // so claims its addresses as translating again would.
-func (pt *portTranslation) reuse(svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[netip.AddrPort]string) bool {
+func (pt *portTranslation) reuse(svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[string]string) bool {
 	if pt.svc != svc || !sameEndpoints(pt.eps, eps) {
 		return false
 	}
 	for _, c := range pt.claims {
-		if listeners[c.addr] != c.owner {
+		if listeners[c.key] != c.owner {
 			return false
 		}
 	}
 	for _, c := range pt.claims {
 		if c.owner == "" {
-			listeners[c.addr] = pt.base
+			listeners[c.key] = pt.base
 		}
 	}
 	return true
@@ -130,7 +126,7 @@ func sameEndpoints(a, b []proxy.Endpoint) bool {
 }
 
 // translatePort translates one service port on its own.
-func translatePort(opts Options, name proxy.ServicePortName, svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[netip.AddrPort]string) *portTranslation {
+func translatePort(opts Options, name proxy.ServicePortName, svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[string]string) *portTranslation {
 	pt := &portTranslation{svc: svc, eps: eps}
 	if svc.Protocol() == v1.ProtocolTCP {
 		pt.base = BaseName(opts.Family, name, svc.Port())
@@ -141,8 +137,7 @@ func translatePort(opts Options, name proxy.ServicePortName, svc proxy.ServicePo
 
 // add appends the translation of one service port.
 func (r *Result) add(p *Result) {
-	r.Frontends = append(r.Frontends, p.Frontends...)
-	r.Backends = append(r.Backends, p.Backends...)
+	r.ServicePorts = append(r.ServicePorts, p.ServicePorts...)
 	r.Skipped = append(r.Skipped, p.Skipped...)
 	r.BadEndpoints += p.BadEndpoints
 	r.NoLocalEndpointsInternal += p.NoLocalEndpointsInternal
