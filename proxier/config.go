@@ -223,6 +223,8 @@ func (c *Config) haproxySections() (haproxycfg.Global, haproxycfg.Defaults) {
 			NBThread:      c.NBThread,
 			StatsSocket:   c.RuntimeSocket,
 			HardStopAfter: c.HardStopAfter,
+			MaxOldWorkers: c.MaxOldWorkers,
+			PeerPort:      uint16(c.DispatchPort + 1),
 		}, haproxycfg.Defaults{
 			TimeoutConnect: c.TimeoutConnect,
 			TimeoutClient:  c.TimeoutClient,

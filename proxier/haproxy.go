@@ -65,8 +65,8 @@ func newHAProxyApplier(ctx context.Context, cfg Config, families []v1.IPFamily) 
 			return
 		}
 		apply.RestartsTotal.WithLabelValues("success").Inc()
-		// Servers added at runtime died with the old process; the file
-		// has the latest ones, but re-apply to be exact.
+		// The new process read the map files, which the applier keeps
+		// current; read its maps back and re-apply to be exact.
 		if rerr := a.Resync(ctx); rerr != nil && !errors.Is(rerr, apply.ErrStopped) {
 			logger.Error(rerr, "Re-applying the model after an HAProxy restart failed")
 		}
@@ -136,7 +136,7 @@ func cleanupHAProxy(ctx context.Context, cfg Config) error {
 	for _, e := range entries {
 		n := e.Name()
 		ours := n == configFileName || n == configFileName+".loaded" || n == pidFileName ||
-			strings.HasPrefix(n, "."+configFileName+".") ||
+			strings.HasPrefix(n, "."+configFileName+".") || isMapFile(n) ||
 			filepath.Join(cfg.StateDir, n) == cfg.MasterSocket || filepath.Join(cfg.StateDir, n) == cfg.RuntimeSocket
 		if ours {
 			if err := os.Remove(filepath.Join(cfg.StateDir, n)); err != nil && !os.IsNotExist(err) {
@@ -148,4 +148,16 @@ func cleanupHAProxy(ctx context.Context, cfg Config) error {
 		logger.Info("State directory not removed", "dir", cfg.StateDir, "err", err)
 	}
 	return errors.Join(errs...)
+}
+
+// isMapFile reports whether name is one of the dispatchers' map and ACL
+// files (haproxycfg.Dispatcher), or a temporary file of one.
+func isMapFile(name string) bool {
+	name = strings.TrimPrefix(name, ".")
+	for _, prefix := range []string{"services-ipv", "endpoints-ipv", "cluster-sources-ipv"} {
+		if strings.HasPrefix(name, prefix) && (strings.Contains(name, ".map") || strings.Contains(name, ".acl")) {
+			return true
+		}
+	}
+	return false
 }

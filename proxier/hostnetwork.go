@@ -11,13 +11,15 @@ import (
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
+	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
 )
 
 // hostNetworkApplier prepares the node around each Apply in scope node
-// (package hostnet): before HAProxy is given a model, every Service IP the
-// model binds is made local and guarded; after HAProxy took it, what only
-// the previous model needed is removed. See README.md, "Local Service IPs
-// and the guard".
+// (package hostnet): before HAProxy is given a model, every Service
+// address of it is made local, guarded, and dispatched to HAProxy's
+// listener by nftables; after HAProxy took it, what only the previous
+// model needed is removed. See README.md, "Local Service IPs and the
+// guard".
 type hostNetworkApplier struct {
 	next    Applier
 	newHost func(v1.IPFamily) (*hostnet.Host, error)
@@ -73,7 +75,7 @@ func (a *hostNetworkApplier) host(family v1.IPFamily) (*hostnet.Host, []netip.Pr
 // Apply implements Applier. Each family's proxier calls it from its own
 // sync loop, and each family has its own Host, so the Hosts need no lock.
 func (a *hostNetworkApplier) Apply(ctx context.Context, family v1.IPFamily, desired *haproxycfg.Config) error {
-	// A proxier shutting down must not put back routes or a guard that a
+	// A proxier shutting down must not put back routes or rules that a
 	// cleanup is removing.
 	if err := ctx.Err(); err != nil {
 		return err
@@ -82,17 +84,42 @@ func (a *hostNetworkApplier) Apply(ctx context.Context, family v1.IPFamily, desi
 	if err != nil {
 		return err
 	}
-	want := hostnet.FromConfig(cidrs, desired)
-	if err := h.BeforeReload(ctx, want); err != nil {
-		return fmt.Errorf("making Service IPs local and guarded: %w", err)
+	want := hostDesired(cidrs, desired)
+	if err := h.Prepare(ctx, want); err != nil {
+		return fmt.Errorf("making Service IPs local, guarded and dispatched: %w", err)
 	}
 	if err := a.next.Apply(ctx, family, desired); err != nil {
-		// The routes and guard of both models stay until a later Apply
+		// The routes and rules of both models stay until a later Apply
 		// succeeds: HAProxy still serves the old one.
 		return err
 	}
-	if err := h.AfterReload(ctx, want); err != nil {
+	if err := h.Finish(ctx, want); err != nil {
 		return fmt.Errorf("removing unused Service IPs: %w", err)
 	}
 	return nil
+}
+
+// hostDesired is what the host needs for the family's model: each
+// Service address and port guarded and dispatched to HAProxy's listener,
+// the NodePorts on the dispatcher's NodePort addresses, and the
+// loadBalancerSourceRanges.
+func hostDesired(cidrs []netip.Prefix, c *haproxycfg.Config) hostnet.Desired {
+	d := hostnet.Desired{ServiceCIDRs: cidrs}
+	for _, disp := range c.Dispatchers {
+		d.Dispatch = disp.Listen
+		d.NodePortAddresses = slices.Clone(disp.NodePortAddresses)
+		for _, sp := range disp.ServicePorts {
+			for _, l := range sp.Listeners {
+				if l.Kind == haproxycfg.NodePort {
+					d.NodePorts = append(d.NodePorts, l.Port)
+					continue
+				}
+				d.Served = append(d.Served, serviceguard.Binding{IP: l.Addr, Protocol: v1.ProtocolTCP, Port: l.Port})
+				if l.Kind == haproxycfg.LoadBalancer && len(sp.SourceRanges) > 0 {
+					d.Firewall = append(d.Firewall, serviceguard.FirewallEntry{IP: l.Addr, Port: l.Port, Allowed: sp.SourceRanges})
+				}
+			}
+		}
+	}
+	return d
 }

@@ -61,6 +61,18 @@ var (
 
 	// badEndpoints counts endpoints left out because of an unusable
 	// address or port.
+	// nodePortsTaken counts the TCP NodePorts left to another process of
+	// the node that listens on them.
+	nodePortsTaken = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_node_ports_taken",
+			Help:           "Number of TCP NodePorts not served because another process of the node listens on them (each has a NodePortTaken event on its Service)",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"ip_family"},
+	)
+
 	badEndpoints = metrics.NewGaugeVec(
 		&metrics.GaugeOpts{
 			Subsystem:      "kubeproxy",
@@ -94,6 +106,7 @@ func registerMetrics() {
 		legacyregistry.MustRegister(sctpWithoutKernelSCTP)
 		legacyregistry.MustRegister(listenerConflicts)
 		legacyregistry.MustRegister(badEndpoints)
+		legacyregistry.MustRegister(nodePortsTaken)
 		legacyregistry.MustRegister(syncFailuresTotal)
 	})
 }

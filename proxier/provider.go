@@ -44,8 +44,8 @@ func prepare(ctx context.Context, cfg *Config, families ...v1.IPFamily) (Applier
 		return nil, fmt.Errorf("haproxy proxier: starting the HAProxy applier: %w", err)
 	}
 	if cfg.Scope == ScopeNode {
-		// HAProxy binds Service IPs on this host: make them local and
-		// guard them around every Apply.
+		// Service IPs are local on this host and nftables dispatches
+		// them to HAProxy: keep routes and rules in step with every Apply.
 		applier = withHostNetwork(applier)
 	}
 	return applier, nil
@@ -96,6 +96,9 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 // delegated, upstream's nftables proxier of that family.
 func newFamilyProxier(ctx context.Context, family v1.IPFamily, cfg Config, applier Applier) (*Proxier, error) {
 	d := deps{applier: applier}
+	if cfg.Scope == ScopeNode {
+		d.listeningPorts = hostnet.ListeningTCPPorts
+	}
 	if cfg.delegating() {
 		delegate, err := newNFTablesDelegate(ctx, family, cfg)
 		if err != nil {

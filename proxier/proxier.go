@@ -81,6 +81,9 @@ type Proxier struct {
 	// (and, without delegation, recorded as an event), so each is
 	// reported once, not at every sync.
 	unsupportedLogged map[proxy.ServicePortName]bool
+	// takenReported holds the service ports whose NodePort is reported as
+	// taken, so the event is recorded once while it lasts.
+	takenReported map[proxy.ServicePortName]bool
 
 	// delegate serves the UDP and SCTP service ports (upstream's nftables
 	// proxier behind a filtered view); nil when they are not served.
@@ -89,7 +92,10 @@ type Proxier struct {
 	initialized int32
 	syncRunner  *runner.BoundedFrequencyRunner // governs calls to syncProxyRules
 
-	applier             Applier
+	applier Applier
+	// listeningPorts lists the node's listening TCP ports by port (nil:
+	// not checked); see takenNodePorts.
+	listeningPorts      func(v1.IPFamily) (map[uint16][]netip.Addr, error)
 	nodeName            string
 	nodeIP              net.IP
 	nodePortAddresses   *proxyutil.NodePortAddresses
@@ -111,6 +117,8 @@ type deps struct {
 	networkInterfacer   proxyutil.NetworkInterfacer
 	// delegate, when set, serves the UDP and SCTP service ports.
 	delegate *nonTCPDelegate
+	// listeningPorts, when set, lists the node's listening TCP ports.
+	listeningPorts func(v1.IPFamily) (map[uint16][]netip.Addr, error)
 }
 
 // newProxier builds the Proxier of one family. cfg must be defaulted and
@@ -140,8 +148,10 @@ func newProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config, d deps) (
 		endpointsMap:        make(proxy.EndpointsMap),
 		endpointsChanges:    proxy.NewEndpointsChangeTracker(ipFamily, cfg.NodeName, nil, nil),
 		unsupportedLogged:   make(map[proxy.ServicePortName]bool),
+		takenReported:       make(map[proxy.ServicePortName]bool),
 		delegate:            d.delegate,
 		applier:             d.applier,
+		listeningPorts:      d.listeningPorts,
 		nodeName:            cfg.NodeName,
 		nodeIP:              cfg.NodeIPs[ipFamily],
 		nodePortAddresses:   nodePortAddresses,
@@ -365,7 +375,8 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 	endpointUpdateResult := p.endpointsMap.Update(p.endpointsChanges)
 	p.logger.V(2).Info("Syncing HAProxy model", "services", len(p.svcPortMap), "updatedServices", serviceUpdateResult.UpdatedServices.Len())
 
-	// Phase 2: the node's view — where NodePorts listen.
+	// Phase 2: the node's view: where NodePorts are served, which ports
+	// other processes of the node hold, who counts as cluster traffic.
 	opts := translate.Options{
 		Family:         p.ipFamily,
 		NodeName:       p.nodeName,
@@ -374,21 +385,19 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 	if a, ok := netip.AddrFromSlice(p.nodeIP); ok {
 		opts.NodeIP = a.Unmap()
 	}
-	if p.nodePortAddresses.MatchAll() {
-		opts.NodePortsOnAllAddresses = true
-	} else {
+	var nodePortAddresses []netip.Addr
+	if !p.nodePortAddresses.MatchAll() {
 		nodeIPs, err := p.nodePortAddresses.GetNodeIPs(p.networkInterfacer)
 		if err != nil {
-			p.logger.Error(err, "Failed to get node IP addresses; NodePorts may not listen everywhere")
+			p.logger.Error(err, "Failed to get node IP addresses; NodePorts may not be served everywhere")
 		}
 		for _, ip := range nodeIPs {
 			if a, ok := netip.AddrFromSlice(ip); ok {
-				opts.NodePortAddresses = append(opts.NodePortAddresses, a.Unmap())
+				nodePortAddresses = append(nodePortAddresses, a.Unmap())
 			}
 		}
 	}
-
-	opts.ClusterSources = p.clusterSources(opts.NodeIP, opts.NodePortAddresses)
+	opts.TakenNodePorts = p.takenNodePorts(nodePortAddresses)
 
 	// Phase 3: translate Services and endpoints into the model.
 	// Only the service ports whose Service or endpoints changed are
@@ -396,10 +405,16 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 	res := p.translator.Translate(opts, p.svcPortMap, p.endpointsMap)
 	p.reportSkipped(res)
 	desired := &haproxycfg.Config{
-		Global:    p.global,
-		Defaults:  p.defaults,
-		Frontends: res.Frontends,
-		Backends:  res.Backends,
+		Global:   p.global,
+		Defaults: p.defaults,
+		Dispatchers: []*haproxycfg.Dispatcher{{
+			IPv6:              p.ipFamily == v1.IPv6Protocol,
+			Listen:            p.dispatchAddr(),
+			MapDir:            p.cfg.StateDir,
+			ClusterSources:    p.clusterSources(opts.NodeIP, nodePortAddresses, res.ServicePorts),
+			NodePortAddresses: nodePortAddresses,
+			ServicePorts:      res.ServicePorts,
+		}},
 	}
 
 	// Phase 4: hand the model to the Applier. On failure the runner
@@ -439,22 +454,76 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 }
 
 // clusterSources are the clients whose connections to external Service
-// addresses count as cluster traffic: the pod CIDRs of this family and the
-// node's addresses. (The node reaching an LB or external IP local to it
-// connects from that address; the translation adds those.)
-func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr) []netip.Prefix {
+// addresses count as cluster traffic: the pod CIDRs of this family, the
+// node's addresses, and, in scope node, the LoadBalancer and external IPs
+// made local here (the node reaching such an address connects from it).
+func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr, ports []*haproxycfg.ServicePort) []netip.Prefix {
 	var out []netip.Prefix
+	seen := map[netip.Prefix]bool{}
+	add := func(pfx netip.Prefix) {
+		if pfx.IsValid() && pfx.Addr().Is4() == (p.ipFamily == v1.IPv4Protocol) && !seen[pfx] {
+			seen[pfx] = true
+			out = append(out, pfx)
+		}
+	}
 	for _, c := range p.cfg.ClusterCIDRs {
-		if prefix, err := netip.ParsePrefix(c); err == nil && prefix.Addr().Is4() == (p.ipFamily == v1.IPv4Protocol) {
-			out = append(out, prefix.Masked())
+		if prefix, err := netip.ParsePrefix(c); err == nil {
+			add(prefix.Masked())
 		}
 	}
 	for _, a := range append([]netip.Addr{nodeIP}, nodeAddrs...) {
 		if a.IsValid() {
-			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			add(netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	if p.cfg.Scope == ScopeNode {
+		for _, sp := range ports {
+			for _, l := range sp.Listeners {
+				if l.Kind == haproxycfg.LoadBalancer || l.Kind == haproxycfg.ExternalIP {
+					add(netip.PrefixFrom(l.Addr, l.Addr.BitLen()))
+				}
+			}
 		}
 	}
 	return out
+}
+
+// dispatchAddr is the loopback address and port of this family's
+// HAProxy listener.
+func (p *Proxier) dispatchAddr() netip.AddrPort {
+	if p.ipFamily == v1.IPv6Protocol {
+		return netip.AddrPortFrom(netip.IPv6Loopback(), uint16(p.cfg.DispatchPort))
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(p.cfg.DispatchPort))
+}
+
+// takenNodePorts are the TCP ports another process of the node listens
+// on where NodePorts would be served (on a wildcard address, or on one of
+// nodePortAddresses; on any address when those are every address). Such a
+// NodePort is left to that process: refused for its Service port alone,
+// with an event and a metric, instead of taking the port from under it.
+func (p *Proxier) takenNodePorts(nodePortAddresses []netip.Addr) map[uint16]bool {
+	if p.listeningPorts == nil {
+		return nil
+	}
+	listening, err := p.listeningPorts(p.ipFamily)
+	if err != nil {
+		p.logger.Error(err, "Listing the node's listening TCP ports failed; NodePorts are not checked against them")
+		return nil
+	}
+	taken := map[uint16]bool{}
+	for port, addrs := range listening {
+		if int(port) == p.cfg.DispatchPort || int(port) == p.cfg.DispatchPort+1 {
+			continue // HAProxy's own listeners
+		}
+		for _, a := range addrs {
+			if a.IsUnspecified() || len(nodePortAddresses) == 0 || slices.Contains(nodePortAddresses, a.Unmap()) {
+				taken[port] = true
+				break
+			}
+		}
+	}
+	return taken
 }
 
 // reportSkipped logs what the translation left out and sets the gauges.
@@ -466,7 +535,8 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 	unsupported := map[v1.Protocol]int{v1.ProtocolUDP: 0, v1.ProtocolSCTP: 0}
 	delegated := map[v1.Protocol]int{v1.ProtocolUDP: 0, v1.ProtocolSCTP: 0}
 	seen := make(map[proxy.ServicePortName]bool)
-	conflicts := 0
+	conflicts, taken := 0, 0
+	takenNow := make(map[proxy.ServicePortName]bool)
 	for _, s := range res.Skipped {
 		switch s.Reason {
 		case translate.UnsupportedProtocol:
@@ -479,6 +549,13 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 			if !p.unsupportedLogged[s.Name] {
 				p.unsupportedLogged[s.Name] = true
 				p.reportNonTCP(s)
+			}
+		case translate.NodePortTaken:
+			taken++
+			takenNow[s.Name] = true
+			if !p.takenReported[s.Name] {
+				p.takenReported[s.Name] = true
+				p.reportNodePortTaken(s)
 			}
 		case translate.AddressConflict:
 			conflicts++
@@ -493,6 +570,12 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 			delete(p.unsupportedLogged, name)
 		}
 	}
+	for name := range p.takenReported {
+		if !takenNow[name] {
+			delete(p.takenReported, name)
+		}
+	}
+	nodePortsTaken.WithLabelValues(string(p.ipFamily)).Set(float64(taken))
 	for proto, n := range unsupported {
 		unsupportedServicePorts.WithLabelValues(strings.ToLower(string(proto)), string(p.ipFamily)).Set(float64(n))
 	}
@@ -508,6 +591,21 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 	badEndpoints.WithLabelValues(string(p.ipFamily)).Set(float64(res.BadEndpoints))
 	if res.BadEndpoints > 0 {
 		p.logger.V(2).Info("Endpoints left out: unusable address or port", "count", res.BadEndpoints)
+	}
+}
+
+// Reason of the event recorded on a Service whose NodePort another process
+// of the node holds.
+const eventReasonNodePortTaken = "NodePortTaken"
+
+// reportNodePortTaken reports, once while it lasts, a NodePort left to the
+// process that listens on it.
+func (p *Proxier) reportNodePortTaken(s translate.Skipped) {
+	p.logger.Info("NodePort not served: another process of the node listens on it", "servicePort", s.Name.String(), "detail", s.Detail)
+	if p.cfg.Recorder != nil {
+		ref := &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: s.Name.Namespace, Name: s.Name.Name}
+		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, eventReasonNodePortTaken, "Proxying",
+			"Port %s: %s; the NodePort is not served on this node (the Service's other addresses are)", portLabel(s.Name), s.Detail)
 	}
 }
 

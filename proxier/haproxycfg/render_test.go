@@ -167,7 +167,9 @@ func TestValidateRefusesDuplicatesAndBadInput(t *testing.T) {
 		"bad name":          func(c *haproxycfg.Config) { c.Dispatchers[0].ServicePorts[1].Name = "a b" },
 		"set with a pipe":   func(c *haproxycfg.Config) { c.Dispatchers[0].ServicePorts[1].Cluster.Name = "a|b" },
 		"missing local set": func(c *haproxycfg.Config) { c.Dispatchers[0].ServicePorts[2].Local = nil },
-		"wrong family":      func(c *haproxycfg.Config) { c.Dispatchers[0].ServicePorts[1].Cluster.Endpoints[0] = netip.MustParseAddrPort("[fd00::1]:80") },
+		"wrong family": func(c *haproxycfg.Config) {
+			c.Dispatchers[0].ServicePorts[1].Cluster.Endpoints[0] = netip.MustParseAddrPort("[fd00::1]:80")
+		},
 		"listen not loopback": func(c *haproxycfg.Config) {
 			c.Dispatchers[0].Listen = netip.MustParseAddrPort("10.0.0.1:10400")
 		},
