@@ -1,16 +1,15 @@
-// Package hostnet prepares a node's network for the binds of an HAProxy
-// configuration in scope node: it makes the Service IPs local (package
-// localaddr) and keeps the guard in step (package serviceguard), in the
-// order that never leaves a Service IP local and unguarded, nor a bind
-// without its local address:
+// Package hostnet prepares a node's network for HAProxy in scope node: it
+// makes the Service IPs local (package localaddr) and keeps the guard and
+// the TPROXY dispatch to HAProxy's listener in step (package serviceguard),
+// in the order that never leaves a Service IP local and unguarded:
 //
-//  1. BeforeReload, with the configuration about to be loaded: the guard
-//     learns every Service IP that is or will be local and every bind of
-//     the old and the new configuration; then the missing routes are added
-//     (old ones stay: the running HAProxy still uses them).
-//  2. HAProxy reloads and binds.
-//  3. AfterReload: routes no longer needed are removed, then the guard is
-//     narrowed to exactly the new configuration.
+//  1. Prepare, before HAProxy is given the new maps: the guard learns every
+//     Service IP that is or will be local, and serves and dispatches what
+//     the old and the new state serve; then the missing routes are added
+//     (old ones stay: HAProxy still serves them).
+//  2. HAProxy's maps are changed at runtime.
+//  3. Finish: routes no longer needed are removed, then the guard is
+//     narrowed to exactly the new state.
 //
 // A Host serves one IP family, like the proxier it belongs to.
 package hostnet
@@ -25,59 +24,81 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
-	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/localaddr"
 	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
 )
 
-// Desired is what the host needs for one HAProxy configuration.
+// Desired is what the host needs for one state of HAProxy's maps.
 type Desired struct {
 	// ServiceCIDRs become local as a whole and are always guarded.
 	ServiceCIDRs []netip.Prefix
-	// Binds are the specific-address binds of the configuration: ClusterIP,
-	// LB and external IP binds, and NodePort binds on node addresses.
-	// Addresses already local (node IPs) get no route and no guard; the
-	// others get a single-address route when outside the ServiceCIDRs, and
-	// are guarded.
-	Binds []serviceguard.Binding
-}
-
-// FromConfig returns the Desired of cfg: every bind on a specific address
-// (wildcard binds listen on addresses that are local anyway, and the guard
-// keeps them off Service IPs). HAProxy binds here are TCP.
-func FromConfig(serviceCIDRs []netip.Prefix, cfg *haproxycfg.Config) Desired {
-	d := Desired{ServiceCIDRs: slices.Clone(serviceCIDRs)}
-	for _, fe := range cfg.Frontends {
-		for _, b := range fe.Binds {
-			if !b.Addr.IsValid() || b.Addr.IsUnspecified() {
-				continue
-			}
-			d.Binds = append(d.Binds, serviceguard.Binding{IP: b.Addr.Unmap(), Protocol: v1.ProtocolTCP, Port: b.Port})
-		}
-	}
-	return d
+	// Served are the Service IP . protocol . port triples HAProxy serves:
+	// ClusterIP, LoadBalancer and external IP ports. Addresses already
+	// local (a node IP as external IP) get no route and no guard; the
+	// others get a single-address route when outside the ServiceCIDRs,
+	// and are guarded. The TCP ones are dispatched to Dispatch.
+	Served []serviceguard.Binding
+	// Dispatch is HAProxy's transparent listener of this family
+	// (127.0.0.1:port, [::1]:port); zero dispatches nothing.
+	Dispatch netip.AddrPort
+	// NodePorts are the TCP NodePorts HAProxy serves.
+	NodePorts []uint16
+	// NodePortAddresses restrict NodePorts to these addresses; empty means
+	// every local address that is not a Service IP.
+	NodePortAddresses []netip.Addr
+	// Firewall are the LoadBalancer IP:ports with source ranges.
+	Firewall []serviceguard.FirewallEntry
 }
 
 func (d Desired) addrs() localaddr.Desired {
 	ld := localaddr.Desired{CIDRs: d.ServiceCIDRs}
-	for _, b := range d.Binds {
+	for _, b := range d.Served {
 		ld.IPs = append(ld.IPs, b.IP)
 	}
 	return ld
 }
 
+// union is what serves both a (what HAProxy's maps hold now) and b (what
+// they will hold), for the time in between.
 func union(a, b Desired) Desired {
-	return Desired{
+	u := Desired{
 		ServiceCIDRs: append(slices.Clone(a.ServiceCIDRs), b.ServiceCIDRs...),
-		Binds:        append(slices.Clone(a.Binds), b.Binds...),
+		Served:       append(slices.Clone(a.Served), b.Served...),
+		Dispatch:     b.Dispatch,
+		NodePorts:    append(slices.Clone(a.NodePorts), b.NodePorts...),
+		// Source ranges are the new ones at once: they do not depend on
+		// HAProxy's maps. An IP:port that only a still has keeps its
+		// ranges, since it is still served.
+		Firewall: slices.Clone(b.Firewall),
 	}
+	if !u.Dispatch.IsValid() {
+		u.Dispatch = a.Dispatch
+	}
+	// NodePort addresses come from the proxier's configuration and do not
+	// change while it runs; a side without NodePorts has no say (the
+	// zero Desired before the first Finish must not mean "every address").
+	switch {
+	case len(a.NodePorts) == 0:
+		u.NodePortAddresses = b.NodePortAddresses
+	case len(b.NodePorts) == 0:
+		u.NodePortAddresses = a.NodePortAddresses
+	case len(a.NodePortAddresses) > 0 && len(b.NodePortAddresses) > 0:
+		u.NodePortAddresses = append(slices.Clone(a.NodePortAddresses), b.NodePortAddresses...)
+	}
+	for _, f := range a.Firewall {
+		if !slices.ContainsFunc(b.Firewall, func(g serviceguard.FirewallEntry) bool { return g.IP == f.IP && g.Port == f.Port }) {
+			u.Firewall = append(u.Firewall, f)
+		}
+	}
+	return u
 }
 
 // Host keeps one family's local routes and guard.
 type Host struct {
 	addrs *localaddr.Manager
 	guard *serviceguard.Guard
-	// last is the Desired of the configuration HAProxy runs.
+	// last is the Desired of the maps HAProxy serves (as of the last
+	// successful Finish).
 	last Desired
 }
 
@@ -103,14 +124,19 @@ func NewWith(addrs *localaddr.Manager, guard *serviceguard.Guard) *Host {
 // guardFor is the guard state for d, given the prefixes our routes cover.
 func guardFor(d Desired, routed []netip.Prefix) serviceguard.Desired {
 	return serviceguard.Desired{
-		ServiceIPs: append(slices.Clone(d.ServiceCIDRs), routed...),
-		Served:     d.Binds,
+		ServiceIPs:        append(slices.Clone(d.ServiceCIDRs), routed...),
+		Served:            d.Served,
+		Dispatch:          d.Dispatch,
+		NodePorts:         d.NodePorts,
+		NodePortAddresses: d.NodePortAddresses,
+		Firewall:          d.Firewall,
 	}
 }
 
-// BeforeReload makes want's Service IPs local and guarded, keeping what the
-// running configuration still uses.
-func (h *Host) BeforeReload(ctx context.Context, want Desired) error {
+// Prepare runs before HAProxy is given the maps of want: it makes want's
+// Service IPs local, guarded and dispatched, and keeps what HAProxy's
+// current maps still serve.
+func (h *Host) Prepare(ctx context.Context, want Desired) error {
 	both := union(h.last, want)
 	planned, err := h.addrs.Plan(both.addrs())
 	if err != nil {
@@ -130,8 +156,10 @@ func (h *Host) BeforeReload(ctx context.Context, want Desired) error {
 	return nil
 }
 
-// AfterReload removes what only the previous configuration needed.
-func (h *Host) AfterReload(ctx context.Context, want Desired) error {
+// Finish runs after HAProxy was given the maps of want: it removes what
+// only the previous maps needed. After a failed Finish, the next Prepare
+// still covers the previous state.
+func (h *Host) Finish(ctx context.Context, want Desired) error {
 	var errs []error
 	routed, err := h.addrs.Reconcile(want.addrs())
 	if err != nil {
@@ -150,13 +178,13 @@ func (h *Host) AfterReload(ctx context.Context, want Desired) error {
 	return errors.Join(errs...)
 }
 
-// Sync is BeforeReload then AfterReload, for a change HAProxy needs no
-// reload for, or a periodic repair.
+// Sync is Prepare then Finish, for a change HAProxy's maps do not take
+// part in, or a periodic repair.
 func (h *Host) Sync(ctx context.Context, want Desired) error {
-	if err := h.BeforeReload(ctx, want); err != nil {
+	if err := h.Prepare(ctx, want); err != nil {
 		return err
 	}
-	return h.AfterReload(ctx, want)
+	return h.Finish(ctx, want)
 }
 
 // Cleanup removes the guard and every route of ours in this family. Routes

@@ -1,5 +1,6 @@
 // Package serviceguard keeps local Service IPs from answering on ports the
-// proxier does not serve.
+// proxier does not serve, and sends the TCP connections HAProxy serves to
+// HAProxy's dispatch listener.
 //
 // In scope node every ServiceCIDR is made local with an AnyIP route (see
 // package localaddr). From then on, a host daemon listening on a wildcard
@@ -12,30 +13,46 @@
 //     NodePorts on node IPs, pod traffic) is left alone;
 //   - packets of an established connection (and related ICMP errors) pass,
 //     so replies to node-local clients of a ClusterIP come back;
-//   - a packet to one of the served IP . protocol . port triples (the binds
-//     of the current HAProxy configuration) is accepted;
+//   - a packet to one of the served IP . protocol . port triples is
+//     accepted;
 //   - everything else addressed to a Service IP is rejected (a TCP reset,
 //     an ICMP port-unreachable otherwise), so a client fails fast.
 //
-// A second chain, on the output hook at raw priority (before conntrack),
-// takes node-local connections to served triples out of connection
-// tracking (notrack), both the client's packets and HAProxy's replies.
-// Upstream's nftables proxier, which serves the delegated UDP and SCTP
-// ports on the same host, rejects in its output path every *new*
-// connection to one of its ClusterIPs that it did not DNAT: that would
-// reject a node-local TCP connection to kube-dns's TCP 53, which HAProxy
-// serves on the same ClusterIP as the delegated UDP 53. An untracked
-// packet is never "new", so no such rule sees it, and no NAT chain runs
-// for it either. Pod and remote clients come in through prerouting and
-// keep their conntrack entries; only connections whose both ends are on
-// the node lose them (`conntrack -L` does not list them).
+// A chain on the prerouting hook (mangle priority) dispatches: HAProxy has
+// one listener per family (Desired.Dispatch, bound `transparent` on a
+// loopback address), and nftables TPROXY hands it every TCP packet to a
+// served Service IP:port and to a served NodePort on a node address. The
+// accepted socket's local address is the original destination, which
+// HAProxy looks up in its maps, so a new Service needs no new bind and no
+// reload. No fwmark or policy routing is needed: Service IPs are local
+// already (AnyIP routes), node addresses always are. Before dispatch, the
+// same chain drops (silently, like upstream kube-proxy) TCP packets to a
+// LoadBalancer IP:port with loadBalancerSourceRanges from a source outside
+// them. Node-local clients come through prerouting too: their packets loop
+// through lo.
 //
-// Sync replaces the sets with a new desired state in one nftables
-// transaction, so there is never a moment without the guard. The caller
-// runs it before HAProxy binds new addresses.
+// A chain on the output hook at raw priority (before conntrack) takes
+// node-local connections to served triples out of connection tracking
+// (notrack), both the client's packets and HAProxy's replies. Upstream's
+// nftables proxier, which serves the delegated UDP and SCTP ports on the
+// same host, rejects in its output path every *new* connection to one of
+// its ClusterIPs that it did not DNAT: that would reject a node-local TCP
+// connection to kube-dns's TCP 53, which HAProxy serves on the same
+// ClusterIP as the delegated UDP 53. An untracked packet is never "new",
+// so no such rule sees it, and no NAT chain runs for it either. Pod and
+// remote clients come in through prerouting and keep their conntrack
+// entries; only connections whose both ends are on the node lose them
+// (`conntrack -L` does not list them).
+//
+// Everything that changes with Services is a set element; the rules only
+// change with the dispatch address and the NodePort address mode, which
+// are fixed for a proxier's life. Sync applies a new desired state in one
+// nftables transaction (atomic in the kernel), so there is never a moment
+// without the guard.
 package serviceguard
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -52,14 +69,23 @@ import (
 // Names of the nftables objects. Operators see them in `nft list table ip
 // kube-haproxy`.
 const (
-	TableName       = "kube-haproxy"
-	InputChain      = "service-ip-input"
-	OutputChain     = "service-ip-output"
-	ServiceIPsSet   = "service-ips"
-	ServedPortsSet  = "served-ports"
-	tableComment    = "kube-haproxy: only served Service IP:port pairs accept"
-	serviceIPsNote  = "ServiceCIDRs and the LoadBalancer and external IPs made local on this node"
-	servedPortsNote = "Service IP . protocol . port pairs HAProxy binds"
+	TableName         = "kube-haproxy"
+	InputChain        = "service-ip-input"
+	OutputChain       = "service-ip-output"
+	DispatchChain     = "service-dispatch"
+	ServiceIPsSet     = "service-ips"
+	ServedPortsSet    = "served-ports"
+	NodePortsSet      = "node-ports"
+	NodePortIPsSet    = "node-port-ips"
+	FirewallSet       = "firewall"
+	FirewallAllowSet  = "firewall-allow"
+	tableComment      = "kube-haproxy: only served Service IP:port pairs accept"
+	serviceIPsNote    = "ServiceCIDRs and the LoadBalancer and external IPs made local on this node"
+	servedPortsNote   = "Service IP . protocol . port pairs HAProxy serves"
+	nodePortsNote     = "TCP NodePorts HAProxy serves"
+	nodePortIPsNote   = "nodePortAddresses: the only addresses NodePorts are served on, when set"
+	firewallNote      = "LoadBalancer IP . port with loadBalancerSourceRanges"
+	firewallAllowNote = "LoadBalancer IP . port . allowed source range"
 )
 
 // Binding is one Service IP, protocol and port that may accept connections.
@@ -73,15 +99,40 @@ func (b Binding) String() string {
 	return fmt.Sprintf("%s/%s:%d", b.IP, b.Protocol, b.Port)
 }
 
-// Desired is the guard's state after a Sync.
+// FirewallEntry is a LoadBalancer IP and TCP port with
+// loadBalancerSourceRanges: packets to it from a source outside Allowed are
+// dropped before dispatch. An entry with no Allowed prefix of the guard's
+// family drops every source; entries for the same IP and port add up.
+type FirewallEntry struct {
+	IP      netip.Addr
+	Port    uint16
+	Allowed []netip.Prefix
+}
+
+// Desired is the guard's state after a Sync. Addresses of the other IP
+// family are ignored, so one Desired may serve both families' guards.
 type Desired struct {
 	// ServiceIPs are the guarded destinations: every ServiceCIDR and each
 	// LoadBalancer or external IP made local on this node. Addresses that
 	// were local before (node IPs) must not be here, or all their
 	// unserved ports would be rejected too.
 	ServiceIPs []netip.Prefix
-	// Served are the bindings that may accept.
+	// Served are the bindings that may accept. The TCP ones are also
+	// dispatched to HAProxy when Dispatch is set.
 	Served []Binding
+	// Dispatch is where TPROXY sends the served TCP connections: HAProxy's
+	// listener of this family, bound `transparent` (127.0.0.1:port,
+	// [::1]:port). Zero: no dispatch rules (the firewall still drops).
+	Dispatch netip.AddrPort
+	// NodePorts are the TCP NodePorts HAProxy serves, dispatched with
+	// Dispatch.
+	NodePorts []uint16
+	// NodePortAddresses, when empty, serve NodePorts on every local address
+	// of the family that is not in ServiceIPs; otherwise only on these
+	// addresses (none, when the list holds no address of the family).
+	NodePortAddresses []netip.Addr
+	// Firewall are the LoadBalancer IP:ports with source ranges.
+	Firewall []FirewallEntry
 }
 
 // Guard owns the nftables table of one IP family.
@@ -121,12 +172,26 @@ func nftFamily(family v1.IPFamily) knftables.Family {
 	return knftables.IPv4Family
 }
 
+// allowKey is one element of the firewall-allow set.
+type allowKey struct {
+	dst netip.AddrPort
+	src netip.Prefix
+}
+
 // normalized is a Desired reduced to one family, without overlaps or
 // duplicates, sorted: nftables refuses overlapping intervals in a set, and
 // comparing two normalized states tells whether anything changed.
 type normalized struct {
-	ranges []netip.Prefix
-	served []Binding
+	ranges   []netip.Prefix
+	served   []Binding
+	dispatch netip.AddrPort
+	// nodePortsListed: NodePorts only on nodePortIPs, not on every local
+	// address.
+	nodePortsListed bool
+	nodePortIPs     []netip.Addr
+	nodePorts       []uint16
+	firewall        []netip.AddrPort
+	allowed         []allowKey
 }
 
 func (g *Guard) inFamily(a netip.Addr) bool {
@@ -136,130 +201,294 @@ func (g *Guard) inFamily(a netip.Addr) bool {
 	return a.Is4() || a.Is4In6()
 }
 
-func (g *Guard) normalize(d Desired) *normalized {
-	n := &normalized{}
-	var ranges []netip.Prefix
-	for _, p := range d.ServiceIPs {
-		if !p.IsValid() {
-			continue
-		}
-		if p.Addr().Is4In6() {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		if g.inFamily(p.Addr()) {
-			ranges = append(ranges, p.Masked())
-		}
+// prefixInFamily returns p unmapped and masked, and whether it is of the
+// guard's family.
+func (g *Guard) prefixInFamily(p netip.Prefix) (netip.Prefix, bool) {
+	if !p.IsValid() {
+		return p, false
 	}
+	if p.Addr().Is4In6() {
+		if p.Bits() < 96 {
+			return p, false
+		}
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), g.inFamily(p.Addr())
+}
+
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// collapse drops the prefixes inside another one and sorts the rest.
+func collapse(ps []netip.Prefix) []netip.Prefix {
 	// Shorter prefixes first, so a prefix inside an earlier one is dropped.
-	slices.SortFunc(ranges, func(a, b netip.Prefix) int {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
 		if a.Bits() != b.Bits() {
 			return a.Bits() - b.Bits()
 		}
 		return a.Addr().Compare(b.Addr())
 	})
-	for _, p := range ranges {
-		inside := false
-		for _, q := range n.ranges {
-			if q.Contains(p.Addr()) {
-				inside = true
-				break
-			}
-		}
-		if !inside {
-			n.ranges = append(n.ranges, p)
+	var out []netip.Prefix
+	for _, p := range ps {
+		if !slices.ContainsFunc(out, func(q netip.Prefix) bool { return q.Contains(p.Addr()) }) {
+			out = append(out, p)
 		}
 	}
-	slices.SortFunc(n.ranges, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	slices.SortFunc(out, comparePrefixes)
+	return out
+}
+
+func (g *Guard) normalize(d Desired) (*normalized, error) {
+	n := &normalized{}
+	var ranges []netip.Prefix
+	for _, p := range d.ServiceIPs {
+		if p, ok := g.prefixInFamily(p); ok {
+			ranges = append(ranges, p)
+		}
+	}
+	n.ranges = collapse(ranges)
 
 	for _, b := range d.Served {
 		b.IP = b.IP.Unmap()
-		if !g.inFamily(b.IP) {
-			continue
+		if g.inFamily(b.IP) {
+			n.served = append(n.served, b)
 		}
-		n.served = append(n.served, b)
 	}
 	slices.SortFunc(n.served, func(a, b Binding) int {
-		if c := a.IP.Compare(b.IP); c != 0 {
-			return c
-		}
-		if c := strings.Compare(string(a.Protocol), string(b.Protocol)); c != 0 {
-			return c
-		}
-		return int(a.Port) - int(b.Port)
+		return cmp.Or(a.IP.Compare(b.IP), strings.Compare(string(a.Protocol), string(b.Protocol)), cmp.Compare(a.Port, b.Port))
 	})
 	n.served = slices.Compact(n.served)
-	return n
+
+	if d.Dispatch.IsValid() {
+		n.dispatch = netip.AddrPortFrom(d.Dispatch.Addr().Unmap(), d.Dispatch.Port())
+		if !g.inFamily(n.dispatch.Addr()) || n.dispatch.Port() == 0 {
+			return nil, fmt.Errorf("%s Service IP guard: dispatch address %s is not an %s address and port", g.family, d.Dispatch, g.family)
+		}
+	}
+
+	n.nodePorts = slices.Clone(d.NodePorts)
+	n.nodePorts = slices.DeleteFunc(n.nodePorts, func(p uint16) bool { return p == 0 })
+	slices.Sort(n.nodePorts)
+	n.nodePorts = slices.Compact(n.nodePorts)
+	// A list without an address of this family still restricts: it means
+	// no address here, not every one.
+	n.nodePortsListed = len(d.NodePortAddresses) > 0
+	for _, a := range d.NodePortAddresses {
+		if a = a.Unmap(); g.inFamily(a) {
+			n.nodePortIPs = append(n.nodePortIPs, a)
+		}
+	}
+	slices.SortFunc(n.nodePortIPs, netip.Addr.Compare)
+	n.nodePortIPs = slices.Compact(n.nodePortIPs)
+
+	allowed := map[netip.AddrPort][]netip.Prefix{}
+	for _, f := range d.Firewall {
+		ip := f.IP.Unmap()
+		if !g.inFamily(ip) {
+			continue
+		}
+		dst := netip.AddrPortFrom(ip, f.Port)
+		if _, ok := allowed[dst]; !ok {
+			allowed[dst] = nil
+			n.firewall = append(n.firewall, dst)
+		}
+		for _, p := range f.Allowed {
+			if p, ok := g.prefixInFamily(p); ok {
+				allowed[dst] = append(allowed[dst], p)
+			}
+		}
+	}
+	slices.SortFunc(n.firewall, netip.AddrPort.Compare)
+	for _, dst := range n.firewall {
+		// pipapo (the kernel's set for concatenated intervals) refuses
+		// overlapping elements, as the plain interval set does.
+		for _, src := range collapse(allowed[dst]) {
+			n.allowed = append(n.allowed, allowKey{dst: dst, src: src})
+		}
+	}
+	return n, nil
 }
 
 func (n *normalized) equal(o *normalized) bool {
-	return o != nil && slices.Equal(n.ranges, o.ranges) && slices.Equal(n.served, o.served)
+	return o != nil && n.sameRules(o) &&
+		slices.Equal(n.ranges, o.ranges) && slices.Equal(n.served, o.served) &&
+		slices.Equal(n.nodePorts, o.nodePorts) && slices.Equal(n.nodePortIPs, o.nodePortIPs) &&
+		slices.Equal(n.firewall, o.firewall) && slices.Equal(n.allowed, o.allowed)
 }
 
-// Sync makes the table match d. The table, chain and sets are (re)declared
-// and both sets are rewritten in one transaction, which the kernel applies
-// atomically. A Sync with the state already applied only checks that the
-// table is still whole.
+// sameRules reports whether n and o need the same rules: everything else
+// is in set elements.
+func (n *normalized) sameRules(o *normalized) bool {
+	return o != nil && n.dispatch == o.dispatch && n.nodePortsListed == o.nodePortsListed
+}
+
+// elements returns the keys of every set's elements, each set's sorted.
+func (n *normalized) elements() map[string][][]string {
+	port := func(p uint16) string { return strconv.Itoa(int(p)) }
+	els := map[string][][]string{}
+	for _, set := range setNames {
+		els[set] = [][]string{}
+	}
+	for _, p := range n.ranges {
+		els[ServiceIPsSet] = append(els[ServiceIPsSet], []string{prefixKey(p)})
+	}
+	for _, b := range n.served {
+		els[ServedPortsSet] = append(els[ServedPortsSet], []string{b.IP.String(), strings.ToLower(string(b.Protocol)), port(b.Port)})
+	}
+	for _, p := range n.nodePorts {
+		els[NodePortsSet] = append(els[NodePortsSet], []string{port(p)})
+	}
+	for _, a := range n.nodePortIPs {
+		els[NodePortIPsSet] = append(els[NodePortIPsSet], []string{a.String()})
+	}
+	for _, f := range n.firewall {
+		els[FirewallSet] = append(els[FirewallSet], []string{f.Addr().String(), port(f.Port())})
+	}
+	for _, a := range n.allowed {
+		els[FirewallAllowSet] = append(els[FirewallAllowSet], []string{a.dst.Addr().String(), port(a.dst.Port()), prefixKey(a.src)})
+	}
+	return els
+}
+
+// setNames are every set of the table.
+var setNames = []string{ServiceIPsSet, ServedPortsSet, NodePortsSet, NodePortIPsSet, FirewallSet, FirewallAllowSet}
+
+// Sync makes the table match d, in one transaction, which the kernel
+// applies atomically. While the table is whole and its rules fit d, only
+// the set elements that differ are deleted and added (rules keep their
+// counters); otherwise the table is declared again, its chains refilled
+// and its sets rewritten. A Sync with the state already applied only
+// checks that the table is still whole.
 func (g *Guard) Sync(ctx context.Context, d Desired) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	want := g.normalize(d)
-	if want.equal(g.applied) && g.intact(ctx) {
-		return nil
+	want, err := g.normalize(d)
+	if err != nil {
+		return err
+	}
+	if g.applied != nil && g.intact(ctx, g.applied) {
+		if want.equal(g.applied) {
+			return nil
+		}
+		if want.sameRules(g.applied) {
+			tx := g.nft.NewTransaction()
+			g.updateElements(tx, g.applied, want)
+			err := g.nft.Run(ctx, tx)
+			if err == nil {
+				g.synced(want, "update")
+				return nil
+			}
+			// Somebody changed the elements behind our back (a delete
+			// found nothing): rewrite everything instead.
+			klog.V(2).InfoS("Rewriting the Service IP guard", "family", g.family, "err", err)
+		}
 	}
 	tx := g.nft.NewTransaction()
-	g.declare(tx)
-	tx.Flush(&knftables.Set{Name: ServiceIPsSet})
-	tx.Flush(&knftables.Set{Name: ServedPortsSet})
-	for _, p := range want.ranges {
-		tx.Add(&knftables.Element{Set: ServiceIPsSet, Key: []string{prefixKey(p)}})
-	}
-	for _, b := range want.served {
-		tx.Add(&knftables.Element{Set: ServedPortsSet, Key: []string{
-			b.IP.String(), strings.ToLower(string(b.Protocol)), strconv.Itoa(int(b.Port)),
-		}})
+	g.declare(tx, want)
+	els := want.elements()
+	for _, set := range setNames {
+		tx.Flush(&knftables.Set{Name: set})
+		for _, key := range els[set] {
+			tx.Add(&knftables.Element{Set: set, Key: key})
+		}
 	}
 	if err := g.nft.Run(ctx, tx); err != nil {
 		g.applied = nil
 		return fmt.Errorf("sync %s nftables table %s: %w", nftFamily(g.family), TableName, err)
 	}
-	g.applied = want
-	klog.V(2).InfoS("Synced Service IP guard", "family", g.family,
-		"serviceIPRanges", len(want.ranges), "servedPorts", len(want.served))
+	g.synced(want, "rewrite")
 	return nil
 }
 
-// intact reports whether the chain and both sets are still there: a Sync
-// with an unchanged state repairs a table someone deleted or flushed.
-// Elements are not compared (that would cost a listing of every element
-// at every sync).
-func (g *Guard) intact(ctx context.Context) bool {
-	objects, err := g.nft.ListAll(ctx)
-	if err != nil || !slices.Contains(objects["chain"], InputChain) ||
-		!slices.Contains(objects["set"], ServiceIPsSet) || !slices.Contains(objects["set"], ServedPortsSet) {
-		return false
-	}
-	if !slices.Contains(objects["chain"], OutputChain) {
-		return false
-	}
-	rules, err := g.nft.ListRules(ctx, InputChain)
-	if err != nil || len(rules) != inputRules {
-		return false
-	}
-	rules, err = g.nft.ListRules(ctx, OutputChain)
-	return err == nil && len(rules) == outputRules
+func (g *Guard) synced(want *normalized, how string) {
+	g.applied = want
+	klog.V(2).InfoS("Synced Service IP guard", "family", g.family, "how", how,
+		"serviceIPRanges", len(want.ranges), "servedPorts", len(want.served), "dispatch", want.dispatch,
+		"nodePorts", len(want.nodePorts), "firewalls", len(want.firewall))
 }
 
-// inputRules and outputRules are the numbers of rules declare puts in the
-// input and output chains.
-const (
-	inputRules  = 6
-	outputRules = 2
-)
+// updateElements deletes what only from has and adds what only to has.
+// Deletes come first: a new interval may overlap one it replaces.
+func (g *Guard) updateElements(tx *knftables.Transaction, from, to *normalized) {
+	join := func(key []string) string { return strings.Join(key, " . ") }
+	old, next := from.elements(), to.elements()
+	for _, set := range setNames {
+		keep := map[string]bool{}
+		for _, key := range next[set] {
+			keep[join(key)] = true
+		}
+		for _, key := range old[set] {
+			if !keep[join(key)] {
+				tx.Delete(&knftables.Element{Set: set, Key: key})
+			}
+		}
+	}
+	for _, set := range setNames {
+		had := map[string]bool{}
+		for _, key := range old[set] {
+			had[join(key)] = true
+		}
+		for _, key := range next[set] {
+			if !had[join(key)] {
+				tx.Add(&knftables.Element{Set: set, Key: key})
+			}
+		}
+	}
+}
 
-// declare adds the table, its sets and the input chain with its rules.
-// The chain is flushed and refilled, so rules from an older version of this
-// code never survive a Sync.
-func (g *Guard) declare(tx *knftables.Transaction) {
+// intact reports whether the chains and sets are still there, with the
+// number of rules n needs: a Sync repairs a table someone deleted or
+// flushed. Elements are not compared (that would cost a listing of every
+// element at every sync). Two nft calls, both without elements.
+func (g *Guard) intact(ctx context.Context, n *normalized) bool {
+	objects, err := g.nft.ListAll(ctx)
+	if err != nil {
+		return false
+	}
+	for _, set := range setNames {
+		if !slices.Contains(objects["set"], set) {
+			return false
+		}
+	}
+	want := ruleCounts(n)
+	for chain := range want {
+		if !slices.Contains(objects["chain"], chain) {
+			return false
+		}
+	}
+	rules, err := g.nft.ListRules(ctx, "")
+	if err != nil {
+		return false
+	}
+	got := map[string]int{}
+	for _, r := range rules {
+		got[r.Chain]++
+	}
+	for chain, count := range want {
+		if got[chain] != count {
+			return false
+		}
+	}
+	return true
+}
+
+// ruleCounts is the number of rules declare puts in each chain for n.
+func ruleCounts(n *normalized) map[string]int {
+	dispatch := 1
+	if n.dispatch.IsValid() {
+		dispatch += 2
+	}
+	return map[string]int{InputChain: 6, OutputChain: 2, DispatchChain: dispatch}
+}
+
+// declare adds the table, its sets and chains with their rules. The chains
+// are flushed and refilled, so rules from an older version of this code
+// never survive.
+func (g *Guard) declare(tx *knftables.Transaction, n *normalized) {
 	ipX, addrType := "ip", "ipv4_addr"
 	if g.family == v1.IPv6Protocol {
 		ipX, addrType = "ip6", "ipv6_addr"
@@ -276,6 +505,33 @@ func (g *Guard) declare(tx *knftables.Transaction) {
 		Type:    addrType + " . inet_proto . inet_service",
 		Comment: knftables.PtrTo(servedPortsNote),
 	})
+	tx.Add(&knftables.Set{
+		Name:    NodePortsSet,
+		Type:    "inet_service",
+		Comment: knftables.PtrTo(nodePortsNote),
+	})
+	tx.Add(&knftables.Set{
+		Name:    NodePortIPsSet,
+		Type:    addrType,
+		Comment: knftables.PtrTo(nodePortIPsNote),
+	})
+	tx.Add(&knftables.Set{
+		Name:    FirewallSet,
+		Type:    addrType + " . inet_service",
+		Comment: knftables.PtrTo(firewallNote),
+	})
+	tx.Add(&knftables.Set{
+		Name:    FirewallAllowSet,
+		Type:    addrType + " . inet_service . " + addrType,
+		Flags:   []knftables.SetFlag{knftables.IntervalFlag},
+		Comment: knftables.PtrTo(firewallAllowNote),
+	})
+	g.declareInput(tx, ipX)
+	g.declareOutput(tx, ipX)
+	g.declareDispatch(tx, ipX, n)
+}
+
+func (g *Guard) declareInput(tx *knftables.Transaction, ipX string) {
 	tx.Add(&knftables.Chain{
 		Name:     InputChain,
 		Type:     knftables.PtrTo(knftables.FilterType),
@@ -321,7 +577,6 @@ func (g *Guard) declare(tx *knftables.Transaction) {
 		Rule:    "counter reject",
 		Comment: knftables.PtrTo("Service IP, port not served"),
 	})
-	g.declareOutput(tx, ipX)
 }
 
 // declareOutput adds the output chain that keeps node-local connections to
@@ -352,6 +607,58 @@ func (g *Guard) declareOutput(tx *knftables.Transaction, ipX string) {
 			ipX, "saddr", ".", "meta l4proto", ".", "th sport", "@"+ServedPortsSet,
 			"fib daddr type local", "notrack"),
 		Comment: knftables.PtrTo("HAProxy's reply to a node-local client"),
+	})
+}
+
+// declareDispatch adds the prerouting chain: the firewall, then TPROXY to
+// HAProxy for served Service IP:ports and NodePorts. Mangle priority runs
+// before upstream nftables' DNAT (dstnat), which only handles UDP and SCTP
+// here. TPROXY looks up an established socket with the packet's own
+// addresses first, so every packet of a dispatched connection (not only
+// the SYN) must and does pass the rule; a packet whose socket is not
+// transparent (a node-local client's, HAProxy's own to a pod) is left to
+// the rules that follow.
+func (g *Guard) declareDispatch(tx *knftables.Transaction, ipX string, n *normalized) {
+	tx.Add(&knftables.Chain{
+		Name:     DispatchChain,
+		Type:     knftables.PtrTo(knftables.FilterType),
+		Hook:     knftables.PtrTo(knftables.PreroutingHook),
+		Priority: knftables.PtrTo(knftables.ManglePriority),
+		Comment:  knftables.PtrTo("TCP to HAProxy's dispatch listener, after the LoadBalancer source ranges"),
+	})
+	tx.Flush(&knftables.Chain{Name: DispatchChain})
+	tx.Add(&knftables.Rule{
+		Chain: DispatchChain,
+		Rule: knftables.Concat("meta l4proto tcp",
+			ipX, "daddr", ".", "tcp dport", "@"+FirewallSet,
+			ipX, "daddr", ".", "tcp dport", ".", ipX, "saddr", "!=", "@"+FirewallAllowSet,
+			"counter drop"),
+		Comment: knftables.PtrTo("source outside loadBalancerSourceRanges"),
+	})
+	if !n.dispatch.IsValid() {
+		return
+	}
+	tproxy := "tproxy to " + n.dispatch.String()
+	tx.Add(&knftables.Rule{
+		Chain: DispatchChain,
+		Rule: knftables.Concat("meta l4proto tcp",
+			ipX, "daddr", ".", "meta l4proto", ".", "th dport", "@"+ServedPortsSet, tproxy),
+		Comment: knftables.PtrTo("served Service IP:port"),
+	})
+	if n.nodePortsListed {
+		tx.Add(&knftables.Rule{
+			Chain: DispatchChain,
+			Rule: knftables.Concat("meta l4proto tcp",
+				ipX, "daddr", "@"+NodePortIPsSet, "tcp dport", "@"+NodePortsSet, tproxy),
+			Comment: knftables.PtrTo("NodePort on a nodePortAddresses address"),
+		})
+		return
+	}
+	tx.Add(&knftables.Rule{
+		Chain: DispatchChain,
+		Rule: knftables.Concat("meta l4proto tcp",
+			ipX, "daddr", "!=", "@"+ServiceIPsSet, "fib daddr type local", "tcp dport", "@"+NodePortsSet, tproxy),
+		Comment: knftables.PtrTo("NodePort on a local address"),
 	})
 }
 

@@ -1,0 +1,161 @@
+package hostnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	v1 "k8s.io/api/core/v1"
+
+	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
+	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
+	"kube-haproxy.io/kube-haproxy/test/netns"
+)
+
+// dispatchConfig is HAProxy with one transparent listener per family that
+// picks a backend by the original destination, as the proxier's maps do.
+// It already knows a Service (10.96.0.11) the host does not serve yet: the
+// guard, not HAProxy, decides what reaches it.
+func dispatchConfig() string {
+	return fmt.Sprintf(`global
+    maxconn 1000
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+
+frontend dispatch
+    bind 127.0.0.1:10400 transparent
+    bind [::1]:10400 transparent
+    use_backend web if { dst %[1]s } { dst_port 80 }
+    use_backend web if { dst %[2]s } { dst_port 80 }
+    use_backend web if { dst 10.96.0.11 } { dst_port 80 }
+    use_backend web if { dst fd00:10:96::a } { dst_port 80 }
+    use_backend web if { dst_port 30080 }
+
+backend web
+    server pod1 %[3]s:8080
+`, clusterIP, lbIP, podIP)
+}
+
+// TestHAProxyBehindTheDispatch: a real HAProxy with a single transparent
+// listener per family serves ClusterIPs, an LB IP with source ranges and
+// a NodePort through hostnet.Host, from another namespace and from the
+// node; a Service the host starts serving later needs no reload, only
+// Prepare and Finish.
+func TestHAProxyBehindTheDispatch(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	c.node.AddAddr("eth0", netip.MustParsePrefix("fd00:95::1/64"))
+	c.client.AddAddr("eth0", netip.MustParsePrefix("fd00:95::100/64"))
+	c.client.DefaultRoute(netip.MustParseAddr("fd00:95::1"))
+	const clusterIP6 = "fd00:10:96::a"
+
+	path := filepath.Join(c.kit.Dir(), "dispatch.cfg")
+	require.NoError(t, os.WriteFile(path, []byte(dispatchConfig()), 0o644))
+	haproxy := c.node.Start("haproxy", "haproxy", "-db", "-f", path)
+	require.NoError(t, c.node.WaitTCP("127.0.0.1:10400", 10*time.Second), haproxy.Log())
+
+	hosts := map[v1.IPFamily]*hostnet.Host{}
+	for _, family := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		require.NoError(t, c.node.Do(func() error {
+			h, err := hostnet.New(family)
+			hosts[family] = h
+			return err
+		}))
+	}
+	t.Cleanup(func() {
+		_ = c.node.Do(func() error {
+			return errors.Join(hosts[v1.IPv4Protocol].Cleanup(ctx), hosts[v1.IPv6Protocol].Cleanup(ctx))
+		})
+	})
+	tcp80 := func(ip string) serviceguard.Binding {
+		return serviceguard.Binding{IP: netip.MustParseAddr(ip), Protocol: v1.ProtocolTCP, Port: 80}
+	}
+	want4 := hostnet.Desired{
+		ServiceCIDRs: []netip.Prefix{serviceCIDR},
+		Served:       []serviceguard.Binding{tcp80(clusterIP), tcp80(lbIP)},
+		Dispatch:     netip.MustParseAddrPort("127.0.0.1:10400"),
+		NodePorts:    []uint16{30080},
+		Firewall: []serviceguard.FirewallEntry{{
+			IP: netip.MustParseAddr(lbIP), Port: 80,
+			Allowed: []netip.Prefix{netip.MustParsePrefix(clientIP + "/32")},
+		}},
+	}
+	want6 := hostnet.Desired{
+		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:10:96::/112")},
+		Served:       []serviceguard.Binding{tcp80(clusterIP6)},
+		Dispatch:     netip.MustParseAddrPort("[::1]:10400"),
+		NodePorts:    []uint16{30080},
+	}
+	require.NoError(t, c.node.Do(func() error {
+		return errors.Join(hosts[v1.IPv4Protocol].Sync(ctx, want4), hosts[v1.IPv6Protocol].Sync(ctx, want6))
+	}))
+	t.Log(c.node.MustExec("nft", "list", "table", "ip", serviceguard.TableName))
+
+	for _, from := range []*netns.Namespace{c.client, c.node} {
+		for _, addr := range []string{clusterIP + ":80", "[" + clusterIP6 + "]:80", nodeIP + ":30080", "[fd00:95::1]:30080"} {
+			r, err := from.HTTPGet("http://" + addr + "/")
+			if assert.NoError(t, err, "%s from %s\n%s", addr, from.Short, haproxy.Log()) {
+				assert.Equal(t, "pod1", r.Name, "%s from %s", addr, from.Short)
+			}
+		}
+	}
+	r, err := c.client.HTTPGet("http://" + lbIP + ":80/")
+	if assert.NoError(t, err, "the client is inside the LB's source ranges") {
+		assert.Equal(t, "pod1", r.Name)
+	}
+	_, err = c.node.HTTPGetWith("http://"+lbIP+":80/", netns.HTTPOptions{Timeout: time.Second})
+	assert.Error(t, err, "the node (source: the LB IP itself) is outside them")
+
+	// HAProxy knows 10.96.0.11 already, the host does not serve it: the
+	// guard refuses it.
+	err = c.client.TCPAccepts("10.96.0.11:80", wait)
+	assert.True(t, refused(err), "not served yet: want refused, got %v", err)
+
+	// The new Service: Prepare, (HAProxy's maps would change here), Finish.
+	next := want4
+	next.Served = append(next.Served, tcp80("10.96.0.11"))
+	require.NoError(t, c.node.Do(func() error { return hosts[v1.IPv4Protocol].Prepare(ctx, next) }))
+	r, err = c.client.HTTPGet("http://10.96.0.11:80/")
+	if assert.NoError(t, err) {
+		assert.Equal(t, "pod1", r.Name)
+	}
+	require.NoError(t, c.node.Do(func() error { return hosts[v1.IPv4Protocol].Finish(ctx, next) }))
+	if ended, err := haproxy.Exited(); ended {
+		t.Fatalf("haproxy exited: %v\n%s", err, haproxy.Log())
+	}
+
+	// A wildcard host daemon still stays off Service IPs.
+	sshd, err := c.node.Listen("tcp", ":2222")
+	require.NoError(t, err)
+	go func() {
+		for {
+			conn, err := sshd.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	for _, addr := range []string{clusterIP + ":2222", "[" + clusterIP6 + "]:2222"} {
+		err := c.client.TCPAccepts(addr, wait)
+		assert.True(t, refused(err), "%s: want refused, got %v", addr, err)
+	}
+
+	require.NoError(t, c.node.Do(func() error {
+		return errors.Join(hosts[v1.IPv4Protocol].Cleanup(ctx), hosts[v1.IPv6Protocol].Cleanup(ctx))
+	}))
+	assert.NotContains(t, c.node.MustExec("nft", "list", "tables"), serviceguard.TableName)
+	assert.Empty(t, strings.TrimSpace(c.node.IP("route", "show", "table", "all", "proto", "66")))
+}
