@@ -17,40 +17,57 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
+	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
 	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
-func webConfig(lbIP string, pods ...*netns.Pod) *haproxycfg.Config {
-	be := &haproxycfg.Backend{Name: "default.web:http"}
+func webConfig(dir, lbIP string, pods ...*netns.Pod) *haproxycfg.Config {
+	set := &haproxycfg.EndpointSet{Name: "default.web:http:tcp"}
 	for _, p := range pods {
-		be.Servers = append(be.Servers, haproxycfg.Server{Name: haproxycfg.ServerName(p.IP, 8080), Addr: p.IP, Port: 8080})
+		set.Endpoints = append(set.Endpoints, netip.AddrPortFrom(p.IP, 8080))
 	}
 	return &haproxycfg.Config{
 		Global: haproxycfg.Global{MaxConn: 1000},
 		Defaults: haproxycfg.Defaults{
 			TimeoutConnect: 2 * time.Second, TimeoutClient: 10 * time.Second, TimeoutServer: 10 * time.Second,
 		},
-		Frontends: []*haproxycfg.Frontend{{
-			Name: "default.web:http",
-			Binds: []haproxycfg.Bind{
-				{Name: "cluster-ip", Addr: netip.MustParseAddr("10.96.0.10"), Port: 80},
-				{Name: "lb", Addr: netip.MustParseAddr(lbIP), Port: 80},
-			},
-			DefaultBackend: be.Name,
+		Dispatchers: []*haproxycfg.Dispatcher{{
+			Listen: netip.MustParseAddrPort("127.0.0.1:10400"),
+			MapDir: dir,
+			ServicePorts: []*haproxycfg.ServicePort{{
+				Name: set.Name,
+				Listeners: []haproxycfg.Listener{
+					{Kind: haproxycfg.ClusterIP, Addr: netip.MustParseAddr("10.96.0.10"), Port: 80},
+					{Kind: haproxycfg.LoadBalancer, Addr: netip.MustParseAddr(lbIP), Port: 80},
+				},
+				Cluster:   set,
+				WhenEmpty: haproxycfg.Rejected,
+			}},
 		}},
-		Backends: []*haproxycfg.Backend{be},
 	}
+}
+
+// hostWant is what the host needs for cfg, as the proxier computes it.
+func hostWant(cfg *haproxycfg.Config) hostnet.Desired {
+	d := cfg.Dispatchers[0]
+	want := hostnet.Desired{ServiceCIDRs: []netip.Prefix{serviceCIDR}, Dispatch: d.Listen}
+	for _, sp := range d.ServicePorts {
+		for _, l := range sp.Listeners {
+			want.Served = append(want.Served, serviceguard.Binding{IP: l.Addr, Protocol: v1.ProtocolTCP, Port: l.Port})
+		}
+	}
+	return want
 }
 
 func startHAProxy(t *testing.T, tp *topology, cfg *haproxycfg.Config) *netns.Proc {
 	t.Helper()
-	text, err := haproxycfg.Render(cfg)
-	require.NoError(t, err)
-	path := filepath.Join(tp.kit.Dir(), fmt.Sprintf("haproxy-%d.cfg", time.Now().UnixNano()))
-	require.NoError(t, os.WriteFile(path, text, 0o644))
+	dir := filepath.Join(tp.kit.Dir(), fmt.Sprintf("haproxy-%d", time.Now().UnixNano()))
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	path := haproxytest.WriteModel(t, dir, cfg)
 	p := tp.node.Start("haproxy", "haproxy", "-db", "-f", path)
-	if err := tp.node.WaitTCP("10.96.0.10:80", 10*time.Second); err != nil {
+	if err := tp.node.WaitTCP("127.0.0.1:10400", 10*time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, p.Log())
 	}
 	return p
@@ -59,7 +76,8 @@ func startHAProxy(t *testing.T, tp *topology, cfg *haproxycfg.Config) *netns.Pro
 // TestHostNetworkFollowsTheHAProxyConfig drives package hostnet in
 // process (real netlink, real nft, in the node namespace) from a rendered
 // HAProxy model: Service IPs become local and guarded before HAProxy
-// binds, a changed LB IP moves, and Cleanup leaves nothing.
+// serves them (dispatched by nftables to its one listener), a changed LB
+// IP moves, and Cleanup leaves nothing.
 func TestHostNetworkFollowsTheHAProxyConfig(t *testing.T) {
 	tp := newTopology(t)
 	ctx := context.Background()
@@ -80,11 +98,12 @@ func TestHostNetworkFollowsTheHAProxyConfig(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = host.Cleanup(ctx) })
 
-	cfg := webConfig("203.0.113.10", pod)
-	want := hostnet.FromConfig([]netip.Prefix{serviceCIDR}, cfg)
-	require.NoError(t, host.BeforeReload(ctx, want))
+	mapDir := t.TempDir()
+	cfg := webConfig(mapDir, "203.0.113.10", pod)
+	want := hostWant(cfg)
+	require.NoError(t, host.Prepare(ctx, want))
 	haproxy := startHAProxy(t, tp, cfg)
-	require.NoError(t, host.AfterReload(ctx, want))
+	require.NoError(t, host.Finish(ctx, want))
 
 	for _, addr := range []string{"10.96.0.10:80", "203.0.113.10:80"} {
 		r, err := tp.client.HTTPGet("http://" + addr + "/")
@@ -98,12 +117,12 @@ func TestHostNetworkFollowsTheHAProxyConfig(t *testing.T) {
 	assert.NoError(t, tp.client.TCPAccepts(nodeIP+":2222", 2*time.Second))
 
 	// The LB IP changes: a new HAProxy replaces the old one.
-	next := webConfig("203.0.113.20", pod)
-	nextWant := hostnet.FromConfig([]netip.Prefix{serviceCIDR}, next)
-	require.NoError(t, host.BeforeReload(ctx, nextWant))
+	next := webConfig(mapDir, "203.0.113.20", pod)
+	nextWant := hostWant(next)
+	require.NoError(t, host.Prepare(ctx, nextWant))
 	haproxy.Stop()
 	haproxy = startHAProxy(t, tp, next)
-	require.NoError(t, host.AfterReload(ctx, nextWant))
+	require.NoError(t, host.Finish(ctx, nextWant))
 	r, err := tp.client.HTTPGet("http://203.0.113.20:80/")
 	require.NoError(t, err)
 	assert.Equal(t, "pod1", r.Name)
