@@ -57,7 +57,9 @@ const (
 	DefaultDispatchPort = 10400
 	// DefaultMaxOldWorkers bounds the old workers a series of reloads can
 	// leave draining (mworker-max-reloads): reloads are rare (global
-	// settings only), and each old worker holds a copy of the maps.
+	// settings only), and each old worker holds a copy of the maps. The
+	// oldest is stopped, with its connections, when one more would exceed
+	// it.
 	DefaultMaxOldWorkers = 5
 )
 
@@ -133,9 +135,9 @@ type Config struct {
 	TimeoutClient time.Duration
 	TimeoutServer time.Duration
 	// HardStopAfter bounds how long an old worker drains after a reload;
-	// its connections are cut then. Default: the longer of TimeoutClient
-	// and TimeoutServer, so no idle timeout of a connection is shortened
-	// by a reload.
+	// its connections are cut then. 0 (the default) sets no bound: an old
+	// worker ends when its last connection does, so a reload never ends a
+	// connection; MaxOldWorkers bounds how many can pile up instead.
 	HardStopAfter time.Duration
 	// MaxOldWorkers is how many reloads an old worker survives before it is
 	// stopped (HAProxy's mworker-max-reloads), bounding the memory a run
@@ -194,9 +196,6 @@ func (c *Config) SetDefaults() {
 	}
 	if c.TimeoutServer == 0 {
 		c.TimeoutServer = DefaultTimeoutServer
-	}
-	if c.HardStopAfter == 0 {
-		c.HardStopAfter = max(c.TimeoutClient, c.TimeoutServer)
 	}
 	if c.MaxOldWorkers == 0 {
 		c.MaxOldWorkers = DefaultMaxOldWorkers
