@@ -51,9 +51,9 @@ type config struct {
 	docs         string
 }
 
-// memNewServices is how many Services the memory pass adds once every
-// Service answers: in haproxy mode each is a reload, whose old and new
-// workers overlap, and the peak must include that.
+// memNewServices is how many Services the memory pass adds (and deletes)
+// once every Service answers, so the peak includes the runtime changes
+// (in haproxy mode they must cause no reload).
 const memNewServices = 5
 
 func envInt(t *testing.T, name string, def int) int {
@@ -349,6 +349,8 @@ type bench struct {
 	inPool map[string]int
 	n      int
 	ips    []string
+	// newIPs are the ClusterIPs of the new Services of the current run.
+	newIPs []string
 	// endpoints is how many pods of a pool each slice lists now, and
 	// state[i] the pool Service i's slice lists.
 	endpoints int
@@ -491,6 +493,7 @@ func (b *bench) run(cfg config, spec passSpec, mode string) Run {
 	for j := range spec.newServices {
 		t0 := time.Now()
 		ip := b.createService(n+j, 0)
+		b.newIPs = append(b.newIPs, ip)
 		b.waitPool(ip, 0, scaled(time.Minute, n, 10*time.Millisecond))
 		r.NewService = append(r.NewService, time.Since(t0))
 		b.checkCtx()
@@ -499,6 +502,32 @@ func (b *bench) run(cfg config, spec passSpec, mode string) Run {
 		time.Sleep(time.Second)
 		r.ReloadsNewService = b.reloads() - reloads0
 		t.Logf("%s: new Service p50 %v p99 %v, reloads %d", mode, Percentile(r.NewService, 50), Percentile(r.NewService, 99), r.ReloadsNewService)
+		if r.HasReloads && r.ReloadsNewService != 0 {
+			t.Errorf("%s: %d HAProxy reloads for new Services; want 0; kube-proxy on node1 logged:\n%s",
+				mode, r.ReloadsNewService, grepLines(b.c.Nodes[0].Proxy.Log(), "eload", 20))
+		}
+	}
+
+	// The new Services deleted, one at a time: until the ClusterIP no
+	// longer answers.
+	reloads0 = b.settle()
+	for j := range spec.newServices {
+		ip := b.newIPs[j]
+		t0 := time.Now()
+		b.deleteService(n + j)
+		b.waitGone(ip, scaled(time.Minute, n, 10*time.Millisecond))
+		r.DeletedService = append(r.DeletedService, time.Since(t0))
+		b.checkCtx()
+	}
+	b.newIPs = b.newIPs[:0]
+	if spec.newServices > 0 {
+		time.Sleep(time.Second)
+		r.ReloadsDeleted = b.reloads() - reloads0
+		t.Logf("%s: deleted Service p50 %v p99 %v, reloads %d", mode, Percentile(r.DeletedService, 50), Percentile(r.DeletedService, 99), r.ReloadsDeleted)
+		if r.HasReloads && r.ReloadsDeleted != 0 {
+			t.Errorf("%s: %d HAProxy reloads for deleted Services; want 0; kube-proxy on node1 logged:\n%s",
+				mode, r.ReloadsDeleted, grepLines(b.c.Nodes[0].Proxy.Log(), "eload", 20))
+		}
 	}
 
 	if spec.wrk > 0 {
@@ -534,9 +563,6 @@ func (b *bench) run(cfg config, spec passSpec, mode string) Run {
 	t.Logf("%s: peak RSS kube-proxy %s, HAProxy %s (%d processes at once), %d samples", mode, mib(r.ProxyHWM), mib(r.HAProxyHWM), r.HAProxyProcs, peak.Samples)
 
 	b.stopProxies()
-	for j := range spec.newServices {
-		b.deleteService(n + j)
-	}
 	return r
 }
 
@@ -943,6 +969,25 @@ func (b *bench) waitPoolErr(ip string, pool int, timeout, pause time.Duration) e
 // several at once. A prober waits on one Service at a time, so while
 // nothing answers only probeWorkers connection attempts are in flight,
 // paced so the probing does not take the CPU kube-proxy needs.
+// waitGone waits until the ClusterIP ip no longer answers (refused, reset
+// or dropped: each probe gives up after probeDialTimeout).
+func (b *bench) waitGone(ip string, timeout time.Duration) {
+	b.t.Helper()
+	url := "http://" + ip + "/"
+	deadline := time.Now().Add(timeout)
+	for {
+		r, err := b.probe(url)
+		if err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("%s: still answered by %s %v after its Service was deleted", url, r.Name, timeout)
+		}
+		b.checkCtx()
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 func (b *bench) waitAll(ips []string, pool int, timeout time.Duration) {
 	b.t.Helper()
 	const probeWorkers = 8

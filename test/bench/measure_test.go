@@ -254,7 +254,7 @@ func TestReportRatiosAndMissingValues(t *testing.T) {
 		"p99 (2 changes) | 100.0 ms | 200.0 ms | 0.50× |",
 		"mean over the endpoint changes (node1) | 40.0 ms (2 obs.) | – | – |",
 		"p50 (1 Services) | 600.0 ms | 300.0 ms | 2.00× |",
-		"| HAProxy reloads during the new Services (node1) | 1 | – | – |",
+		"| HAProxy reloads during the new Services (node1; must be 0) | 1 | – | – |",
 		"| kube-proxy + HAProxy, peak RSS (node1) | 150.0 MiB | 100.0 MiB | 1.50× |",
 		"| keep-alive | requests/s | 500 | 1000 | 1200 | 0.50× |",
 		"| new connection per request | requests/s | – | – | – | – |",

@@ -55,11 +55,15 @@ type Run struct {
 	NPLCount int
 	// NewService: Service and slice creation to the ClusterIP answering.
 	NewService []time.Duration
+	// DeletedService: Service and slice deletion to the ClusterIP no
+	// longer answering.
+	DeletedService []time.Duration
 	// Reloads of HAProxy during each scenario; HasReloads false in a mode
 	// without HAProxy.
 	HasReloads        bool
 	ReloadsEndpoint   int
 	ReloadsNewService int
+	ReloadsDeleted    int
 	// Peak RSS (VmHWM) of kube-proxy and the largest sum over HAProxy
 	// processes alive at once (MemSampler).
 	ProxyHWM     int64
@@ -200,14 +204,27 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 			return dur(Percentile(r.NewService, 99))
 		})
 	}
+	if k := len(first.DeletedService); k > 0 {
+		row(fmt.Sprintf("deleted Service + slice → ClusterIP stops answering, p50 (%d Services)", k), func(r *Run) (string, float64, bool) {
+			return dur(Percentile(r.DeletedService, 50))
+		})
+		row(fmt.Sprintf("deleted Service + slice → ClusterIP stops answering, p99 (%d Services)", k), func(r *Run) (string, float64, bool) {
+			return dur(Percentile(r.DeletedService, 99))
+		})
+	}
 	if len(first.EndpointChange) > 0 {
 		row("HAProxy reloads during the endpoint changes (node1; must be 0)", func(r *Run) (string, float64, bool) {
 			return fmt.Sprint(r.ReloadsEndpoint), float64(r.ReloadsEndpoint), r.HasReloads
 		})
 	}
 	if len(first.NewService) > 0 {
-		row("HAProxy reloads during the new Services (node1)", func(r *Run) (string, float64, bool) {
+		row("HAProxy reloads during the new Services (node1; must be 0)", func(r *Run) (string, float64, bool) {
 			return fmt.Sprint(r.ReloadsNewService), float64(r.ReloadsNewService), r.HasReloads
+		})
+	}
+	if len(first.DeletedService) > 0 {
+		row("HAProxy reloads during the Service deletions (node1; must be 0)", func(r *Run) (string, float64, bool) {
+			return fmt.Sprint(r.ReloadsDeleted), float64(r.ReloadsDeleted), r.HasReloads
 		})
 	}
 	row("kube-proxy peak RSS (VmHWM, node1)", func(r *Run) (string, float64, bool) {
