@@ -125,7 +125,9 @@ func (c *Cluster) demoHelp(client *Pod) string {
 	fmt.Fprintf(&b, "  ip netns exec %s curl -s http://%s:%d/                # NodePort from outside\n", c.Outside.Name, c.Nodes[len(c.Nodes)-1].IP, DemoNodePort)
 	fmt.Fprintf(&b, "  ip netns exec %s curl -s http://%s/                       # LoadBalancer IP from outside\n", c.Outside.Name, DemoLBIP)
 	if c.Opts.Mode == ModeHAProxy {
-		fmt.Fprintf(&b, "  cat %s/%s/haproxy/haproxy.cfg                                # what HAProxy serves\n", c.Opts.Dir, c.Nodes[0].Name)
+		fmt.Fprintf(&b, "  cat %s/%s/haproxy/haproxy.cfg                                # HAProxy's settings and its one listener\n", c.Opts.Dir, c.Nodes[0].Name)
+		fmt.Fprintf(&b, "  cat %s/%s/haproxy/services-ipv4.map                          # every Service address it dispatches\n", c.Opts.Dir, c.Nodes[0].Name)
+		fmt.Fprintf(&b, "  cat %s/%s/haproxy/endpoints-ipv4.map                         # and their endpoints\n", c.Opts.Dir, c.Nodes[0].Name)
 	} else {
 		fmt.Fprintf(&b, "  ip netns exec %s nft list table ip kube-proxy\n", c.Nodes[0].NS.Name)
 	}
