@@ -156,7 +156,7 @@ func TestSCTPOnANodeWithoutKernelSCTP(t *testing.T) {
 			assert.Equal(t, 1, probes, "the kernel is probed once, not per sync")
 			assert.InDelta(t, tc.wantEvents, gaugeValue(t, sctpWithoutKernelSCTP.WithLabelValues("IPv4")), 0,
 				"SCTP ports no pod on this node can serve")
-			assert.Equal(t, []string{"kube-system.kube-dns:dns-tcp:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)), "TCP is unaffected")
+			assert.Equal(t, []string{"kube-system.kube-dns:dns-tcp:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)), "TCP is unaffected")
 			assert.Equal(t, []string{
 				"kube-system/kube-dns:dns/UDP -> 10.180.0.1:53",
 				"kube-system/kube-dns:sig/SCTP -> 10.180.0.1:9000",
@@ -243,7 +243,7 @@ func TestDelegationSplitsServicePortsByProtocol(t *testing.T) {
 	p.OnEndpointSlicesSynced()
 	require.NoError(t, p.syncProxyRules())
 
-	assert.Equal(t, []string{"kube-system.kube-dns:dns-tcp:tcp", "ns1.web:http:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, []string{"kube-system.kube-dns:dns-tcp:tcp", "ns1.web:http:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
 	runConnectionTests(t, applier, []connectionTest{
 		{name: "TCP 53 to HAProxy", sourceIP: testPodClient, destIP: "172.30.0.10", destPort: 53, output: "10.180.0.1:53"},
 		{name: "TCP NodePort to HAProxy", sourceIP: testExternalClient, destIP: testNodeIP, destPort: 30053, output: "10.180.0.1:53"},
@@ -261,7 +261,7 @@ func TestDelegationSplitsServicePortsByProtocol(t *testing.T) {
 	// The Service goes: both sides forget it.
 	p.OnServiceDelete(svc)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"ns1.web:http:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, []string{"ns1.web:http:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
 	assert.Empty(t, fd.serves())
 }
 
@@ -279,17 +279,17 @@ func TestDelegationFollowsAProtocolSwitch(t *testing.T) {
 
 	p.OnServiceAdd(tcp)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"kube-system.kube-dns:p:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, []string{"kube-system.kube-dns:p:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
 	assert.Empty(t, fd.serves())
 
 	p.OnServiceUpdate(tcp, udp)
 	require.NoError(t, p.syncProxyRules())
-	assert.Empty(t, frontendNames(applier.model(v1.IPv4Protocol)))
+	assert.Empty(t, servicePortNames(applier.model(v1.IPv4Protocol)))
 	assert.Equal(t, []string{"kube-system/kube-dns:p/UDP -> 10.180.0.1:5000"}, fd.serves())
 
 	p.OnServiceUpdate(udp, tcpAgain)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"kube-system.kube-dns:p:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, []string{"kube-system.kube-dns:p:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
 	assert.Empty(t, fd.serves())
 	assert.Empty(t, fd.services)
 }
@@ -302,7 +302,7 @@ func TestDelegationOfSCTPAndUnnamedSamePortNumbers(t *testing.T) {
 	p.OnServiceAdd(svc)
 	p.OnEndpointSliceAdd(dnsSlice("1", epPort("tcp", v1.ProtocolTCP, 7000), epPort("udp", v1.ProtocolUDP, 7000), epPort("sctp", v1.ProtocolSCTP, 7000)))
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"kube-system.kube-dns:tcp:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, []string{"kube-system.kube-dns:tcp:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
 	assert.Equal(t, []string{
 		"kube-system/kube-dns:sctp/SCTP -> 10.180.0.1:7000",
 		"kube-system/kube-dns:udp/UDP -> 10.180.0.1:7000",
@@ -325,7 +325,7 @@ func TestNonTCPWithoutDelegationIsVisible(t *testing.T) {
 	for range 3 {
 		require.NoError(t, p.syncProxyRules())
 	}
-	assert.Equal(t, []string{"kube-system.kube-dns:dns-tcp:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)), "TCP is unaffected")
+	assert.Equal(t, []string{"kube-system.kube-dns:dns-tcp:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)), "TCP is unaffected")
 	var got []string
 	for len(recorder.Events) > 0 {
 		got = append(got, <-recorder.Events)

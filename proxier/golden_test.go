@@ -16,10 +16,10 @@ import (
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden haproxy.cfg files in testdata/")
+var update = flag.Bool("update", false, "rewrite the golden haproxy.cfg and map files in testdata/")
 
-// goldenConfigs are rich scenarios whose rendered haproxy.cfg is kept in
-// testdata/<name>.cfg: a reviewer reads exactly what HAProxy gets.
+// goldenConfigs are rich scenarios whose rendered haproxy.cfg and map files
+// are kept in testdata/: a reviewer reads exactly what HAProxy gets.
 var goldenConfigs = []struct {
 	name     string
 	families []v1.IPFamily
@@ -139,16 +139,21 @@ var goldenConfigs = []struct {
 }
 
 // TestGolden renders each scenario through the whole proxier (trackers,
-// translation, the family merge the Applier does, stable server ids) and
-// compares it with testdata/<name>.cfg, then has the real haproxy check
-// it. Regenerate with: go test ./proxier -run TestGolden -update
+// translation, the family merge the Applier does) and compares what
+// HAProxy reads with testdata: haproxy.cfg in testdata/<name>.cfg and each
+// dispatcher's map files in testdata/<name>.<file> (services-ipv4.map,
+// endpoints-ipv4.map, cluster-sources-ipv4.acl, and the ipv6 ones). The
+// real haproxy then checks the configuration with its map files.
+// Regenerate with: go test ./proxier -run TestGolden -update
 func TestGolden(t *testing.T) {
 	for _, sc := range goldenConfigs {
 		t.Run(sc.name, func(t *testing.T) {
 			applier := newFakeApplier()
 			for _, family := range sc.families {
 				p, _, _ := newFakeProxierWithApplier(t, family, applier, func(c *Config) {
-					// Fixed so the file does not depend on the machine.
+					// Fixed so the files do not depend on the machine; the
+					// state directory (and so the map paths in haproxy.cfg)
+					// is the fixed one of newFakeProxier.
 					c.NBThread = 2
 					c.ClusterCIDRs = []string{"10.244.0.0/16", "fd00:244::/56"}
 				})
@@ -157,25 +162,42 @@ func TestGolden(t *testing.T) {
 				require.NoError(t, p.syncProxyRules())
 			}
 			merged := applier.merged(t)
-			haproxycfg.AssignServerIDs(nil, merged)
+			require.Len(t, merged.Dispatchers, len(sc.families))
 			out, err := haproxycfg.Render(merged)
 			require.NoError(t, err)
-			checkGolden(t, sc.name, out)
-			haproxytest.Check(t, out)
+			checkGolden(t, sc.name+".cfg", out)
+			for _, d := range merged.Dispatchers {
+				services, endpoints, sources := haproxycfg.RenderMaps(d)
+				checkGolden(t, sc.name+"."+filepath.Base(d.ServicesMap()), services)
+				checkGolden(t, sc.name+"."+filepath.Base(d.EndpointsMap()), endpoints)
+				checkGolden(t, sc.name+"."+filepath.Base(d.ClusterSourcesACL()), sources)
+			}
+
+			// haproxy -c reads the map files: the same model with its maps
+			// in a temporary directory.
+			check := *merged
+			check.Dispatchers = nil
+			mapDir := t.TempDir()
+			for _, d := range merged.Dispatchers {
+				dc := *d
+				dc.MapDir = mapDir
+				check.Dispatchers = append(check.Dispatchers, &dc)
+			}
+			haproxytest.CheckModel(t, &check)
 		})
 	}
 }
 
-func goldenPath(name string) string { return filepath.Join("testdata", name+".cfg") }
+func goldenPath(file string) string { return filepath.Join("testdata", file) }
 
-func checkGolden(t *testing.T, name string, got []byte) {
+func checkGolden(t *testing.T, file string, got []byte) {
 	t.Helper()
-	path := goldenPath(name)
+	path := goldenPath(file)
 	if *update {
 		require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
 		require.NoError(t, os.WriteFile(path, got, 0o644))
 	}
 	want, err := os.ReadFile(path)
 	require.NoError(t, err, "missing golden file; run: go test ./proxier -run TestGolden -update")
-	assert.Equal(t, string(want), string(got), "rendered config differs from %s; if the change is intended, run: go test ./proxier -run TestGolden -update", path)
+	assert.Equal(t, string(want), string(got), "rendered file differs from %s; if the change is intended, run: go test ./proxier -run TestGolden -update", path)
 }

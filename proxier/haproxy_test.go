@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,8 +20,10 @@ import (
 	"k8s.io/klog/v2/ktesting"
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
+	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
 	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
+	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // TestRealApplierAndCleanup runs the Applier the constructors build against
@@ -28,24 +31,33 @@ import (
 // CleanupLeftovers' HAProxy part.
 func TestRealApplierAndCleanup(t *testing.T) {
 	bin := haproxytest.Binary(t)
+	// The dispatcher binds transparent on loopback: root, and the test
+	// namespace rather than the host's loopback.
+	requireTestNamespace(t)
 	_, ctx := ktesting.NewTestContext(t)
 	stateDir := filepath.Join(t.TempDir(), "state")
 	recorder := events.NewFakeRecorder(10)
-	cfg := Config{NodeName: testHostname, StateDir: stateDir, HAProxyPath: bin, ManageProcess: true, Recorder: recorder}
+	cfg := Config{NodeName: testHostname, StateDir: stateDir, HAProxyPath: bin, ManageProcess: true, Recorder: recorder, DispatchPort: 10420}
 	cfg.SetDefaults()
 	require.NoError(t, cfg.Validate())
 	applier, err := newHAProxyApplier(ctx, cfg, []v1.IPFamily{v1.IPv4Protocol})
 	require.NoError(t, err)
 	t.Cleanup(func() { applier.(*haproxyApplier).stop(context.Background()) })
 
+	// The smallest model a proxier hands over: settings and a dispatcher
+	// without Service ports, its maps in the state directory.
 	global, defaults := cfg.haproxySections()
 	require.NoError(t, applier.Apply(ctx, v1.IPv4Protocol, &haproxycfg.Config{Global: global, Defaults: defaults,
-		Backends: []*haproxycfg.Backend{{Name: "be:default.web:http"}}}))
+		Dispatchers: []*haproxycfg.Dispatcher{{
+			Listen: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(cfg.DispatchPort)),
+			MapDir: stateDir,
+		}}}))
 	master := runtimeapi.NewMaster(cfg.MasterSocket)
 	info, err := master.ShowProc(context.Background())
 	require.NoError(t, err, "HAProxy runs with the default settings")
 	require.NotNil(t, info.CurrentWorker())
 	require.FileExists(t, filepath.Join(stateDir, "haproxy.cfg"))
+	require.FileExists(t, filepath.Join(stateDir, "services-ipv4.map"))
 
 	// HAProxy dies: it is started again, and the Node gets an event.
 	require.NoError(t, syscall.Kill(info.MasterPID, syscall.SIGKILL))
@@ -74,23 +86,33 @@ func TestRealApplierAndCleanup(t *testing.T) {
 	require.NoError(t, cleanupHAProxy(ctx, Config{StateDir: stateDir, ManageProcess: false}))
 }
 
-// TestRealServicesToHAProxy runs a proxier with the real applier on
-// loopback: Services and EndpointSlices in, a real HAProxy serving them
-// out. Endpoint churn costs no reload; a new Service costs one.
+// TestRealServicesToHAProxy runs a proxier with the real applier, wrapped
+// in the hostnet wrapper as in scope node, in the test's network
+// namespace: Services and EndpointSlices in, routes, guard and tproxy
+// dispatch and a real HAProxy serving them out. Neither endpoint churn nor
+// a new Service costs a reload: both are map entries changed through the
+// runtime API.
 func TestRealServicesToHAProxy(t *testing.T) {
 	bin := haproxytest.Binary(t)
+	netns.RequireBinary(t, "nft")
+	requireTestNamespace(t)
 	_, ctx := ktesting.NewTestContext(t)
-	const clusterIP, otherIP = "127.0.20.1", "127.0.20.2"
-	svcPort := freePort(t, clusterIP)
+	const clusterIP, otherIP, svcPort = "10.97.0.1", "10.97.0.2", 80
 	cfg := Config{NodeName: testHostname, StateDir: t.TempDir(), HAProxyPath: bin, ManageProcess: true,
-		NodeIPs: map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP("127.0.0.1")}}
+		NodeIPs: map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP("127.0.0.1")}, DispatchPort: 10430}
 	cfg.SetDefaults()
 	require.NoError(t, cfg.Validate())
-	applier, err := newHAProxyApplier(ctx, cfg, []v1.IPFamily{v1.IPv4Protocol})
+	underlying, err := newHAProxyApplier(ctx, cfg, []v1.IPFamily{v1.IPv4Protocol})
 	require.NoError(t, err)
-	t.Cleanup(func() { applier.(*haproxyApplier).stop(context.Background()) })
-	// No hostnet wrapper: loopback addresses are local already, and this
-	// test must not change the host's routes.
+	t.Cleanup(func() { underlying.(*haproxyApplier).stop(context.Background()) })
+	// As prepare wires it for scope node: Service IPs local, guarded and
+	// dispatched to HAProxy's listener.
+	applier := withHostNetwork(underlying)
+	t.Cleanup(func() {
+		if err := hostnet.Cleanup(context.Background()); err != nil {
+			t.Errorf("removing routes and guard: %v", err)
+		}
+	})
 	p, err := newProxier(ctx, v1.IPv4Protocol, cfg, deps{applier: applier, serviceHealthServer: &fakeServiceHealthServer{}, networkInterfacer: loopbackNetwork()})
 	require.NoError(t, err)
 	p.setInitialized(true)
@@ -104,7 +126,7 @@ func TestRealServicesToHAProxy(t *testing.T) {
 	reach := func(ip string, n int) map[string]bool {
 		seen := map[string]bool{}
 		for i := 0; i < n; i++ {
-			seen[dialAndRead(t, "127.0.0.1", ip, svcPort)] = true
+			seen[dialAndRead(t, "", ip, svcPort)] = true
 		}
 		return seen
 	}
@@ -124,7 +146,7 @@ func TestRealServicesToHAProxy(t *testing.T) {
 
 	makeServiceMap(p, makeTestService("ns", "web", func(svc *v1.Service) {
 		svc.Spec.ClusterIP = clusterIP
-		svc.Spec.Ports = addTestPort(nil, "http", v1.ProtocolTCP, int32(svcPort), 0, 0)
+		svc.Spec.Ports = addTestPort(nil, "http", v1.ProtocolTCP, svcPort, 0, 0)
 	}))
 	first := slice(podA, "127.0.21.1")
 	populateEndpointSlices(p, first)
@@ -135,38 +157,31 @@ func TestRealServicesToHAProxy(t *testing.T) {
 	second := slice(podA, "127.0.21.1", "127.0.21.2")
 	p.OnEndpointSliceUpdate(first, second)
 	require.NoError(t, p.syncProxyRules())
-	require.Equal(t, map[string]bool{"pod-a": true, "pod-b": true}, reach(clusterIP, 6))
+	require.Equal(t, map[string]bool{"pod-a": true, "pod-b": true}, reach(clusterIP, 24))
 	third := slice(podA, "127.0.21.2")
 	p.OnEndpointSliceUpdate(second, third)
 	require.NoError(t, p.syncProxyRules())
 	require.Equal(t, map[string]bool{"pod-b": true}, reach(clusterIP, 4))
 	require.Equal(t, 0, reloads(), "endpoint churn through the runtime API")
 
+	// A new Service is map entries too (the old model needed a reload for
+	// its new frontend).
 	p.OnServiceAdd(makeTestService("ns", "other", func(svc *v1.Service) {
 		svc.Spec.ClusterIP = otherIP
-		svc.Spec.Ports = addTestPort(nil, "http", v1.ProtocolTCP, int32(svcPort), 0, 0)
+		svc.Spec.Ports = addTestPort(nil, "http", v1.ProtocolTCP, svcPort, 0, 0)
 	}))
 	require.NoError(t, p.syncProxyRules())
-	require.Equal(t, 1, reloads(), "a new Service: one reload")
+	require.Equal(t, 0, reloads(), "a new Service: no reload")
 	require.Equal(t, map[string]bool{"CLOSED": true}, reach(otherIP, 2), "no endpoints: refused at once")
 	require.Equal(t, map[string]bool{"pod-b": true}, reach(clusterIP, 4))
-	fmt.Printf("RESULT proxier: Services -> real HAProxy: 2 endpoint changes and 1 new Service -> reloads=%d\n", reloads())
-}
 
-// namedServerOn is namedServer on a given port.
-func namedServerOn(t *testing.T, ip string, port int, name string) {
-	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte(name + "\n"))
-			c.Close()
-		}
-	}()
+	// The Service goes away: its address is refused by the guard.
+	p.OnServiceDelete(makeTestService("ns", "web", func(svc *v1.Service) {
+		svc.Spec.ClusterIP = clusterIP
+		svc.Spec.Ports = addTestPort(nil, "http", v1.ProtocolTCP, svcPort, 0, 0)
+	}))
+	require.NoError(t, p.syncProxyRules())
+	require.Equal(t, map[string]bool{"CLOSED": true}, reach(clusterIP, 2), "deleted Service")
+	require.Equal(t, 0, reloads())
+	fmt.Printf("RESULT proxier: Services -> real HAProxy: 2 endpoint changes, 1 new and 1 deleted Service -> reloads=%d\n", reloads())
 }

@@ -237,34 +237,108 @@ type connectionTest struct {
 	destIP   string
 	destPort int
 	// output is a comma-separated list of the endpoints the connection may
-	// reach ("10.180.0.1:80, 10.180.0.2:80"), or "REJECT" (refused at
-	// once: reset by a reject rule), "DROP" (silently dropped), "NONE"
-	// (nothing listens: the host refuses it), "NO SERVER" (accepted by a
-	// backend without servers: a model bug).
+	// reach ("10.180.0.1:80, 10.180.0.2:80"), or "REJECT" (HAProxy resets
+	// it at once: no usable endpoint), "DROP" (silently dropped: by the
+	// kernel for a source outside loadBalancerSourceRanges, by HAProxy for
+	// external traffic without a local endpoint), "NONE" (not dispatched
+	// to HAProxy at all: the guard or the host refuses it).
 	output string
 }
 
-// traceConnection interprets the model for one connection.
+// dispatcherFor is the dispatcher of addr's family in cfg, or nil.
+func dispatcherFor(cfg *haproxycfg.Config, addr netip.Addr) *haproxycfg.Dispatcher {
+	for _, d := range cfg.Dispatchers {
+		if d.IPv6 == (addr.Is6() && !addr.Is4In6()) {
+			return d
+		}
+	}
+	return nil
+}
+
+// traceConnection interprets the model for one connection: the dispatcher
+// of the destination's family decides, as the kernel and HAProxy would.
 func traceConnection(t *testing.T, cfg *haproxycfg.Config, sourceIP, destIP string, destPort int) string {
 	t.Helper()
-	res, err := haproxycfg.Trace(cfg, netip.MustParseAddr(sourceIP), netip.AddrPortFrom(netip.MustParseAddr(destIP), uint16(destPort)))
-	require.NoError(t, err)
+	dst := netip.AddrPortFrom(netip.MustParseAddr(destIP), uint16(destPort))
+	d := dispatcherFor(cfg, dst.Addr())
+	if d == nil {
+		// No dispatcher of the family: nothing is sent to HAProxy.
+		return "NONE"
+	}
+	res := haproxycfg.Trace(d, netip.MustParseAddr(sourceIP), dst)
 	switch res.Verdict {
-	case haproxycfg.NoListener:
+	case haproxycfg.NotDispatched:
 		return "NONE"
 	case haproxycfg.Rejected:
 		return "REJECT"
 	case haproxycfg.Dropped:
 		return "DROP"
-	case haproxycfg.NoServer:
-		return "NO SERVER"
+	case haproxycfg.Served:
+	default:
+		t.Fatalf("unknown verdict %q", res.Verdict)
 	}
-	out := make([]string, 0, len(res.Servers))
-	for _, s := range res.Servers {
-		out = append(out, s.String())
+	out := make([]string, 0, len(res.Endpoints))
+	for _, ep := range res.Endpoints {
+		out = append(out, ep.String())
 	}
 	slices.Sort(out)
 	return strings.Join(out, ", ")
+}
+
+// servicePort is the Service port named name in any dispatcher of c, or
+// nil.
+func servicePort(c *haproxycfg.Config, name string) *haproxycfg.ServicePort {
+	for _, d := range c.Dispatchers {
+		for _, sp := range d.ServicePorts {
+			if sp.Name == name {
+				return sp
+			}
+		}
+	}
+	return nil
+}
+
+// servicePortNames lists the Service ports of every dispatcher of c, in
+// name order.
+func servicePortNames(c *haproxycfg.Config) []string {
+	var out []string
+	for _, d := range c.Dispatchers {
+		for _, sp := range d.ServicePorts {
+			out = append(out, sp.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// listenerKeys lists the services-map keys of sp's listeners, in order.
+func listenerKeys(sp *haproxycfg.ServicePort) []string {
+	var out []string
+	for _, l := range sp.Listeners {
+		out = append(out, l.Key())
+	}
+	return out
+}
+
+// renderAll is everything HAProxy reads for c: haproxy.cfg, then each
+// dispatcher's services map, endpoints map and cluster sources ACL.
+func renderAll(t *testing.T, c *haproxycfg.Config) string {
+	t.Helper()
+	out, err := haproxycfg.Render(c)
+	require.NoError(t, err)
+	var b strings.Builder
+	b.Write(out)
+	for _, d := range c.Dispatchers {
+		services, endpoints, sources := haproxycfg.RenderMaps(d)
+		for _, f := range []struct {
+			path string
+			data []byte
+		}{{d.ServicesMap(), services}, {d.EndpointsMap(), endpoints}, {d.ClusterSourcesACL(), sources}} {
+			b.WriteString("--- " + f.path + "\n")
+			b.Write(f.data)
+		}
+	}
+	return b.String()
 }
 
 func sortedEndpointList(s string) string {
@@ -312,11 +386,6 @@ func counterValue(t *testing.T, c metrics.CounterMetric) float64 {
 	v, err := testutil.GetCounterMetricValue(c)
 	require.NoError(t, err)
 	return v
-}
-
-func nodePortAddressesFor(t *testing.T, family v1.IPFamily, cidrs ...string) *proxyutil.NodePortAddresses {
-	t.Helper()
-	return proxyutil.NewNodePortAddresses(family, cidrs)
 }
 
 // loopbackNetwork is a host whose only interface is lo (127.0.0.1/8).

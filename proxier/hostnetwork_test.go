@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -42,6 +43,7 @@ func (s hostState) set(t *testing.T, name string) []string {
 	for _, e := range els {
 		out = append(out, strings.Join(e.Key, " . "))
 	}
+	slices.Sort(out)
 	return out
 }
 
@@ -59,14 +61,23 @@ func (o *observingApplier) Apply(_ context.Context, _ v1.IPFamily, desired *hapr
 	return o.fail
 }
 
+// webModel is the model of one Service port, default/web:http, on
+// ClusterIP 10.96.0.10:80, a LoadBalancer IP and NodePort 30080, served by
+// the IPv4 dispatcher on 127.0.0.1:10400.
 func webModel(lbIP string) *haproxycfg.Config {
-	return &haproxycfg.Config{Frontends: []*haproxycfg.Frontend{{
-		Name: "default.web:http",
-		Binds: []haproxycfg.Bind{
-			{Name: "cluster-ip", Addr: netip.MustParseAddr("10.96.0.10"), Port: 80},
-			{Name: "lb", Addr: netip.MustParseAddr(lbIP), Port: 80},
-			{Name: "node-port", Addr: netip.IPv4Unspecified(), Port: 30080},
-		},
+	return &haproxycfg.Config{Dispatchers: []*haproxycfg.Dispatcher{{
+		Listen: netip.MustParseAddrPort("127.0.0.1:10400"),
+		MapDir: "/run/kube-haproxy-test",
+		ServicePorts: []*haproxycfg.ServicePort{{
+			Name: "default.web:http:tcp",
+			Listeners: []haproxycfg.Listener{
+				{Kind: haproxycfg.ClusterIP, Addr: netip.MustParseAddr("10.96.0.10"), Port: 80},
+				{Kind: haproxycfg.LoadBalancer, Addr: netip.MustParseAddr(lbIP), Port: 80},
+				{Kind: haproxycfg.NodePort, Port: 30080},
+			},
+			Cluster:   &haproxycfg.EndpointSet{Name: "default.web:http:tcp"},
+			WhenEmpty: haproxycfg.Rejected,
+		}},
 	}}}
 }
 
@@ -82,16 +93,17 @@ func newObservedHostNetwork(next Applier) (*hostNetworkApplier, hostState) {
 	return a, s
 }
 
-func TestHostNetworkIsReadyBeforeHAProxyBinds(t *testing.T) {
+func TestHostNetworkIsReadyBeforeHAProxyGetsTheModel(t *testing.T) {
 	ctx := context.Background()
 	next := &observingApplier{}
 	a, s := newObservedHostNetwork(next)
 
-	var atApply struct{ routes, guarded, served []string }
+	var atApply struct{ routes, guarded, served, nodePorts []string }
 	next.observe = func(*haproxycfg.Config) {
 		atApply.routes = s.ourRoutes()
 		atApply.guarded = s.set(t, serviceguard.ServiceIPsSet)
 		atApply.served = s.set(t, serviceguard.ServedPortsSet)
+		atApply.nodePorts = s.set(t, serviceguard.NodePortsSet)
 	}
 	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, webModel("203.0.113.10")))
 	// Without ServiceCIDRs each Service IP gets its own route, and all
@@ -99,6 +111,8 @@ func TestHostNetworkIsReadyBeforeHAProxyBinds(t *testing.T) {
 	assert.Equal(t, []string{"10.96.0.10/32", "203.0.113.10/32"}, atApply.routes)
 	assert.Equal(t, []string{"10.96.0.10", "203.0.113.10"}, atApply.guarded)
 	assert.Equal(t, []string{"10.96.0.10 . tcp . 80", "203.0.113.10 . tcp . 80"}, atApply.served)
+	assert.Equal(t, []string{"30080"}, atApply.nodePorts)
+	assert.Contains(t, s.nft.Dump(), "tproxy to 127.0.0.1:10400", "dispatched to HAProxy's listener")
 
 	// The ServiceCIDRs arrive and the LB IP moves: during the Apply both
 	// LB IPs are local and guarded, afterwards only the new one. The
@@ -108,6 +122,8 @@ func TestHostNetworkIsReadyBeforeHAProxyBinds(t *testing.T) {
 	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, webModel("203.0.113.20")))
 	assert.Equal(t, []string{"10.96.0.0/16", "203.0.113.10/32", "203.0.113.20/32"}, atApply.routes)
 	assert.Equal(t, []string{"10.96.0.0/16", "203.0.113.10", "203.0.113.20"}, atApply.guarded)
+	assert.Equal(t, []string{"10.96.0.10 . tcp . 80", "203.0.113.10 . tcp . 80", "203.0.113.20 . tcp . 80"}, atApply.served,
+		"both LB IPs dispatched while HAProxy's maps change")
 	assert.Equal(t, []string{"10.96.0.0/16", "203.0.113.20/32"}, s.ourRoutes())
 	assert.Equal(t, []string{"10.96.0.0/16", "203.0.113.20"}, s.set(t, serviceguard.ServiceIPsSet))
 	assert.Equal(t, []string{"10.96.0.10 . tcp . 80", "203.0.113.20 . tcp . 80"}, s.set(t, serviceguard.ServedPortsSet))
@@ -162,4 +178,102 @@ func TestHostNetworkLeavesTheHostAloneAfterShutdown(t *testing.T) {
 	assert.Empty(t, s.ourRoutes())
 	assert.Empty(t, s.nft.Dump())
 	assert.False(t, called, "HAProxy is not given a model either")
+}
+
+// TestHostDesired: what the host needs for a model. Every ClusterIP,
+// LoadBalancer and external IP port is a served TCP triple; NodePorts are
+// ports alone, served on the dispatcher's NodePort addresses; the
+// loadBalancerSourceRanges of a Service port firewall its LoadBalancer
+// listeners only; everything is dispatched to the dispatcher's listener.
+func TestHostDesired(t *testing.T) {
+	addr := netip.MustParseAddr
+	ranges := []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("5.6.7.8/32")}
+	model := &haproxycfg.Config{Dispatchers: []*haproxycfg.Dispatcher{{
+		Listen:            netip.MustParseAddrPort("127.0.0.1:10400"),
+		MapDir:            "/run/kube-haproxy-test",
+		NodePortAddresses: []netip.Addr{addr("192.168.0.2")},
+		ServicePorts: []*haproxycfg.ServicePort{
+			{
+				Name: "ns1.lb:https:tcp",
+				Listeners: []haproxycfg.Listener{
+					{Kind: haproxycfg.ClusterIP, Addr: addr("172.30.0.42"), Port: 443},
+					{Kind: haproxycfg.NodePort, Port: 30443},
+					{Kind: haproxycfg.LoadBalancer, Addr: addr("5.6.7.8"), Port: 443},
+					{Kind: haproxycfg.LoadBalancer, Addr: addr("5.6.7.9"), Port: 443},
+					{Kind: haproxycfg.ExternalIP, Addr: addr("192.168.99.11"), Port: 443},
+				},
+				Cluster:      &haproxycfg.EndpointSet{Name: "ns1.lb:https:tcp"},
+				WhenEmpty:    haproxycfg.Rejected,
+				SourceRanges: ranges,
+			},
+			{
+				Name: "ns1.web:http:tcp",
+				Listeners: []haproxycfg.Listener{
+					{Kind: haproxycfg.ClusterIP, Addr: addr("172.30.0.41"), Port: 80},
+					{Kind: haproxycfg.NodePort, Port: 30080},
+					{Kind: haproxycfg.LoadBalancer, Addr: addr("1.2.3.4"), Port: 80},
+				},
+				Cluster:   &haproxycfg.EndpointSet{Name: "ns1.web:http:tcp"},
+				WhenEmpty: haproxycfg.Rejected,
+			},
+		},
+	}}}
+	require.NoError(t, haproxycfg.Validate(model))
+	cidrs := []netip.Prefix{netip.MustParsePrefix("172.30.0.0/16")}
+	got := hostDesired(cidrs, model)
+
+	tcp := func(ip string, port uint16) serviceguard.Binding {
+		return serviceguard.Binding{IP: addr(ip), Protocol: v1.ProtocolTCP, Port: port}
+	}
+	assert.Equal(t, hostnet.Desired{
+		ServiceCIDRs: cidrs,
+		Served: []serviceguard.Binding{
+			tcp("172.30.0.42", 443), tcp("5.6.7.8", 443), tcp("5.6.7.9", 443), tcp("192.168.99.11", 443),
+			tcp("172.30.0.41", 80), tcp("1.2.3.4", 80),
+		},
+		Dispatch:          netip.MustParseAddrPort("127.0.0.1:10400"),
+		NodePorts:         []uint16{30443, 30080},
+		NodePortAddresses: []netip.Addr{addr("192.168.0.2")},
+		Firewall: []serviceguard.FirewallEntry{
+			{IP: addr("5.6.7.8"), Port: 443, Allowed: ranges},
+			{IP: addr("5.6.7.9"), Port: 443, Allowed: ranges},
+		},
+	}, got)
+
+	// The NodePort addresses are a copy: the host must not share the
+	// model's slice.
+	got.NodePortAddresses[0] = addr("10.0.0.1")
+	assert.Equal(t, addr("192.168.0.2"), model.Dispatchers[0].NodePortAddresses[0])
+
+	// An empty model still dispatches (nothing) to the listener, and a
+	// model without dispatcher needs nothing but the ServiceCIDRs.
+	empty := hostDesired(nil, &haproxycfg.Config{Dispatchers: []*haproxycfg.Dispatcher{{Listen: netip.MustParseAddrPort("[::1]:10400")}}})
+	assert.Equal(t, hostnet.Desired{Dispatch: netip.MustParseAddrPort("[::1]:10400")}, empty)
+	assert.Equal(t, hostnet.Desired{ServiceCIDRs: cidrs}, hostDesired(cidrs, &haproxycfg.Config{}))
+}
+
+// TestHostNetworkFromAProxier: the hostnet wrapper around a proxier's
+// model: the Service's addresses are local, guarded and dispatched, its
+// NodePort served on the NodePort addresses, its source ranges in the
+// firewall, all before HAProxy gets the model.
+func TestHostNetworkFromAProxier(t *testing.T) {
+	inner := newFakeApplier()
+	a, s := newObservedHostNetwork(inner)
+	p, _, _ := newFakeProxierWithApplier(t, v1.IPv4Protocol, inner)
+	p.applier = a
+	makeServiceMap(p, lbService(func(svc *v1.Service) {
+		svc.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/25"}
+	}))
+	populateEndpointSlices(p, lbEndpoints(nil))
+	require.NoError(t, p.syncProxyRules())
+	require.Equal(t, 1, inner.applies)
+
+	assert.Equal(t, []string{"1.2.3.4/32", "172.30.0.41/32", "192.168.99.11/32"}, s.ourRoutes())
+	assert.Equal(t, []string{"1.2.3.4", "172.30.0.41", "192.168.99.11"}, s.set(t, serviceguard.ServiceIPsSet))
+	assert.Equal(t, []string{"1.2.3.4 . tcp . 80", "172.30.0.41 . tcp . 80", "192.168.99.11 . tcp . 80"}, s.set(t, serviceguard.ServedPortsSet))
+	assert.Equal(t, []string{"3001"}, s.set(t, serviceguard.NodePortsSet))
+	assert.Equal(t, []string{testNodeIP}, s.set(t, serviceguard.NodePortIPsSet))
+	assert.Equal(t, []string{"1.2.3.4 . 80"}, s.set(t, serviceguard.FirewallSet))
+	assert.Equal(t, []string{"1.2.3.4 . 80 . 203.0.113.0/25"}, s.set(t, serviceguard.FirewallAllowSet))
+	assert.Contains(t, s.nft.Dump(), "tproxy to 127.0.0.1:10400")
 }

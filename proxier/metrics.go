@@ -59,8 +59,6 @@ var (
 		[]string{"ip_family"},
 	)
 
-	// badEndpoints counts endpoints left out because of an unusable
-	// address or port.
 	// nodePortsTaken counts the TCP NodePorts left to another process of
 	// the node that listens on them.
 	nodePortsTaken = metrics.NewGaugeVec(
@@ -73,6 +71,8 @@ var (
 		[]string{"ip_family"},
 	)
 
+	// badEndpoints counts endpoints left out because of an unusable
+	// address or port.
 	badEndpoints = metrics.NewGaugeVec(
 		&metrics.GaugeOpts{
 			Subsystem:      "kubeproxy",

@@ -84,6 +84,12 @@ type Proxier struct {
 	// takenReported holds the service ports whose NodePort is reported as
 	// taken, so the event is recorded once while it lasts.
 	takenReported map[proxy.ServicePortName]bool
+	// nodePortsNowhere: no node address matched nodePortAddresses at the
+	// last sync, so NodePorts are served nowhere; noNodePorts then maps
+	// each translated Service port with a NodePort to its copy without
+	// (nil: nothing left), see withoutNodePorts.
+	nodePortsNowhere bool
+	noNodePorts      map[*haproxycfg.ServicePort]*haproxycfg.ServicePort
 
 	// delegate serves the UDP and SCTP service ports (upstream's nftables
 	// proxier behind a filtered view); nil when they are not served.
@@ -386,6 +392,7 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 		opts.NodeIP = a.Unmap()
 	}
 	var nodePortAddresses []netip.Addr
+	nodePortsNowhere := false
 	if !p.nodePortAddresses.MatchAll() {
 		nodeIPs, err := p.nodePortAddresses.GetNodeIPs(p.networkInterfacer)
 		if err != nil {
@@ -396,14 +403,32 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 				nodePortAddresses = append(nodePortAddresses, a.Unmap())
 			}
 		}
+		// No node address matches nodePortAddresses: NodePorts are served
+		// nowhere, as upstream does. (An empty NodePortAddresses in the
+		// model would mean every address.)
+		nodePortsNowhere = len(nodePortAddresses) == 0
 	}
-	opts.TakenNodePorts = p.takenNodePorts(nodePortAddresses)
+	if nodePortsNowhere != p.nodePortsNowhere {
+		p.nodePortsNowhere = nodePortsNowhere
+		if nodePortsNowhere {
+			p.logger.Info("No node address matches nodePortAddresses: NodePorts are not served on this node", "nodePortAddresses", p.cfg.NodePortAddresses)
+		}
+	}
+	if !nodePortsNowhere {
+		opts.TakenNodePorts = p.takenNodePorts(nodePortAddresses)
+	}
 
 	// Phase 3: translate Services and endpoints into the model.
 	// Only the service ports whose Service or endpoints changed are
 	// translated again.
 	res := p.translator.Translate(opts, p.svcPortMap, p.endpointsMap)
 	p.reportSkipped(res)
+	ports := res.ServicePorts
+	if nodePortsNowhere {
+		ports = p.withoutNodePorts(ports)
+	} else {
+		p.noNodePorts = nil
+	}
 	desired := &haproxycfg.Config{
 		Global:   p.global,
 		Defaults: p.defaults,
@@ -411,9 +436,9 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 			IPv6:              p.ipFamily == v1.IPv6Protocol,
 			Listen:            p.dispatchAddr(),
 			MapDir:            p.cfg.StateDir,
-			ClusterSources:    p.clusterSources(opts.NodeIP, nodePortAddresses, res.ServicePorts),
+			ClusterSources:    p.clusterSources(opts.NodeIP, nodePortAddresses, ports),
 			NodePortAddresses: nodePortAddresses,
-			ServicePorts:      res.ServicePorts,
+			ServicePorts:      ports,
 		}},
 	}
 
@@ -451,6 +476,37 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 		p.logger.Error(err, "Error syncing healthcheck endpoints")
 	}
 	return nil
+}
+
+// withoutNodePorts returns ports without their NodePort listeners (and
+// without the Service ports that then have none), for a node with no
+// address in nodePortAddresses. The copies are kept from sync to sync, so
+// that an unchanged Service port stays the same object, which the Applier
+// skips (the translator keeps unchanged Service ports the same way).
+func (p *Proxier) withoutNodePorts(ports []*haproxycfg.ServicePort) []*haproxycfg.ServicePort {
+	isNodePort := func(l haproxycfg.Listener) bool { return l.Kind == haproxycfg.NodePort }
+	prev := p.noNodePorts
+	p.noNodePorts = make(map[*haproxycfg.ServicePort]*haproxycfg.ServicePort, len(prev))
+	out := make([]*haproxycfg.ServicePort, 0, len(ports))
+	for _, sp := range ports {
+		if !slices.ContainsFunc(sp.Listeners, isNodePort) {
+			out = append(out, sp)
+			continue
+		}
+		c, ok := prev[sp]
+		if !ok {
+			cp := *sp
+			cp.Listeners = slices.DeleteFunc(slices.Clone(sp.Listeners), isNodePort)
+			if len(cp.Listeners) > 0 {
+				c = &cp
+			}
+		}
+		p.noNodePorts[sp] = c
+		if c != nil {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // clusterSources are the clients whose connections to external Service

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -110,9 +111,9 @@ func TestClusterIPGeneral(t *testing.T) {
 	})
 
 	cfg := applier.model(v1.IPv4Protocol)
-	assert.NotNil(t, cfg.Frontend("ns1.svc1:http:tcp"))
-	assert.NotNil(t, cfg.Frontend("ns3.svc3:8080:tcp"), "unnamed port is named by number")
-	assert.Nil(t, cfg.Frontend("ns2.svc2:dns-udp:udp"))
+	assert.NotNil(t, servicePort(cfg, "ns1.svc1:http:tcp"))
+	assert.NotNil(t, servicePort(cfg, "ns3.svc3:8080:tcp"), "unnamed port is named by number")
+	assert.Nil(t, servicePort(cfg, "ns2.svc2:dns-udp:udp"))
 	assert.InDelta(t, 1, gaugeValue(t, unsupportedServicePorts.WithLabelValues("udp", "IPv4")), 0)
 }
 
@@ -131,7 +132,7 @@ func TestClusterIPIPv6(t *testing.T) {
 	runConnectionTests(t, applier, []connectionTest{
 		{name: "IPv6 clusterIP", sourceIP: "fd00::2", destIP: "fd00:10:96::41", destPort: 80, output: "[fd00:180::1]:80"},
 	})
-	assert.NotNil(t, applier.model(v1.IPv6Protocol).Frontend("ns1.svc1:http:tcp:ipv6"))
+	assert.NotNil(t, servicePort(applier.model(v1.IPv6Protocol), "ns1.svc1:http:tcp:ipv6"))
 }
 
 // lbService is a LoadBalancer Service at 172.30.0.41:80 (NodePort 3001)
@@ -355,8 +356,11 @@ func TestExternalTrafficPolicyCluster(t *testing.T) {
 		{name: "external to external IP", sourceIP: testExternalClient, destIP: "192.168.99.11", destPort: 80, output: all},
 	})
 	assert.Empty(t, hs.services, "no health check node port for policy Cluster")
-	// Cluster policy needs a single backend.
-	assert.Len(t, applier.model(v1.IPv4Protocol).Backends, 1)
+	// Cluster policy needs a single endpoint set.
+	sp := servicePort(applier.model(v1.IPv4Protocol), "ns1.svc1:p80:tcp")
+	require.NotNil(t, sp)
+	assert.Len(t, sp.Sets(), 1)
+	assert.Nil(t, sp.Local)
 }
 
 func TestInternalTrafficPolicy(t *testing.T) {
@@ -613,15 +617,19 @@ func TestSessionAffinity(t *testing.T) {
 	populateEndpointSlices(p, lbEndpoints(nil))
 	require.NoError(t, p.syncProxyRules())
 	cfg := applier.model(v1.IPv4Protocol)
-	require.Len(t, cfg.Backends, 2)
-	for _, be := range cfg.Backends {
-		require.NotNil(t, be.StickTable, be.Name)
-		assert.Equal(t, "300s", haproxycfg.FormatDuration(be.StickTable.Expire))
-		assert.False(t, be.StickTable.IPv6)
+	// One affinity timeout per Service port, for both of its endpoint sets
+	// (the old model had a stick table per backend; now the services map
+	// carries the timeout and one table serves every Service port).
+	sp := servicePort(cfg, "ns1.svc1:p80:tcp")
+	require.NotNil(t, sp)
+	require.Len(t, sp.Sets(), 2)
+	assert.Equal(t, "300s", haproxycfg.FormatDuration(sp.Affinity))
+	for _, l := range sp.Listeners {
+		assert.True(t, strings.HasSuffix(sp.DispatchValue(l), "|300"), "%s: %s", l.Key(), sp.DispatchValue(l))
 	}
 	for _, dst := range []string{"172.30.0.41", "1.2.3.4"} {
-		res, err := haproxycfg.Trace(cfg, mustAddr(testExternalClient), mustAddrPort(dst, 80))
-		require.NoError(t, err)
+		res := haproxycfg.Trace(dispatcherFor(cfg, mustAddr(dst)), mustAddr(testExternalClient), mustAddrPort(dst, 80))
+		assert.Equal(t, haproxycfg.Served, res.Verdict, dst)
 		assert.True(t, res.Sticky, dst)
 	}
 }
@@ -672,7 +680,7 @@ func TestBuildServiceMapAddRemove(t *testing.T) {
 		"somewhere.load-balancer:foobar:tcp",
 		"somewhere.only-local-load-balancer:baz:tcp",
 		"somewhere.only-local-load-balancer:foobar2:tcp",
-	}, frontendNames(applier.model(v1.IPv4Protocol)), "only TCP ports reach HAProxy")
+	}, servicePortNames(applier.model(v1.IPv4Protocol)), "only TCP ports reach HAProxy")
 	assert.InDelta(t, 3, gaugeValue(t, unsupportedServicePorts.WithLabelValues("udp", "IPv4")), 0)
 	assert.InDelta(t, 1, gaugeValue(t, unsupportedServicePorts.WithLabelValues("sctp", "IPv4")), 0)
 	assert.Equal(t, map[types.NamespacedName]uint16{{Namespace: "somewhere", Name: "only-local-load-balancer"}: 345}, p.svcPortMap.HealthCheckNodePorts())
@@ -683,7 +691,7 @@ func TestBuildServiceMapAddRemove(t *testing.T) {
 	p.OnServiceDelete(services[3])
 	require.NoError(t, p.syncProxyRules())
 	assert.Len(t, p.svcPortMap, 2)
-	assert.Equal(t, []string{"somewhere.load-balancer:baz:tcp", "somewhere.load-balancer:foobar:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, []string{"somewhere.load-balancer:baz:tcp", "somewhere.load-balancer:foobar:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
 	assert.InDelta(t, 0, gaugeValue(t, unsupportedServicePorts.WithLabelValues("udp", "IPv4")), 0)
 	assert.Empty(t, p.unsupportedLogged)
 }
@@ -709,7 +717,7 @@ func TestBuildServiceMapServiceHeadlessAndExternalName(t *testing.T) {
 	)
 	require.NoError(t, p.syncProxyRules())
 	assert.Empty(t, p.svcPortMap)
-	assert.Empty(t, applier.model(v1.IPv4Protocol).Frontends)
+	assert.Empty(t, servicePortNames(applier.model(v1.IPv4Protocol)))
 	runConnectionTests(t, applier, []connectionTest{
 		{name: "ExternalName cluster IP is not served", sourceIP: testPodClient, destIP: "172.30.55.4", destPort: 1235, output: "NONE"},
 	})
@@ -731,35 +739,37 @@ func TestBuildServiceMapServiceUpdate(t *testing.T) {
 		svc.Spec.HealthCheckNodePort = 345
 	})
 	const name = "somewhere.some-service:something:tcp"
+	// The listeners are the services-map keys of the Service port.
 	bindNames := func() []string {
-		var out []string
-		for _, b := range applier.model(v1.IPv4Protocol).Frontend(name).Binds {
-			out = append(out, b.Name)
-		}
-		return out
+		sp := servicePort(applier.model(v1.IPv4Protocol), name)
+		require.NotNil(t, sp)
+		return listenerKeys(sp)
 	}
 
 	p.OnServiceAdd(servicev1)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"clusterip"}, bindNames())
+	assert.Equal(t, []string{"172.30.55.4:1234"}, bindNames())
 	assert.Empty(t, p.svcPortMap.HealthCheckNodePorts())
 
 	// Change to load balancer.
 	p.OnServiceUpdate(servicev1, servicev2)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"clusterip", "nodeport-" + testNodeIP, "loadbalancer-10.1.2.3"}, bindNames())
+	// The NodePort is one listener, "*:4321", whatever the node
+	// addresses: the kernel dispatches it on each of them (the old model
+	// had a bind per node address).
+	assert.Equal(t, []string{"172.30.55.4:1234", "*:4321", "10.1.2.3:1234"}, bindNames())
 	assert.Len(t, p.svcPortMap.HealthCheckNodePorts(), 1)
 
 	// No change: the model is the same.
-	before := render(t, applier.model(v1.IPv4Protocol))
+	before := renderAll(t, applier.model(v1.IPv4Protocol))
 	p.OnServiceUpdate(servicev2, servicev2)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, before, render(t, applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, before, renderAll(t, applier.model(v1.IPv4Protocol)))
 
 	// And back to ClusterIP.
 	p.OnServiceUpdate(servicev2, servicev1)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"clusterip"}, bindNames())
+	assert.Equal(t, []string{"172.30.55.4:1234"}, bindNames())
 	assert.Empty(t, p.svcPortMap.HealthCheckNodePorts())
 }
 
@@ -851,11 +861,11 @@ func TestSyncProxyRulesRepeated(t *testing.T) {
 	makeServiceMap(p, svc1, svc2)
 	populateEndpointSlices(p, eps1)
 	require.NoError(t, p.syncProxyRules())
-	first := render(t, applier.model(v1.IPv4Protocol))
+	first := renderAll(t, applier.model(v1.IPv4Protocol))
 
 	// Syncing again without changes gives the same file.
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, first, render(t, applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, first, renderAll(t, applier.model(v1.IPv4Protocol)))
 	assert.Equal(t, 2, applier.applies)
 
 	runConnectionTests(t, applier, []connectionTest{
@@ -863,23 +873,30 @@ func TestSyncProxyRulesRepeated(t *testing.T) {
 		{name: "svc2 without endpoints rejects", sourceIP: testPodClient, destIP: "172.30.0.42", destPort: 8080, output: "REJECT"},
 	})
 
-	// Delete a service: its frontend and backend go away.
+	// Delete a service: its Service port and endpoint set go away.
 	p.OnServiceDelete(svc2)
 	require.NoError(t, p.syncProxyRules())
 	cfg := applier.model(v1.IPv4Protocol)
-	assert.Equal(t, []string{"ns1.svc1:p80:tcp"}, frontendNames(cfg))
-	assert.Len(t, cfg.Backends, 1)
+	assert.Equal(t, []string{"ns1.svc1:p80:tcp"}, servicePortNames(cfg))
+	_, endpointsMap, _ := haproxycfg.RenderMaps(cfg.Dispatchers[0])
+	assert.NotContains(t, string(endpointsMap), "ns2.svc2", "the endpoint set is gone from the endpoints map")
 	runConnectionTests(t, applier, []connectionTest{
 		{name: "svc2 gone", sourceIP: testPodClient, destIP: "172.30.0.42", destPort: 8080, output: "NONE"},
 	})
 
-	// Endpoints go away: the frontend stays the same, only servers change
-	// (so the Applier can use the runtime API instead of a reload).
-	feBefore := *cfg.Frontend("ns1.svc1:p80:tcp")
+	// Endpoints go away: haproxy.cfg and the listeners stay the same, only
+	// map entries change (so the Applier uses the runtime API instead of
+	// a reload).
+	cfgBefore, err := haproxycfg.Render(cfg)
+	require.NoError(t, err)
+	listenersBefore := slices.Clone(servicePort(cfg, "ns1.svc1:p80:tcp").Listeners)
 	p.OnEndpointSliceDelete(eps1)
 	require.NoError(t, p.syncProxyRules())
 	cfg = applier.model(v1.IPv4Protocol)
-	assert.Equal(t, feBefore, *cfg.Frontend("ns1.svc1:p80:tcp"))
+	cfgAfter, err := haproxycfg.Render(cfg)
+	require.NoError(t, err)
+	assert.Equal(t, string(cfgBefore), string(cfgAfter), "no reload")
+	assert.Equal(t, listenersBefore, servicePort(cfg, "ns1.svc1:p80:tcp").Listeners)
 	runConnectionTests(t, applier, []connectionTest{
 		{name: "svc1 without endpoints rejects", sourceIP: testPodClient, destIP: "172.30.0.41", destPort: 80, output: "REJECT"},
 	})
@@ -1017,8 +1034,8 @@ func TestBadIPs(t *testing.T) {
 		{name: "good LB IP, allowed source", sourceIP: testExternalClient, destIP: "1.2.3.4", destPort: 80, output: "10.180.0.1:80"},
 		{name: "good LB IP, other source", sourceIP: "198.51.100.7", destIP: "1.2.3.4", destPort: 80, output: "DROP"},
 	})
-	assert.Equal(t, []string{"ns1.svc1:p80:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)))
-	render(t, applier.model(v1.IPv4Protocol))
+	assert.Equal(t, []string{"ns1.svc1:p80:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
+	renderAll(t, applier.model(v1.IPv4Protocol))
 }
 
 // TestOddInput: overlapping listeners, odd but valid names, missing
@@ -1075,17 +1092,19 @@ func TestOddInput(t *testing.T) {
 	)
 	require.NoError(t, p.syncProxyRules())
 	cfg := applier.model(v1.IPv4Protocol)
-	assert.Len(t, cfg.Backend("a.first:http:tcp").Servers, 5000)
-	res, err := haproxycfg.Trace(cfg, mustAddr(testExternalClient), mustAddrPort("192.168.99.1", 80))
-	require.NoError(t, err)
-	assert.Equal(t, "a.first:http:tcp", res.Frontend, "first Service by name keeps the shared address")
+	first := servicePort(cfg, "a.first:http:tcp")
+	require.NotNil(t, first)
+	require.NotNil(t, first.Cluster)
+	assert.Len(t, first.Cluster.Endpoints, 5000)
+	res := haproxycfg.Trace(dispatcherFor(cfg, mustAddr("192.168.99.1")), mustAddr(testExternalClient), mustAddrPort("192.168.99.1", 80))
+	assert.Equal(t, "a.first:http:tcp", res.ServicePort, "first Service by name keeps the shared address")
 	assert.InDelta(t, 1, gaugeValue(t, listenerConflicts.WithLabelValues("IPv4")), 0)
 	runConnectionTests(t, applier, []connectionTest{
 		{name: "second keeps its cluster IP", sourceIP: testPodClient, destIP: "172.30.0.2", destPort: 80, output: "10.200.0.1:80"},
 		{name: "long names", sourceIP: testPodClient, destIP: "172.30.0.3", destPort: 65535, output: "REJECT"},
 		{name: "dns over TCP", sourceIP: testPodClient, destIP: "172.30.0.10", destPort: 53, output: "10.200.0.53:53"},
 	})
-	render(t, cfg)
+	renderAll(t, cfg)
 }
 
 func TestExternalScopeSelectsServices(t *testing.T) {
@@ -1118,14 +1137,14 @@ func TestExternalScopeSelectsServices(t *testing.T) {
 	})
 	makeServiceMap(p, labelled, ourClass, otherClass, otherProxy, plain)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"ns.labelled:p:tcp", "ns.our-class:p:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, []string{"ns.labelled:p:tcp", "ns.our-class:p:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
 
 	// A Service that loses the label leaves the scope.
 	unlabelled := labelled.DeepCopy()
 	unlabelled.Labels = nil
 	p.OnServiceUpdate(labelled, unlabelled)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"ns.our-class:p:tcp"}, frontendNames(applier.model(v1.IPv4Protocol)))
+	assert.Equal(t, []string{"ns.our-class:p:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
 }
 
 func TestDualStackSharesOneApplier(t *testing.T) {
@@ -1156,14 +1175,14 @@ func TestDualStackSharesOneApplier(t *testing.T) {
 		require.NoError(t, p.syncProxyRules())
 	}
 	merged := applier.merged(t)
-	assert.Equal(t, []string{"ns1.web:http:tcp", "ns1.web:http:tcp:ipv6"}, frontendNames(merged))
+	assert.Equal(t, []string{"ns1.web:http:tcp", "ns1.web:http:tcp:ipv6"}, servicePortNames(merged))
 	runConnectionTests(t, applier, []connectionTest{
 		{name: "IPv4 cluster IP", sourceIP: testPodClient, destIP: "172.30.0.41", destPort: 80, output: "10.180.0.1:80"},
 		{name: "IPv6 cluster IP", sourceIP: "fd00::2", destIP: "fd00:172:30::41", destPort: 80, output: "[fd00:180::1]:80"},
 		{name: "IPv4 NodePort", sourceIP: testExternalClient, destIP: testNodeIP, destPort: 3001, output: "10.180.0.1:80"},
 		{name: "IPv6 NodePort", sourceIP: "2001:db8::99", destIP: testNodeIPv6, destPort: 3001, output: "[fd00:180::1]:80"},
 	})
-	render(t, merged)
+	renderAll(t, merged)
 }
 
 func TestConfigDefaultsAndValidation(t *testing.T) {
@@ -1229,23 +1248,6 @@ func TestExportedConstructors(t *testing.T) {
 	assert.NotNil(t, p)
 	_, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{Scope: ScopeCluster})
 	assert.ErrorContains(t, err, "not implemented yet")
-}
-
-// frontendNames lists the frontends in name order, as they are rendered.
-func frontendNames(c *haproxycfg.Config) []string {
-	var out []string
-	for _, f := range c.Frontends {
-		out = append(out, f.Name)
-	}
-	slices.Sort(out)
-	return out
-}
-
-func render(t *testing.T, c *haproxycfg.Config) string {
-	t.Helper()
-	out, err := haproxycfg.Render(c)
-	require.NoError(t, err)
-	return string(out)
 }
 
 func TestSyncProxyRulesStartup(t *testing.T) {
