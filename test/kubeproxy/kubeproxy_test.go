@@ -41,6 +41,7 @@ func TestHelpListsHAProxyFlags(t *testing.T) {
 		"--haproxy-binary-path", "--haproxy-state-dir", "--haproxy-master-socket",
 		"--haproxy-runtime-socket", "--haproxy-scope", "--haproxy-manage-process",
 		"--haproxy-service-proxy-name", "--haproxy-load-balancer-class",
+		"--haproxy-hard-stop-after", "--haproxy-max-old-workers", "--haproxy-dispatch-port",
 	} {
 		require.Contains(t, out, flag)
 	}
@@ -98,6 +99,18 @@ func TestBadInputRefused(t *testing.T) {
 		"unknown scope": {
 			args:  []string{"--haproxy-scope=galaxy"},
 			field: "KubeProxyConfiguration.HAProxy.Scope",
+		},
+		"negative hard stop": {
+			args:  []string{"--haproxy-hard-stop-after=-1m"},
+			field: "KubeProxyConfiguration.HAProxy.HardStopAfter",
+		},
+		"no reload survived": {
+			args:  []string{"--haproxy-max-old-workers=0"},
+			field: "KubeProxyConfiguration.HAProxy.MaxOldWorkers",
+		},
+		"dispatch port without a peer port": {
+			args:  []string{"--haproxy-dispatch-port=65535"},
+			field: "KubeProxyConfiguration.HAProxy.DispatchPort",
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
