@@ -136,6 +136,23 @@ func BaseName(family v1.IPFamily, name proxy.ServicePortName, port int) string {
 	return n
 }
 
+// unambiguousName reports whether BaseName gives name a name no other
+// service port can have: the namespace and the Service name contain
+// neither '.' nor ':', and the port name no ':' and is not a number (which
+// an unnamed port of that number would give too). The API server's
+// validation ensures all this; a bad object that slips through must not
+// share its endpoint set with another service port, which would make the
+// whole model invalid.
+func unambiguousName(name proxy.ServicePortName) bool {
+	if strings.ContainsAny(name.Namespace, ".:") || strings.ContainsAny(name.Name, ".:") || strings.Contains(name.Port, ":") {
+		return false
+	}
+	if name.Port == "" {
+		return true
+	}
+	return strings.Trim(name.Port, "0123456789") != ""
+}
+
 // LocalSetName is the name of the endpoint set of node-local endpoints.
 func LocalSetName(base string) string { return base + LocalSuffix }
 
@@ -158,8 +175,8 @@ type listenerClaim struct {
 	owner string
 }
 
-// translateServicePort translates one service port into res. With claims,
-// it also records each listener key it asked for.
+// translateServicePort translates one service port into res, and records
+// in claims each listener key it asked for (once each).
 func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[string]string, res *Result, claims *[]listenerClaim) {
 	skip := func(reason SkipReason, format string, args ...any) {
 		res.Skipped = append(res.Skipped, Skipped{Name: name, Protocol: svc.Protocol(), Reason: reason, Detail: fmt.Sprintf(format, args...)})
@@ -174,6 +191,10 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 		skip(InvalidName, "name %q is not a valid HAProxy name", base)
 		return
 	}
+	if !unambiguousName(name) {
+		skip(InvalidName, "name %q could name another service port too", base)
+		return
+	}
 	port, ok := validPort(svc.Port())
 	if !ok {
 		skip(NoAddress, "port %d out of range", svc.Port())
@@ -185,9 +206,14 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	sp := &haproxycfg.ServicePort{Name: base}
 	add := func(l haproxycfg.Listener) {
 		key := l.Key()
-		if claims != nil {
-			*claims = append(*claims, listenerClaim{key: key, owner: listeners[key]})
+		if slices.ContainsFunc(*claims, func(c listenerClaim) bool { return c.key == key }) {
+			// The same address twice in one Service (an LB IP also among
+			// its externalIPs, an external IP listed twice): the first
+			// listener decides (so an LB IP keeps its source ranges), and
+			// it is no conflict with itself.
+			return
 		}
+		*claims = append(*claims, listenerClaim{key: key, owner: listeners[key]})
 		if owner, taken := listeners[key]; taken {
 			skip(AddressConflict, "%s is already served by %s", key, owner)
 			return
@@ -260,12 +286,12 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	// the node itself reach every endpoint through the external addresses,
 	// never the drop (their traffic never left the cluster).
 	sp.ShortCircuit = sp.ExternalLocal && sp.Cluster != nil
-	if sp.InternalLocal && sp.Local == nil || sp.ExternalLocal && sp.Local == nil {
-		// Not reachable with upstream's ServicePort, but never hand the
-		// renderer a reference to a missing set.
+	// Not reachable with upstream's ServicePort, but never hand the
+	// renderer a reference to a missing set.
+	if (sp.InternalLocal || sp.ExternalLocal) && sp.Local == nil {
 		sp.Local = &haproxycfg.EndpointSet{Name: local}
 	}
-	if !sp.InternalLocal && sp.Cluster == nil {
+	if (!sp.InternalLocal || hasExternal && !sp.ExternalLocal) && sp.Cluster == nil {
 		sp.Cluster = &haproxycfg.EndpointSet{Name: base}
 	}
 
@@ -285,7 +311,13 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	}
 
 	if svc.SessionAffinityType() == v1.ServiceAffinityClientIP {
-		sp.Affinity = min(time.Duration(svc.StickyMaxAgeSeconds())*time.Second, haproxycfg.MaxAffinity)
+		secs := svc.StickyMaxAgeSeconds()
+		if secs <= 0 {
+			// The API server allows 1 to 86400 seconds; a bad object gets
+			// the API's default rather than a negative timeout.
+			secs = int(v1.DefaultClientIPServiceAffinitySeconds)
+		}
+		sp.Affinity = min(time.Duration(secs)*time.Second, haproxycfg.MaxAffinity)
 	}
 
 	// loadBalancerSourceRanges filter the LB IPs only (not NodePorts or
@@ -293,12 +325,14 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	if ranges := svc.LoadBalancerSourceRanges(); len(lbIPs) > 0 && len(ranges) > 0 {
 		allowFromNode := false
 		for _, r := range ranges {
-			a, ok := toAddr(r.IP)
-			if !ok || !opts.familyOK(a) {
+			// Through the text form, as upstream writes the ranges into
+			// its rules: an IPv4-mapped range such as ::ffff:1.2.3.0/120
+			// (which upstream counts as IPv4) becomes 1.2.3.0/24.
+			p, err := netip.ParsePrefix(r.String())
+			if err != nil || !opts.familyOK(p.Addr()) {
 				continue
 			}
-			ones, _ := r.Mask.Size()
-			p := netip.PrefixFrom(a, ones).Masked()
+			p = p.Masked()
 			sp.SourceRanges = append(sp.SourceRanges, p)
 			allowFromNode = allowFromNode || (opts.NodeIP.IsValid() && p.Contains(opts.NodeIP.Unmap()))
 		}

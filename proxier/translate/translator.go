@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"maps"
 	"reflect"
 	"slices"
 
@@ -34,12 +35,20 @@ type Translator struct {
 // Translate returns what Translate(opts, services, endpoints) returns.
 // The haproxycfg.ServicePorts of unchanged service ports are the ones of
 // the previous call: callers must not modify a Result.
+//
+// A change of opts translates everything again, except a change of
+// TakenNodePorts (the node's listening ports, which come and go with its
+// processes): that translates again only the service ports whose NodePort
+// was taken and is free now, or the other way round.
 func (t *Translator) Translate(opts Options, services proxy.ServicePortMap, endpoints proxy.EndpointsMap) *Result {
-	if t.ports == nil || !reflect.DeepEqual(opts, t.opts) {
-		t.opts = opts
+	if t.ports == nil || !sameOptions(opts, t.opts) {
 		t.ports = make([]*portTranslation, 0, len(services))
 		t.names = nil
 	}
+	t.opts = opts
+	// A copy, so that a caller changing its map in place is still seen
+	// to change the options.
+	t.opts.TopologyLabels = maps.Clone(opts.TopologyLabels)
 	if len(t.names) == len(services) {
 		if res, ok := t.translate(services, endpoints); ok {
 			return res
@@ -81,7 +90,7 @@ func (t *Translator) translate(services proxy.ServicePortMap, endpoints proxy.En
 		}
 		eps := endpoints[name]
 		pt := t.ports[i]
-		if pt == nil || !pt.reuse(svc, eps, listeners) {
+		if pt == nil || !pt.reuse(svc, eps, t.opts.TakenNodePorts, listeners) {
 			pt = translatePort(t.opts, name, svc, eps, listeners)
 			t.ports[i] = pt
 		}
@@ -98,26 +107,46 @@ type portTranslation struct {
 	svc    proxy.ServicePort
 	eps    []proxy.Endpoint
 	claims []listenerClaim
-	res    Result
+	// nodePort is the service port's NodePort (0: none), and nodePortTaken
+	// whether it was in Options.TakenNodePorts.
+	nodePort      uint16
+	nodePortTaken bool
+	res           Result
 }
 
 // reuse says whether pt still is the translation of svc and eps, and if
-// so claims its addresses as translating again would.
-func (pt *portTranslation) reuse(svc proxy.ServicePort, eps []proxy.Endpoint, listeners map[string]string) bool {
+// so claims its addresses as translating again would: in the same order,
+// each against the owner it found then. Otherwise listeners is left as it
+// was.
+func (pt *portTranslation) reuse(svc proxy.ServicePort, eps []proxy.Endpoint, taken map[uint16]bool, listeners map[string]string) bool {
 	if pt.svc != svc || !sameEndpoints(pt.eps, eps) {
 		return false
 	}
-	for _, c := range pt.claims {
+	if pt.nodePort != 0 && taken[pt.nodePort] != pt.nodePortTaken {
+		return false
+	}
+	for i, c := range pt.claims {
 		if listeners[c.key] != c.owner {
+			// Undo the claims of this call: their keys were free.
+			for _, u := range pt.claims[:i] {
+				if u.owner == "" {
+					delete(listeners, u.key)
+				}
+			}
 			return false
 		}
-	}
-	for _, c := range pt.claims {
 		if c.owner == "" {
 			listeners[c.key] = pt.base
 		}
 	}
 	return true
+}
+
+// sameOptions reports whether a and b translate every service port alike;
+// TakenNodePorts, which touches only some, is compared port by port.
+func sameOptions(a, b Options) bool {
+	a.TakenNodePorts, b.TakenNodePorts = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // sameEndpoints: the same slice, not only equal content.
@@ -130,6 +159,9 @@ func translatePort(opts Options, name proxy.ServicePortName, svc proxy.ServicePo
 	pt := &portTranslation{svc: svc, eps: eps}
 	if svc.Protocol() == v1.ProtocolTCP {
 		pt.base = BaseName(opts.Family, name, svc.Port())
+	}
+	if np, ok := validPort(svc.NodePort()); ok {
+		pt.nodePort, pt.nodePortTaken = np, opts.TakenNodePorts[np]
 	}
 	translateServicePort(opts, name, svc, eps, listeners, &pt.res, &pt.claims)
 	return pt
