@@ -107,6 +107,10 @@ func hostDesired(cidrs []netip.Prefix, c *haproxycfg.Config) hostnet.Desired {
 	d := hostnet.Desired{ServiceCIDRs: cidrs}
 	for _, disp := range c.Dispatchers {
 		d.Dispatch = disp.Listen
+		if d.Dispatch.Addr().IsUnspecified() {
+			// TPROXY needs an address to look the listener up by.
+			d.Dispatch = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), d.Dispatch.Port())
+		}
 		d.NodePortAddresses = slices.Clone(disp.NodePortAddresses)
 		for _, sp := range disp.ServicePorts {
 			for _, l := range sp.Listeners {

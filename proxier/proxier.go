@@ -544,13 +544,16 @@ func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr, port
 	return out
 }
 
-// dispatchAddr is the loopback address and port of this family's
-// HAProxy listener.
+// dispatchAddr is the address and port of this family's HAProxy
+// listener: [::1] for IPv6; for IPv4 the wildcard address, because IPv4
+// connections that arrive through a bridge are redirected by NAT to the
+// bridge's own address (serviceguard's BridgedChain), the others are
+// sent there by TPROXY.
 func (p *Proxier) dispatchAddr() netip.AddrPort {
 	if p.ipFamily == v1.IPv6Protocol {
 		return netip.AddrPortFrom(netip.IPv6Loopback(), uint16(p.cfg.DispatchPort))
 	}
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(p.cfg.DispatchPort))
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p.cfg.DispatchPort))
 }
 
 // takenNodePorts are the TCP ports another process of the node listens

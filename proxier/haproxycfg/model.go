@@ -64,7 +64,9 @@ type Defaults struct {
 type Dispatcher struct {
 	// IPv6 selects the family: every address below belongs to it.
 	IPv6 bool
-	// Listen is the loopback address and port of the listener.
+	// Listen is the address and port of the listener: a loopback address,
+	// or for IPv4 0.0.0.0 (connections redirected by NAT arrive on the
+	// address of their incoming interface).
 	Listen netip.AddrPort
 	// MapDir is the absolute directory of the map and ACL files.
 	MapDir string

@@ -40,8 +40,9 @@ func Validate(c *Config) error {
 
 // ValidateDispatcher validates d alone.
 func ValidateDispatcher(d *Dispatcher) error {
-	if !d.Listen.IsValid() || d.Listen.Port() == 0 || !d.Listen.Addr().IsLoopback() || d.familyOK(d.Listen.Addr()) != nil {
-		return fmt.Errorf("listen address %v: must be a loopback address of the family with a port", d.Listen)
+	listen := d.Listen.Addr()
+	if !d.Listen.IsValid() || d.Listen.Port() == 0 || d.familyOK(listen) != nil || !listen.IsLoopback() && !(listen.Is4() && listen.IsUnspecified()) {
+		return fmt.Errorf("listen address %v: must be a loopback address of the family (or 0.0.0.0) with a port", d.Listen)
 	}
 	if !validPath(d.MapDir) {
 		return fmt.Errorf("map directory %q: must be an absolute path of [A-Za-z0-9._:/+@-]", d.MapDir)

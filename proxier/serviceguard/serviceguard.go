@@ -73,6 +73,9 @@ const (
 	InputChain        = "service-ip-input"
 	OutputChain       = "service-ip-output"
 	DispatchChain     = "service-dispatch"
+	// BridgedChain redirects (NAT) the IPv4 Service connections that
+	// arrive through a Linux bridge; see declareBridged.
+	BridgedChain = "service-dispatch-bridged"
 	ServiceIPsSet     = "service-ips"
 	ServedPortsSet    = "served-ports"
 	NodePortsSet      = "node-ports"
@@ -454,7 +457,7 @@ func (g *Guard) intact(ctx context.Context, n *normalized) bool {
 			return false
 		}
 	}
-	want := ruleCounts(n)
+	want := ruleCounts(g.family, n)
 	for chain := range want {
 		if !slices.Contains(objects["chain"], chain) {
 			return false
@@ -477,12 +480,17 @@ func (g *Guard) intact(ctx context.Context, n *normalized) bool {
 }
 
 // ruleCounts is the number of rules declare puts in each chain for n.
-func ruleCounts(n *normalized) map[string]int {
-	dispatch := 1
+func ruleCounts(family v1.IPFamily, n *normalized) map[string]int {
+	dispatch, bridged := 1, 0
 	if n.dispatch.IsValid() {
 		dispatch += 2
+		bridged = 2
 	}
-	return map[string]int{InputChain: 6, OutputChain: 2, DispatchChain: dispatch}
+	counts := map[string]int{InputChain: 6, OutputChain: 2, DispatchChain: dispatch}
+	if family == v1.IPv4Protocol {
+		counts[BridgedChain] = bridged
+	}
+	return counts
 }
 
 // declare adds the table, its sets and chains with their rules. The chains
@@ -529,6 +537,56 @@ func (g *Guard) declare(tx *knftables.Transaction, n *normalized) {
 	g.declareInput(tx, ipX)
 	g.declareOutput(tx, ipX)
 	g.declareDispatch(tx, ipX, n)
+	if g.family == v1.IPv4Protocol {
+		g.declareBridged(tx, n)
+	}
+}
+
+// declareBridged redirects IPv4 Service connections that come in through
+// a Linux bridge (pods on a bridge CNI such as cni0) to HAProxy's
+// listener with NAT, instead of TPROXY. With br_netfilter
+// (bridge-nf-call-iptables=1, which kubeadm requires), a bridged packet's
+// IPv4 prerouting hooks run in the bridge, before ip_rcv(), which drops
+// the socket TPROXY assigned: the connection would be refused. NAT
+// survives, and HAProxy reads the original destination of a redirected
+// IPv4 connection (SO_ORIGINAL_DST) with the same "dst" fetch, so both
+// paths meet the same map lookup. IPv6 has no such fallback: HAProxy 2.6
+// does not read the original destination of a redirected IPv6
+// connection (see docs/design.md).
+func (g *Guard) declareBridged(tx *knftables.Transaction, n *normalized) {
+	tx.Add(&knftables.Chain{
+		Name:     BridgedChain,
+		Type:     knftables.PtrTo(knftables.NATType),
+		Hook:     knftables.PtrTo(knftables.PreroutingHook),
+		Priority: knftables.PtrTo(knftables.BaseChainPriority("dstnat - 5")),
+		Comment:  knftables.PtrTo("TCP arriving through a bridge to HAProxy's dispatch listener, by NAT"),
+	})
+	tx.Flush(&knftables.Chain{Name: BridgedChain})
+	if !n.dispatch.IsValid() {
+		return
+	}
+	redirect := "redirect to :" + strconv.Itoa(int(n.dispatch.Port()))
+	tx.Add(&knftables.Rule{
+		Chain: BridgedChain,
+		Rule: knftables.Concat(`meta iifkind "bridge"`, "meta l4proto tcp",
+			"ip daddr", ".", "meta l4proto", ".", "th dport", "@"+ServedPortsSet, redirect),
+		Comment: knftables.PtrTo("served Service IP:port, from a bridge"),
+	})
+	if n.nodePortsListed {
+		tx.Add(&knftables.Rule{
+			Chain: BridgedChain,
+			Rule: knftables.Concat(`meta iifkind "bridge"`, "meta l4proto tcp",
+				"ip daddr", "@"+NodePortIPsSet, "tcp dport", "@"+NodePortsSet, redirect),
+			Comment: knftables.PtrTo("NodePort on a nodePortAddresses address, from a bridge"),
+		})
+		return
+	}
+	tx.Add(&knftables.Rule{
+		Chain: BridgedChain,
+		Rule: knftables.Concat(`meta iifkind "bridge"`, "meta l4proto tcp",
+			"ip daddr", "!=", "@"+ServiceIPsSet, "fib daddr type local", "tcp dport", "@"+NodePortsSet, redirect),
+		Comment: knftables.PtrTo("NodePort on a local address, from a bridge"),
+	})
 }
 
 func (g *Guard) declareInput(tx *knftables.Transaction, ipX string) {
@@ -639,6 +697,10 @@ func (g *Guard) declareDispatch(tx *knftables.Transaction, ipX string, n *normal
 		return
 	}
 	tproxy := "tproxy to " + n.dispatch.String()
+	if g.family == v1.IPv4Protocol {
+		// Bridged IPv4 is redirected by NAT instead (declareBridged).
+		tproxy = `meta iifkind != "bridge" ` + tproxy
+	}
 	tx.Add(&knftables.Rule{
 		Chain: DispatchChain,
 		Rule: knftables.Concat("meta l4proto tcp",
