@@ -485,6 +485,9 @@ func ruleCounts(family v1.IPFamily, n *normalized) map[string]int {
 	if n.dispatch.IsValid() {
 		dispatch += 2
 		bridged = 2
+		if family == v1.IPv4Protocol {
+			dispatch++ // the bridge's return
+		}
 	}
 	counts := map[string]int{InputChain: 6, OutputChain: 2, DispatchChain: dispatch}
 	if family == v1.IPv4Protocol {
@@ -698,8 +701,14 @@ func (g *Guard) declareDispatch(tx *knftables.Transaction, ipX string, n *normal
 	}
 	tproxy := "tproxy to " + n.dispatch.String()
 	if g.family == v1.IPv4Protocol {
-		// Bridged IPv4 is redirected by NAT instead (declareBridged).
-		tproxy = `meta iifkind != "bridge" ` + tproxy
+		// Bridged IPv4 is redirected by NAT instead (declareBridged). Not
+		// `iifkind != "bridge"` on the TPROXY rules: on a device without
+		// a kind (lo, most NICs) iifkind matches nothing, not even "!=".
+		tx.Add(&knftables.Rule{
+			Chain:   DispatchChain,
+			Rule:    `meta iifkind "bridge" return`,
+			Comment: knftables.PtrTo("IPv4 through a bridge: redirected by NAT in " + BridgedChain),
+		})
 	}
 	tx.Add(&knftables.Rule{
 		Chain: DispatchChain,
