@@ -297,10 +297,13 @@ func headlessIgnored(t *testing.T, e *env) string {
 		var state string
 		switch e.mode {
 		case localcluster.ModeHAProxy:
-			b, err := os.ReadFile(filepath.Join(e.c.Opts.Dir, n.Name, "haproxy", "haproxy.cfg"))
-			require.NoError(t, err)
-			state = string(b)
-			require.Contains(t, state, "default.after-headless", "the config is current")
+			// The Services are in the maps; haproxy.cfg has no Service.
+			for _, f := range []string{"haproxy.cfg", "services-ipv4.map", "endpoints-ipv4.map"} {
+				b, err := os.ReadFile(filepath.Join(e.c.Opts.Dir, n.Name, "haproxy", f))
+				require.NoError(t, err)
+				state += string(b)
+			}
+			require.Contains(t, state, "default.after-headless", "the maps are current")
 		case localcluster.ModeNFTables:
 			state = n.NS.MustExec("nft", "list", "table", "ip", "kube-proxy")
 			require.Contains(t, state, "default/after-headless")
