@@ -24,7 +24,8 @@
 // atomically and loaded with a reload through the master CLI (reload.go).
 // A configuration that fails is never loaded: the last good one keeps
 // serving, an event and a metric say why, and the same configuration is
-// tried again only after a backoff.
+// tried again only after a backoff. Meanwhile Services and endpoints still
+// change at runtime in the maps the last good configuration reads.
 package apply
 
 import (
@@ -42,6 +43,7 @@ import (
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
+	"kube-haproxy.io/kube-haproxy/proxier/supervisor"
 )
 
 // Process is the HAProxy process as the applier needs it; a
@@ -139,6 +141,10 @@ type Applier struct {
 	// lastRead when the maps were last read or fully written.
 	applied  map[bool]*haproxycfg.Dispatcher
 	lastRead time.Time
+	// files writes each family's map files.
+	files map[bool]*mapFiles
+	// indexes validate each family's Service ports.
+	indexes map[bool]*portIndex
 	// rejectedKey/rejectedErr/retryAt/backoff remember the last rejected
 	// configuration, so it is not retried before retryAt.
 	rejectedKey string
@@ -166,6 +172,8 @@ func New(opts Options) (*Applier, error) {
 		logger:  opts.Logger,
 		desired: map[v1.IPFamily]*haproxycfg.Config{},
 		applied: map[bool]*haproxycfg.Dispatcher{},
+		files:   map[bool]*mapFiles{},
+		indexes: map[bool]*portIndex{},
 	}, nil
 }
 
@@ -234,9 +242,9 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 		// more descriptors than it may open.
 		want.Global.MaxConn = haproxycfg.MaxConnForFileLimit(a.opts.FileLimit, want.Listeners())
 	}
-	// Render validates the whole model: an invalid one is never loaded.
-	// It is cheap: haproxy.cfg does not grow with the Services.
-	text, err := haproxycfg.Render(want)
+	// The whole model is validated (the Service ports in proportion to
+	// what changed): an invalid one is never loaded, nor sent to HAProxy.
+	text, err := a.validateModel(want)
 	if err != nil {
 		configRejectedTotal.WithLabelValues("model").Inc()
 		return fmt.Errorf("%w: invalid model: %w", ErrRejected, err)
@@ -260,7 +268,7 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 		if fullRead || now.Sub(a.lastRead) >= a.opts.FullReadInterval {
 			clear(a.applied)
 		}
-		err := a.runtimeUpdate(ctx, want)
+		err := a.runtimeUpdate(ctx, want, false)
 		if err == nil {
 			return nil
 		}
@@ -268,5 +276,15 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 		clear(a.applied)
 		a.loadedKey = ""
 	}
-	return a.reload(ctx, want, key, text, autoMaxConn)
+	err = a.reload(ctx, want, key, text, autoMaxConn)
+	if err != nil && errors.Is(err, ErrRejected) && a.started && !errors.Is(err, supervisor.ErrNotRunning) {
+		// HAProxy keeps serving the last good haproxy.cfg, whose
+		// dispatchers read the same maps: Services and endpoints still
+		// follow the model while the new settings wait for their retry.
+		if uerr := a.runtimeUpdate(ctx, want, true); uerr != nil {
+			a.logger.Error(uerr, "Runtime API update of the last good configuration failed")
+			clear(a.applied)
+		}
+	}
+	return err
 }

@@ -2,9 +2,11 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
@@ -14,19 +16,32 @@ import (
 // mapDiff is what turns the maps HAProxy has into those of a dispatcher.
 type mapDiff struct {
 	services, endpoints entryDiff
-	sources             struct{ add, del []string }
+	sources             prefixDiff
 }
 
 // entryDiff holds the changes of one map.
 type entryDiff struct {
 	add, set []haproxycfg.MapEntry
 	del      []string
+	// readd are keys HAProxy holds more than once (someone used "add map"
+	// by hand) that the model wants: deleted (every copy) and added
+	// again, in that order, so exactly one entry remains.
+	readd []haproxycfg.MapEntry
 }
 
-func (e *entryDiff) empty() bool { return len(e.add)+len(e.set)+len(e.del) == 0 }
+func (e *entryDiff) empty() bool { return len(e.add)+len(e.set)+len(e.del)+len(e.readd) == 0 }
+
+// prefixDiff holds the changes of an ACL file.
+type prefixDiff struct {
+	add, del []string
+	// readd: patterns held more than once that the model wants.
+	readd []string
+}
+
+func (p *prefixDiff) empty() bool { return len(p.add)+len(p.del)+len(p.readd) == 0 }
 
 func (m *mapDiff) empty() bool {
-	return m.services.empty() && m.endpoints.empty() && len(m.sources.add)+len(m.sources.del) == 0
+	return m.services.empty() && m.endpoints.empty() && m.sources.empty()
 }
 
 // diffEntries compares two maps' content (key to value).
@@ -71,12 +86,59 @@ func entryMap(ports []*haproxycfg.ServicePort, dispatch bool) map[string]string 
 // very same objects are looked at, so a change costs in proportion to
 // what changed (plus one pointer comparison per Service port).
 func incrementalDiff(prev, d *haproxycfg.Dispatcher) *mapDiff {
-	index := make(map[string]*haproxycfg.ServicePort, len(prev.ServicePorts))
-	for _, sp := range prev.ServicePorts {
+	before, after, ok := changedSorted(prev.ServicePorts, d.ServicePorts)
+	if !ok {
+		before, after = changedByName(prev.ServicePorts, d.ServicePorts)
+	}
+	diff := &mapDiff{
+		services:  diffEntries(entryMap(before, true), entryMap(after, true)),
+		endpoints: diffEntries(entryMap(before, false), entryMap(after, false)),
+	}
+	diff.sources = diffPrefixes(prefixStrings(prev.ClusterSources), prefixStrings(d.ClusterSources))
+	return diff
+}
+
+// changedSorted returns the Service ports of prev that cur changed or
+// dropped (before) and those of cur that are new or changed (after),
+// walking both lists at once as the proxier hands them in, sorted by
+// name: no allocation when nothing changed. ok is false when a list is
+// not sorted.
+func changedSorted(prev, cur []*haproxycfg.ServicePort) (before, after []*haproxycfg.ServicePort, ok bool) {
+	i, j := 0, 0
+	for i < len(prev) || j < len(cur) {
+		if i > 0 && i < len(prev) && prev[i].Name <= prev[i-1].Name {
+			return nil, nil, false
+		}
+		if j > 0 && j < len(cur) && cur[j].Name <= cur[j-1].Name {
+			return nil, nil, false
+		}
+		switch {
+		case i < len(prev) && j < len(cur) && prev[i] == cur[j]:
+			i++
+			j++
+		case j == len(cur) || i < len(prev) && prev[i].Name < cur[j].Name:
+			before = append(before, prev[i])
+			i++
+		case i == len(prev) || cur[j].Name < prev[i].Name:
+			after = append(after, cur[j])
+			j++
+		default:
+			before = append(before, prev[i])
+			after = append(after, cur[j])
+			i++
+			j++
+		}
+	}
+	return before, after, true
+}
+
+// changedByName is changedSorted for lists in any order.
+func changedByName(prev, cur []*haproxycfg.ServicePort) (before, after []*haproxycfg.ServicePort) {
+	index := make(map[string]*haproxycfg.ServicePort, len(prev))
+	for _, sp := range prev {
 		index[sp.Name] = sp
 	}
-	var before, after []*haproxycfg.ServicePort
-	for _, sp := range d.ServicePorts {
+	for _, sp := range cur {
 		old, ok := index[sp.Name]
 		if ok {
 			delete(index, sp.Name)
@@ -92,12 +154,7 @@ func incrementalDiff(prev, d *haproxycfg.Dispatcher) *mapDiff {
 	for _, gone := range index {
 		before = append(before, gone)
 	}
-	diff := &mapDiff{
-		services:  diffEntries(entryMap(before, true), entryMap(after, true)),
-		endpoints: diffEntries(entryMap(before, false), entryMap(after, false)),
-	}
-	diff.sources.add, diff.sources.del = diffPrefixes(prefixStrings(prev.ClusterSources), prefixStrings(d.ClusterSources))
-	return diff
+	return before, after
 }
 
 // fullDiff reads HAProxy's maps and compares them with all of d. A key
@@ -140,11 +197,15 @@ func (a *Applier) fullDiff(ctx context.Context, d *haproxycfg.Dispatcher) (*mapD
 	}
 	dedupe(&diff.services, sdups)
 	dedupe(&diff.endpoints, edups)
-	diff.sources.add, diff.sources.del = diffPrefixes(sources, prefixStrings(d.ClusterSources))
+	diff.sources = diffPrefixes(sources, prefixStrings(d.ClusterSources))
 	return diff, nil
 }
 
-// dedupe turns the "set" of a duplicated key into "del" then "add".
+// dedupe turns the "set" of a duplicated key the model wants into a
+// re-add (del, then add: "set map" would leave both copies). A duplicated
+// key the model does not want is already a "del", which removes every copy.
+// read marks every duplicated key's value as impossible, so a wanted one
+// is always a "set" here, never left out as unchanged.
 func dedupe(e *entryDiff, dups []string) {
 	if len(dups) == 0 {
 		return
@@ -156,54 +217,58 @@ func dedupe(e *entryDiff, dups []string) {
 	sets := e.set[:0]
 	for _, s := range e.set {
 		if dup[s.Key] {
-			e.del = append(e.del, s.Key)
-			e.add = append(e.add, s)
+			e.readd = append(e.readd, s)
 			continue
 		}
 		sets = append(sets, s)
 	}
 	e.set = sets
-	for k := range dup {
-		found := false
-		for _, a := range e.add {
-			found = found || a.Key == k
-		}
-		for _, d := range e.del {
-			found = found || d == k
-		}
-		if !found {
-			// Unwanted and duplicated: the del above did not happen yet.
-			e.del = append(e.del, k)
-		}
-	}
 }
 
+// prefixStrings renders prefixes as the ACL file holds them, each once.
 func prefixStrings(ps []netip.Prefix) []string {
 	out := make([]string, 0, len(ps))
 	for _, p := range ps {
-		out = append(out, p.Masked().String())
+		s := p.Masked().String()
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
 	}
 	return out
 }
 
-func diffPrefixes(have, want []string) (add, del []string) {
-	h := make(map[string]bool, len(have))
+// diffPrefixes compares the patterns of an ACL file. A pattern is added
+// or deleted once however often it appears on either side ("del acl"
+// removes every copy; a second one would fail), and a pattern HAProxy
+// holds more than once that want keeps is re-added, so exactly one copy
+// remains.
+func diffPrefixes(have, want []string) prefixDiff {
+	var d prefixDiff
+	h := make(map[string]int, len(have))
 	for _, p := range have {
-		h[p] = true
+		h[p]++
 	}
 	w := make(map[string]bool, len(want))
 	for _, p := range want {
+		if w[p] {
+			continue
+		}
 		w[p] = true
-		if !h[p] {
-			add = append(add, p)
+		switch h[p] {
+		case 0:
+			d.add = append(d.add, p)
+		case 1:
+		default:
+			d.readd = append(d.readd, p)
 		}
 	}
 	for _, p := range have {
-		if !w[p] {
-			del = append(del, p)
+		if !w[p] && h[p] > 0 {
+			d.del = append(d.del, p)
+			h[p] = 0
 		}
 	}
-	return add, del
+	return d
 }
 
 // isCount tells the count entry of an endpoint set ("<set>") from its
@@ -222,9 +287,18 @@ func isCount(key string) bool { return !strings.Contains(key, "/") }
 //  4. removed counts, then removed endpoint entries: an index is gone
 //     only once no count covers it;
 //  5. removed cluster sources.
+//
+// A key held twice (only after a full read) is deleted and added again
+// at its step, the del right before the add.
 func appendCommands(b *runtimeapi.Batch, d *haproxycfg.Dispatcher, diff *mapDiff) {
 	services, endpoints, sources := d.ServicesMap(), d.EndpointsMap(), d.ClusterSourcesACL()
 	upsert := func(file string, e *entryDiff, counts bool) {
+		for _, x := range e.readd {
+			if file != endpoints || isCount(x.Key) == counts {
+				b.DelMap(file, x.Key)
+				b.AddMap(file, x.Key, x.Value)
+			}
+		}
 		for _, x := range e.add {
 			if file != endpoints || isCount(x.Key) == counts {
 				b.AddMap(file, x.Key, x.Value)
@@ -245,6 +319,10 @@ func appendCommands(b *runtimeapi.Batch, d *haproxycfg.Dispatcher, diff *mapDiff
 	}
 	upsert(endpoints, &diff.endpoints, false)
 	upsert(endpoints, &diff.endpoints, true)
+	for _, p := range diff.sources.readd {
+		b.DelACL(sources, p)
+		b.AddACL(sources, p)
+	}
 	for _, p := range diff.sources.add {
 		b.AddACL(sources, p)
 	}
@@ -259,23 +337,37 @@ func appendCommands(b *runtimeapi.Batch, d *haproxycfg.Dispatcher, diff *mapDiff
 
 // runtimeUpdate brings HAProxy's maps to want's through the runtime API,
 // then writes the map files of what changed.
-func (a *Applier) runtimeUpdate(ctx context.Context, want *haproxycfg.Config) error {
+//
+// With loadedOnly, want is not the model HAProxy's haproxy.cfg was
+// rendered from (a new configuration was rejected): the dispatchers whose
+// maps HAProxy has not loaded are left out rather than failing the
+// update, and the others still follow the model.
+func (a *Applier) runtimeUpdate(ctx context.Context, want *haproxycfg.Config, loadedOnly bool) error {
+	type part struct {
+		d    *haproxycfg.Dispatcher
+		diff *mapDiff
+		// full: HAProxy's maps were read back whole.
+		full bool
+	}
 	var b runtimeapi.Batch
-	diffs := make([]*mapDiff, len(want.Dispatchers))
-	full := false
-	for i, d := range want.Dispatchers {
-		prev := a.applied[d.IPv6]
-		var err error
-		if prev == nil || prev.MapDir != d.MapDir {
-			full = true
-			diffs[i], err = a.fullDiff(ctx, d)
+	parts := make([]part, 0, len(want.Dispatchers))
+	for _, d := range want.Dispatchers {
+		p := part{d: d}
+		if prev := a.applied[d.IPv6]; prev != nil && prev.MapDir == d.MapDir {
+			p.diff = incrementalDiff(prev, d)
+		} else {
+			diff, err := a.fullDiff(ctx, d)
 			if err != nil {
+				if loadedOnly && errors.Is(err, runtimeapi.ErrNoSuchMap) {
+					a.logger.V(2).Info("HAProxy has not loaded this dispatcher's maps; they follow at the next reload", "map", d.ServicesMap())
+					continue
+				}
 				return err
 			}
-		} else {
-			diffs[i] = incrementalDiff(prev, d)
+			p.diff, p.full = diff, true
 		}
-		appendCommands(&b, d, diffs[i])
+		appendCommands(&b, d, p.diff)
+		parts = append(parts, p)
 	}
 	if b.Len() > 0 {
 		if err := a.opts.Runtime.Run(ctx, &b); err != nil {
@@ -285,16 +377,18 @@ func (a *Applier) runtimeUpdate(ctx context.Context, want *haproxycfg.Config) er
 		runtimeUpdatesTotal.WithLabelValues("success").Inc()
 		runtimeCommandsTotal.Add(float64(b.Len()))
 	}
-	for i, d := range want.Dispatchers {
+	full := false
+	for _, p := range parts {
 		// After a full read the files are written whole: whoever changed
 		// HAProxy's maps may have changed the files too.
-		if full || !diffs[i].empty() {
-			a.writeMaps(d, full || !diffs[i].services.empty(), full || !diffs[i].endpoints.empty(), full || len(diffs[i].sources.add)+len(diffs[i].sources.del) > 0)
+		if p.full || !p.diff.empty() {
+			a.writeMaps(p.d, p.full || !p.diff.services.empty(), p.full || !p.diff.endpoints.empty(), p.full || !p.diff.sources.empty())
 		}
-		a.applied[d.IPv6] = d
-		setMapEntries(d)
+		a.applied[p.d.IPv6] = p.d
+		setMapEntries(p.d)
+		full = full || p.full
 	}
-	if full {
+	if full && len(parts) == len(want.Dispatchers) {
 		a.lastRead = a.opts.Clock.Now()
 	}
 	if b.Len() > 0 {
@@ -308,7 +402,12 @@ func setMapEntries(d *haproxycfg.Dispatcher) {
 	services, endpoints := 0, 0
 	for _, sp := range d.ServicePorts {
 		services += len(sp.Listeners)
-		for _, set := range sp.Sets() {
+		// Not sp.Sets(), which allocates: this runs over every Service
+		// port at every sync.
+		for _, set := range [2]*haproxycfg.EndpointSet{sp.Cluster, sp.Local} {
+			if set == nil {
+				continue
+			}
 			n := len(set.Endpoints)
 			if sp.Affinity > 0 {
 				n *= 2
@@ -332,34 +431,31 @@ func familyLabel(d *haproxycfg.Dispatcher) string {
 // HAProxy starts from older files; it is logged, and the next full read
 // (after a restart, or FullReadInterval) repairs the difference.
 func (a *Applier) writeMaps(d *haproxycfg.Dispatcher, services, endpoints, sources bool) {
-	s, e, c := haproxycfg.RenderMaps(d)
-	for _, f := range []struct {
-		write bool
-		path  string
-		data  []byte
-	}{{services, d.ServicesMap(), s}, {endpoints, d.EndpointsMap(), e}, {sources, d.ClusterSourcesACL(), c}} {
-		if !f.write {
-			continue
-		}
-		if err := replaceFile(f.path, f.data, false); err != nil {
-			a.logger.Error(err, "Writing an HAProxy map file failed", "file", f.path)
-		}
+	if err := a.mapFilesOf(d).write(d, services, endpoints, sources, false); err != nil {
+		a.logger.Error(err, "Writing HAProxy's map files failed", "dir", d.MapDir)
 	}
 }
 
 // writeAllMaps writes every map file of want durably, before a reload
 // makes HAProxy read them.
-func writeAllMaps(want *haproxycfg.Config) error {
+func (a *Applier) writeAllMaps(want *haproxycfg.Config) error {
 	for _, d := range want.Dispatchers {
 		if err := os.MkdirAll(d.MapDir, 0o750); err != nil {
 			return err
 		}
-		s, e, c := haproxycfg.RenderMaps(d)
-		for path, data := range map[string][]byte{d.ServicesMap(): s, d.EndpointsMap(): e, d.ClusterSourcesACL(): c} {
-			if err := replaceFile(path, data, true); err != nil {
-				return err
-			}
+		if err := a.mapFilesOf(d).write(d, true, true, true, true); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// mapFilesOf returns the map file writer of d's family.
+func (a *Applier) mapFilesOf(d *haproxycfg.Dispatcher) *mapFiles {
+	m := a.files[d.IPv6]
+	if m == nil {
+		m = newMapFiles()
+		a.files[d.IPv6] = m
+	}
+	return m
 }

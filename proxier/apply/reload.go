@@ -35,7 +35,7 @@ func (a *Applier) reload(ctx context.Context, want *haproxycfg.Config, key strin
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
-	if err := writeAllMaps(want); err != nil {
+	if err := a.writeAllMaps(want); err != nil {
 		return fmt.Errorf("apply: writing the map files: %w", err)
 	}
 	tmp, err := writeTemp(a.opts.ConfigFile, text)
@@ -232,11 +232,19 @@ func writeTemp(path string, data []byte) (string, error) {
 // files rewritten after runtime updates, which happen at every change and
 // which the next full read repairs if a crash lost them.
 func writeTempFile(path string, data []byte, durable bool) (string, error) {
+	return writeTempFileWith(path, durable, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// writeTempFileWith is writeTempFile with the content written by fill.
+func writeTempFileWith(path string, durable bool, fill func(f *os.File) error) (string, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return "", err
 	}
-	if _, err := f.Write(data); err != nil {
+	if err := fill(f); err != nil {
 		f.Close()
 		os.Remove(f.Name())
 		return "", err
