@@ -31,8 +31,8 @@ test: ## Everything CI runs: unit tests, patched upstream tests, integration tes
 	hack/test.sh
 
 .PHONY: fuzz
-fuzz: ## Fuzz the config renderer for a while (FUZZTIME=30s).
-	$(GO) test ./proxier/haproxycfg -run '^$$' -fuzz FuzzRender -fuzztime $${FUZZTIME:-30s}
+fuzz: ## Fuzz the translation into the model and map files for a while (FUZZTIME=30s).
+	$(GO) test ./proxier/translate -run '^$$' -fuzz FuzzTranslate -fuzztime $${FUZZTIME:-30s}
 
 .PHONY: verify
 verify: ## gofmt, go vet, staticcheck, and that the patch series applies.

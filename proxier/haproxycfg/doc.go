@@ -1,17 +1,19 @@
-// Package haproxycfg is the typed model of the haproxy.cfg that
-// kube-haproxy generates, and its deterministic renderer.
+// Package haproxycfg is the typed model of what kube-haproxy makes HAProxy
+// serve, and its deterministic renderers.
 //
-// The model holds exactly what the proxier needs: a global and a defaults
-// section, frontends (binds, ACLs, tcp-request connection rules,
-// use_backend/default_backend) and backends (balance, stick table, servers
-// with stable ids). Every string that comes from the Kubernetes API is
-// either a validated name (see ValidName) or a comment that is escaped
-// before it reaches the file, so no API object can add a line or a section
-// to the configuration.
+// haproxy.cfg holds the settings (global, defaults, a peers section) and one
+// Dispatcher per IP family: a frontend with one listener, to which nftables
+// sends every Service connection, and rules that pick the endpoint from the
+// dispatcher's map files. The Service ports (listeners, endpoint sets,
+// policies, affinity) live only in those map files (RenderMaps), which the
+// runtime API changes in place: a new, changed or deleted Service never
+// changes haproxy.cfg. Every string that comes from the Kubernetes API is
+// either a validated name (see ValidName), an address formatted by netip, or
+// a comment that is escaped, so no API object can add a line, a field or a
+// section.
 //
-// Besides rendering, the package keeps server ids stable between two
-// configurations (AssignServerIDs), merges the per-IP-family models of
-// the IPv4 and IPv6 proxiers into one configuration (Merge), and
-// interprets a configuration for a single connection (Trace), which tests
-// and the explain view use to say where a connection goes.
+// Besides rendering, the package merges the per-family models of the IPv4
+// and IPv6 proxiers into one configuration (Merge) and interprets a
+// dispatcher for a single connection as the kernel and HAProxy would
+// (Trace), which tests use to say where a connection goes.
 package haproxycfg

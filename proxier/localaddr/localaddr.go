@@ -1,6 +1,7 @@
-// Package localaddr makes Service IPs local on a node, so that HAProxy can
-// bind every ClusterIP:port (and LoadBalancer / external IP:port) without
-// putting a single address on an interface.
+// Package localaddr makes Service IPs local on a node, so that connections
+// to every ClusterIP (and LoadBalancer / external IP) are delivered to the
+// node, where nftables hands them to HAProxy's listener, without putting a
+// single address on an interface.
 //
 // The kernel delivers a packet locally when the destination matches a route
 // of type "local" in the local routing table. `ip route add local

@@ -2,9 +2,9 @@
 // socket") and of the master CLI of an HAProxy running in master-worker mode.
 //
 // The proxier uses it for the frequent, cheap changes that must not cost a
-// reload: adding, draining and deleting the servers of a backend as
-// endpoints come and go, and the entries of the maps and ACL files that
-// dispatch connections to Services. Commands are collected in a Batch and
+// reload: the entries of the maps and ACL files that dispatch connections
+// to Services and their endpoints (and servers of a backend, which the
+// proxier does not use today). Commands are collected in a Batch and
 // sent over a single connection in prompt mode, so a thousand changes cost
 // one connect and a few milliseconds. Each command's answer is parsed and failures are
 // returned as Go errors that wrap sentinel values (ErrNoSuchServer, ...), so
