@@ -149,6 +149,7 @@ func TestGuardInANetworkNamespace(t *testing.T) {
 	// puts it back.
 	node.MustExec("nft", "delete", "table", "ip", serviceguard.TableName)
 	require.NoError(t, client.TCPAccepts("10.96.0.10:2222", wait))
+	g.Recheck() // as DefaultCheckInterval passing would
 	require.NoError(t, node.Do(func() error { return g.Sync(ctx, desired) }))
 	assert.True(t, refused(client.TCPAccepts("10.96.0.10:2222", wait)), "the guard is back")
 

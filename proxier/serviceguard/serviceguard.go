@@ -19,17 +19,30 @@
 //     an ICMP port-unreachable otherwise), so a client fails fast.
 //
 // A chain on the prerouting hook (mangle priority) dispatches: HAProxy has
-// one listener per family (Desired.Dispatch, bound `transparent` on a
-// loopback address), and nftables TPROXY hands it every TCP packet to a
-// served Service IP:port and to a served NodePort on a node address. The
-// accepted socket's local address is the original destination, which
-// HAProxy looks up in its maps, so a new Service needs no new bind and no
-// reload. No fwmark or policy routing is needed: Service IPs are local
-// already (AnyIP routes), node addresses always are. Before dispatch, the
-// same chain drops (silently, like upstream kube-proxy) TCP packets to a
-// LoadBalancer IP:port with loadBalancerSourceRanges from a source outside
-// them. Node-local clients come through prerouting too: their packets loop
+// one listener per family (bound `transparent`: 0.0.0.0:port for IPv4,
+// [::1]:port for IPv6), and nftables TPROXY hands it (Desired.Dispatch,
+// 127.0.0.1:port or [::1]:port) every TCP packet to a served Service
+// IP:port and to a served NodePort on a node address. The accepted
+// socket's local address is the original destination, which HAProxy looks
+// up in its maps, so a new Service needs no new bind and no reload. No
+// fwmark or policy routing is needed: Service IPs are local already (AnyIP
+// routes), node addresses always are. Before dispatch, the same chain
+// drops (silently, like upstream kube-proxy) TCP packets to a LoadBalancer
+// IP:port with loadBalancerSourceRanges from a source outside them.
+// Node-local clients come through prerouting too: their packets loop
 // through lo.
+//
+// IPv4 packets that arrive through a Linux bridge (pods on a bridge CNI)
+// take another path. With br_netfilter (bridge-nf-call-iptables=1, as
+// kubeadm requires) their prerouting hooks run inside the bridge, before
+// ip_rcv(), which drops the socket TPROXY assigned: the connection would
+// be refused. So the TPROXY chain lets them go (after the firewall), and a
+// NAT chain (prerouting, dstnat - 5) redirects the same Service IP:ports
+// and NodePorts to the listener's port on the bridge's address. HAProxy's
+// "dst" reads the original destination of a redirected IPv4 connection
+// from conntrack (SO_ORIGINAL_DST), so both paths meet the same map
+// lookup. IPv6 has TPROXY only: HAProxy 2.6 does not read the original
+// destination of a redirected IPv6 connection.
 //
 // A chain on the output hook at raw priority (before conntrack) takes
 // node-local connections to served triples out of connection tracking
@@ -60,6 +73,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
@@ -69,13 +83,13 @@ import (
 // Names of the nftables objects. Operators see them in `nft list table ip
 // kube-haproxy`.
 const (
-	TableName         = "kube-haproxy"
-	InputChain        = "service-ip-input"
-	OutputChain       = "service-ip-output"
-	DispatchChain     = "service-dispatch"
+	TableName     = "kube-haproxy"
+	InputChain    = "service-ip-input"
+	OutputChain   = "service-ip-output"
+	DispatchChain = "service-dispatch"
 	// BridgedChain redirects (NAT) the IPv4 Service connections that
 	// arrive through a Linux bridge; see declareBridged.
-	BridgedChain = "service-dispatch-bridged"
+	BridgedChain      = "service-dispatch-bridged"
 	ServiceIPsSet     = "service-ips"
 	ServedPortsSet    = "served-ports"
 	NodePortsSet      = "node-ports"
@@ -90,6 +104,18 @@ const (
 	firewallNote      = "LoadBalancer IP . port with loadBalancerSourceRanges"
 	firewallAllowNote = "LoadBalancer IP . port . allowed source range"
 )
+
+// Recheck makes the next Sync check that the table is intact, whenever
+// the last check was.
+func (g *Guard) Recheck() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.checkedAt = time.Time{}
+}
+
+// DefaultCheckInterval is how long a Guard made by New trusts its last
+// check that the table is intact.
+const DefaultCheckInterval = 30 * time.Second
 
 // Binding is one Service IP, protocol and port that may accept connections.
 type Binding struct {
@@ -125,7 +151,10 @@ type Desired struct {
 	Served []Binding
 	// Dispatch is where TPROXY sends the served TCP connections: HAProxy's
 	// listener of this family, bound `transparent` (127.0.0.1:port,
-	// [::1]:port). Zero: no dispatch rules (the firewall still drops).
+	// [::1]:port). IPv4 connections through a bridge are redirected by
+	// NAT to its port on the bridge's address instead, so the IPv4
+	// listener must be bound to 0.0.0.0:port. Zero: no dispatch rules
+	// (the firewall still drops).
 	Dispatch netip.AddrPort
 	// NodePorts are the TCP NodePorts HAProxy serves, dispatched with
 	// Dispatch.
@@ -143,6 +172,11 @@ type Guard struct {
 	nft    knftables.Interface
 	family v1.IPFamily
 
+	// checkInterval is how long a check that the table is intact is
+	// trusted (0: check at every Sync); checkedAt is the last one.
+	checkInterval time.Duration
+	checkedAt     time.Time
+
 	mu sync.Mutex
 	// applied is the last state written successfully; nil when unknown
 	// (never synced, or the last transaction failed).
@@ -155,7 +189,9 @@ func New(family v1.IPFamily) (*Guard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables for the %s Service IP guard: %w", family, err)
 	}
-	return NewWithInterface(nft, family), nil
+	g := NewWithInterface(nft, family)
+	g.checkInterval = DefaultCheckInterval
+	return g, nil
 }
 
 // NewWithInterface returns a Guard using nft, which must be bound to the
@@ -373,7 +409,15 @@ func (g *Guard) Sync(ctx context.Context, d Desired) error {
 	if err != nil {
 		return err
 	}
-	if g.applied != nil && g.intact(ctx, g.applied) {
+	// Checking that nobody deleted or flushed the table costs two nft
+	// runs; at every endpoint change that would be most of the sync. A
+	// recent check is trusted; the proxier's periodic sync repairs.
+	checked := g.applied != nil && g.checkInterval > 0 && time.Since(g.checkedAt) < g.checkInterval
+	if !checked && g.applied != nil && g.intact(ctx, g.applied) {
+		checked = true
+		g.checkedAt = time.Now()
+	}
+	if checked {
 		if want.equal(g.applied) {
 			return nil
 		}
@@ -403,6 +447,7 @@ func (g *Guard) Sync(ctx context.Context, d Desired) error {
 		g.applied = nil
 		return fmt.Errorf("sync %s nftables table %s: %w", nftFamily(g.family), TableName, err)
 	}
+	g.checkedAt = time.Now()
 	g.synced(want, "rewrite")
 	return nil
 }
