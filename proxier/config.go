@@ -50,8 +50,9 @@ const (
 	// other modes impose no idle timeout, so the default is generous.
 	DefaultTimeoutClient = time.Hour
 	DefaultTimeoutServer = time.Hour
-	// DefaultDispatchPort is the loopback port of HAProxy's one listener
-	// per IP family, where nftables sends Service connections (tproxy);
+	// DefaultDispatchPort is the port of HAProxy's one listener per IP
+	// family, where nftables sends Service connections (tproxy, or NAT for
+	// IPv4 arriving through a bridge);
 	// DefaultDispatchPort+1 is HAProxy's local peer port, over which a
 	// reloaded worker takes the session-affinity table over.
 	DefaultDispatchPort = 10400
@@ -143,9 +144,13 @@ type Config struct {
 	// stopped (HAProxy's mworker-max-reloads), bounding the memory a run
 	// of reloads can hold. Default DefaultMaxOldWorkers.
 	MaxOldWorkers int
-	// DispatchPort is the loopback port HAProxy listens on for every
-	// Service connection (127.0.0.1 and ::1); DispatchPort+1 is its local
-	// peer port. Default DefaultDispatchPort.
+	// DispatchPort is the port HAProxy listens on for every Service
+	// connection (0.0.0.0, where tproxy finds it by 127.0.0.1 and bridged
+	// IPv4 is redirected to the bridge's address; and ::1);
+	// DispatchPort+1 is its local peer port (127.0.0.1). A connection made
+	// to the port directly finds no Service in the maps (unless a NodePort
+	// has the same number) and is rejected.
+	// Default DefaultDispatchPort.
 	DispatchPort int
 }
 

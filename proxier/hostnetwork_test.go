@@ -63,10 +63,10 @@ func (o *observingApplier) Apply(_ context.Context, _ v1.IPFamily, desired *hapr
 
 // webModel is the model of one Service port, default/web:http, on
 // ClusterIP 10.96.0.10:80, a LoadBalancer IP and NodePort 30080, served by
-// the IPv4 dispatcher on 127.0.0.1:10400.
+// the IPv4 dispatcher on 0.0.0.0:10400, as the proxier's.
 func webModel(lbIP string) *haproxycfg.Config {
 	return &haproxycfg.Config{Dispatchers: []*haproxycfg.Dispatcher{{
-		Listen: netip.MustParseAddrPort("127.0.0.1:10400"),
+		Listen: netip.MustParseAddrPort("0.0.0.0:10400"),
 		MapDir: "/run/kube-haproxy-test",
 		ServicePorts: []*haproxycfg.ServicePort{{
 			Name: "default.web:http:tcp",
@@ -113,6 +113,7 @@ func TestHostNetworkIsReadyBeforeHAProxyGetsTheModel(t *testing.T) {
 	assert.Equal(t, []string{"10.96.0.10 . tcp . 80", "203.0.113.10 . tcp . 80"}, atApply.served)
 	assert.Equal(t, []string{"30080"}, atApply.nodePorts)
 	assert.Contains(t, s.nft.Dump(), "tproxy to 127.0.0.1:10400", "dispatched to HAProxy's listener")
+	assert.Contains(t, s.nft.Dump(), "redirect to :10400", "bridged IPv4 redirected to its port")
 
 	// The ServiceCIDRs arrive and the LB IP moves: during the Apply both
 	// LB IPs are local and guarded, afterwards only the new one. The
@@ -184,12 +185,13 @@ func TestHostNetworkLeavesTheHostAloneAfterShutdown(t *testing.T) {
 // LoadBalancer and external IP port is a served TCP triple; NodePorts are
 // ports alone, served on the dispatcher's NodePort addresses; the
 // loadBalancerSourceRanges of a Service port firewall its LoadBalancer
-// listeners only; everything is dispatched to the dispatcher's listener.
+// listeners only; everything is dispatched to the dispatcher's listener,
+// which TPROXY finds on 127.0.0.1 when it listens on 0.0.0.0.
 func TestHostDesired(t *testing.T) {
 	addr := netip.MustParseAddr
 	ranges := []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("5.6.7.8/32")}
 	model := &haproxycfg.Config{Dispatchers: []*haproxycfg.Dispatcher{{
-		Listen:            netip.MustParseAddrPort("127.0.0.1:10400"),
+		Listen:            netip.MustParseAddrPort("0.0.0.0:10400"),
 		MapDir:            "/run/kube-haproxy-test",
 		NodePortAddresses: []netip.Addr{addr("192.168.0.2")},
 		ServicePorts: []*haproxycfg.ServicePort{
@@ -250,6 +252,9 @@ func TestHostDesired(t *testing.T) {
 	empty := hostDesired(nil, &haproxycfg.Config{Dispatchers: []*haproxycfg.Dispatcher{{Listen: netip.MustParseAddrPort("[::1]:10400")}}})
 	assert.Equal(t, hostnet.Desired{Dispatch: netip.MustParseAddrPort("[::1]:10400")}, empty)
 	assert.Equal(t, hostnet.Desired{ServiceCIDRs: cidrs}, hostDesired(cidrs, &haproxycfg.Config{}))
+	// A loopback listener is TPROXY's target as it is.
+	loop := hostDesired(nil, &haproxycfg.Config{Dispatchers: []*haproxycfg.Dispatcher{{Listen: netip.MustParseAddrPort("127.0.0.1:10400")}}})
+	assert.Equal(t, hostnet.Desired{Dispatch: netip.MustParseAddrPort("127.0.0.1:10400")}, loop)
 }
 
 // TestHostNetworkFromAProxier: the hostnet wrapper around a proxier's

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -135,6 +136,22 @@ func observe(ns *netns.Namespace, src netip.Addr, dst netip.AddrPort, n int) str
 	return strings.Join(seen, ", ")
 }
 
+// bridgeNetfilter turns br_netfilter on in ns, as kubeadm requires of a
+// node (bridge-nf-call-iptables=1, per network namespace): IPv4 packets
+// crossing a bridge of ns meet the IPv4 prerouting hooks inside the
+// bridge, where TPROXY cannot hand them to HAProxy.
+func bridgeNetfilter(t *testing.T, ns *netns.Namespace) {
+	t.Helper()
+	const key = "net.bridge.bridge-nf-call-iptables"
+	if _, err := ns.Exec("sysctl", "-w", key+"=1"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%v (is br_netfilter loaded? modprobe br_netfilter); CI=true, so this is a failure, not a skip", err)
+		}
+		t.Skipf("needs br_netfilter (modprobe br_netfilter): %v", err)
+	}
+	require.Equal(t, "1", strings.TrimSpace(ns.MustExec("sysctl", "-n", key)))
+}
+
 // tracerNet is the addressing of one IP family in TestTracerAgreesWithHAProxy.
 type tracerNet struct {
 	family  v1.IPFamily
@@ -152,14 +169,21 @@ type tracerNet struct {
 	// proxier is told) on node-b.
 	localEp, remoteEp string
 	loopback          string
+	// bridge is the node's address on a Linux bridge (br_netfilter on)
+	// with a pod client, bridgedPod, plugged into it; empty: none (IPv6,
+	// which has no NAT path for bridged connections).
+	bridge, bridgedPod string
 }
 
 // TestTracerAgreesWithHAProxy runs a proxier's model for real: the model
 // goes through the hostnet wrapper (local routes for the Service IPs, the
 // guard and the nftables tproxy dispatch) into this test's network
 // namespace, and a real HAProxy serves the rendered haproxy.cfg and map
-// files. Connections from a client namespace and from the node itself then
-// go where haproxycfg.Trace says: the endpoints it lists, the fail-fast
+// files. Connections from a client namespace on a veth link, from the node
+// itself and (IPv4) from a pod on a Linux bridge of the node with
+// br_netfilter on (redirected by NAT rather than TPROXY: HAProxy reads the
+// original destination from conntrack) then go where haproxycfg.Trace
+// says: the endpoints it lists, the fail-fast
 // reject of a Service without endpoints, the drop of external traffic
 // without a local endpoint (externalTrafficPolicy Local) and of a source
 // outside loadBalancerSourceRanges, the short-circuit of pods and the node
@@ -173,6 +197,7 @@ func TestTracerAgreesWithHAProxy(t *testing.T) {
 			cidr: "10.96.0.0/16", web: "10.96.0.10", empty: "10.96.0.11", remote: "10.96.0.12", sticky: "10.96.0.13",
 			unservedIP: "10.96.0.99", lbIP: "203.0.113.10", externalIP: "198.51.100.10",
 			localEp: "10.180.0.1", remoteEp: "10.180.2.1", loopback: "127.0.0.1",
+			bridge: "10.244.1.1", bridgedPod: "10.244.1.10",
 		},
 		{
 			family: v1.IPv6Protocol, addrTyp: discovery.AddressTypeIPv6,
@@ -202,6 +227,17 @@ func testTracerAgreesWithHAProxy(t *testing.T, n tracerNet) {
 	client.AddAddr("eth0", pfx(n.external, n.bits))
 	client.DefaultRoute(netip.MustParseAddr(n.node))
 	hostBits := netip.MustParseAddr(n.node).BitLen()
+	clusterCIDRs := []string{pfx(n.pod, hostBits).String()}
+	var pod *netns.Namespace
+	if n.bridge != "" {
+		bridgeNetfilter(t, node)
+		k.Bridge(node, "cbr0", pfx(n.bridge, 24))
+		t.Cleanup(func() { _, _ = node.Exec("ip", "link", "del", "cbr0") })
+		pod = k.Namespace("pod")
+		k.Plug(node, "cbr0", pod, "eth0", pfx(n.bridgedPod, 24))
+		pod.DefaultRoute(netip.MustParseAddr(n.bridge))
+		clusterCIDRs = append(clusterCIDRs, pfx(n.bridgedPod, hostBits).String())
+	}
 	for _, ep := range []string{n.localEp, n.remoteEp} {
 		node.AddAddr("lo", pfx(ep, hostBits))
 	}
@@ -227,7 +263,7 @@ func testTracerAgreesWithHAProxy(t *testing.T, n tracerNet) {
 	p, _, _ := newFakeProxierWithApplier(t, n.family, inner, func(c *Config) {
 		c.NodeIPs = map[v1.IPFamily]net.IP{n.family: net.ParseIP(n.node)}
 		c.NodePortAddresses = []string{pfx(n.node, n.bits).Masked().String()}
-		c.ClusterCIDRs = []string{pfx(n.pod, hostBits).String()}
+		c.ClusterCIDRs = clusterCIDRs
 		c.StateDir = stateDir
 		c.DispatchPort = 10410
 	})
@@ -300,26 +336,36 @@ func testTracerAgreesWithHAProxy(t *testing.T, n tracerNet) {
 	// The clients and the node know each other before anything is timed:
 	// a refused connection from each client address to a node port that
 	// nothing serves resolves the neighbours both ways.
-	for _, src := range []string{n.pod, n.external} {
-		err := client.Do(func() error {
-			d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-			c, err := d.Dial("tcp", at(n.node, 30099).String())
+	// gw is the node's address next to the client.
+	type clientAddr struct {
+		from    *netns.Namespace
+		src, gw string
+	}
+	clients := []clientAddr{{client, n.pod, n.node}, {client, n.external, n.node}}
+	if pod != nil {
+		clients = append(clients, clientAddr{pod, n.bridgedPod, n.bridge})
+	}
+	for _, w := range clients {
+		err := w.from.Do(func() error {
+			d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(w.src)}}
+			c, err := d.Dial("tcp", at(w.gw, 30099).String())
 			if err == nil {
 				c.Close()
 			}
 			return err
 		})
-		require.ErrorIs(t, err, syscall.ECONNREFUSED, "warming up %s", src)
+		require.ErrorIs(t, err, syscall.ECONNREFUSED, "warming up %s", w.src)
 	}
 
 	both := sortedEndpointList(local + ", " + remote)
-	for _, tc := range []struct {
+	type connCase struct {
 		name     string
 		from     *netns.Namespace
 		src, dst string
 		port     int
 		want     string
-	}{
+	}
+	cases := []connCase{
 		{"pod to ClusterIP", client, n.pod, n.web, svcPort, both},
 		{"external client to ClusterIP", client, n.external, n.web, svcPort, both},
 		{"node to ClusterIP", node, n.node, n.web, svcPort, both},
@@ -340,7 +386,20 @@ func testTracerAgreesWithHAProxy(t *testing.T, n tracerNet) {
 		{"LB IP, NodePort number", client, n.external, n.lbIP, webNodePort, "NONE"},
 		{"node address, no NodePort", client, n.external, n.node, 30099, "NONE"},
 		{"loopback is not a NodePort address", node, n.loopback, n.loopback, webNodePort, "NONE"},
-	} {
+	}
+	if pod != nil {
+		cases = append(cases, []connCase{
+			{"bridged pod to ClusterIP", pod, n.bridgedPod, n.web, svcPort, both},
+			{"bridged pod to NodePort: short-circuit", pod, n.bridgedPod, n.node, webNodePort, both},
+			{"bridged pod to NodePort, no local endpoint: short-circuit", pod, n.bridgedPod, n.node, remoteNodePort, remote},
+			{"bridged pod to external IP: short-circuit", pod, n.bridgedPod, n.externalIP, svcPort, both},
+			{"bridged pod to LB IP, outside the source ranges", pod, n.bridgedPod, n.lbIP, svcPort, "DROP"},
+			{"bridged pod, no endpoints: fail fast", pod, n.bridgedPod, n.empty, svcPort, "REJECT"},
+			{"bridged pod, unserved port of a ClusterIP", pod, n.bridgedPod, n.web, svcPort + 1, "NONE"},
+			{"bridged pod, the bridge's address is not a NodePort address", pod, n.bridgedPod, n.bridge, webNodePort, "NONE"},
+		}...)
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			traced := traceConnection(t, model, tc.src, tc.dst, tc.port)
 			assert.Equal(t, tc.want, traced, "the tracer")
@@ -358,12 +417,12 @@ func testTracerAgreesWithHAProxy(t *testing.T, n tracerNet) {
 	// Session affinity: a client stays on one of the endpoints the tracer
 	// lists.
 	d := dispatcherFor(model, netip.MustParseAddr(n.sticky))
-	for _, src := range []string{n.pod, n.external} {
-		res := haproxycfg.Trace(d, netip.MustParseAddr(src), at(n.sticky, svcPort))
+	for _, c := range clients {
+		res := haproxycfg.Trace(d, netip.MustParseAddr(c.src), at(n.sticky, svcPort))
 		require.Equal(t, haproxycfg.Served, res.Verdict)
 		require.True(t, res.Sticky)
-		got := observe(client, netip.MustParseAddr(src), at(n.sticky, svcPort), 12)
-		assert.Contains(t, []string{local, remote}, got, "client %s keeps one endpoint", src)
+		got := observe(c.from, netip.MustParseAddr(c.src), at(n.sticky, svcPort), 12)
+		assert.Contains(t, []string{local, remote}, got, "client %s keeps one endpoint", c.src)
 	}
 
 	if t.Failed() {

@@ -1,7 +1,8 @@
 // Package hostnet prepares a node's network for HAProxy in scope node: it
 // makes the Service IPs local (package localaddr) and keeps the guard and
-// the TPROXY dispatch to HAProxy's listener in step (package serviceguard),
-// in the order that never leaves a Service IP local and unguarded:
+// the dispatch to HAProxy's listener in step (package serviceguard: TPROXY,
+// and NAT for IPv4 arriving through a bridge), in the order that never
+// leaves a Service IP local and unguarded:
 //
 //  1. Prepare, before HAProxy is given the new maps: the guard learns every
 //     Service IP that is or will be local, and serves and dispatches what
@@ -38,8 +39,10 @@ type Desired struct {
 	// others get a single-address route when outside the ServiceCIDRs,
 	// and are guarded. The TCP ones are dispatched to Dispatch.
 	Served []serviceguard.Binding
-	// Dispatch is HAProxy's transparent listener of this family
-	// (127.0.0.1:port, [::1]:port); zero dispatches nothing.
+	// Dispatch is where TPROXY finds HAProxy's transparent listener of
+	// this family (127.0.0.1:port, [::1]:port); bridged IPv4 is
+	// redirected to its port on the bridge's address, so the IPv4
+	// listener binds 0.0.0.0:port. Zero dispatches nothing.
 	Dispatch netip.AddrPort
 	// NodePorts are the TCP NodePorts HAProxy serves.
 	NodePorts []uint16

@@ -160,7 +160,8 @@ func TestFirstPrepareKeepsNodePortAddresses(t *testing.T) {
 	require.NoError(t, f.host.Prepare(context.Background(), d))
 	dump := f.nft.Dump()
 	assert.Contains(t, dump, "ip daddr @node-port-ips tcp dport @node-ports tproxy to 127.0.0.1:10400")
-	assert.NotContains(t, dump, "fib daddr type local tcp dport @node-ports")
+	assert.Contains(t, dump, "ip daddr @node-port-ips tcp dport @node-ports redirect to :10400", "bridged IPv4, by NAT")
+	assert.NotContains(t, dump, "fib daddr type local tcp dport @node-ports", "neither TPROXY nor NAT serves every address")
 	assert.Equal(t, []string{"192.168.95.1"}, f.set(t, serviceguard.NodePortIPsSet))
 }
 

@@ -63,6 +63,7 @@ func TestSyncWritesTheWholeTable(t *testing.T) {
 	want := `
 add table ip kube-haproxy { comment "kube-haproxy: only served Service IP:port pairs accept" ; }
 add chain ip kube-haproxy service-dispatch { type filter hook prerouting priority -150 ; comment "TCP to HAProxy's dispatch listener, after the LoadBalancer source ranges" ; }
+add chain ip kube-haproxy service-dispatch-bridged { type nat hook prerouting priority dstnat - 5 ; comment "TCP arriving through a bridge to HAProxy's dispatch listener, by NAT" ; }
 add chain ip kube-haproxy service-ip-input { type filter hook input priority 0 ; comment "packets delivered locally to a Service IP" ; }
 add chain ip kube-haproxy service-ip-output { type filter hook output priority -300 ; comment "node-local connections to served Service IP ports bypass conntrack" ; }
 add set ip kube-haproxy firewall { type ipv4_addr . inet_service ; comment "LoadBalancer IP . port with loadBalancerSourceRanges" ; }
@@ -235,12 +236,17 @@ func TestSyncWritesTheDispatchChain(t *testing.T) {
 	g, fake := newFakeGuard(v1.IPv4Protocol)
 	require.NoError(t, g.Sync(context.Background(), dispatching()))
 	dump := fake.Dump()
-	// In order: the firewall drops, then served triples and NodePorts go to
-	// HAProxy.
+	// In order: the firewall drops (bridged or not), IPv4 arriving through
+	// a bridge leaves the TPROXY chain, then served triples and NodePorts
+	// go to HAProxy. The bridged ones are redirected by NAT to the same
+	// port, on the address of the bridge they came in on.
 	want := `
 add rule ip kube-haproxy service-dispatch meta l4proto tcp ip daddr . tcp dport @firewall ip daddr . tcp dport . ip saddr != @firewall-allow counter drop comment "source outside loadBalancerSourceRanges"
+add rule ip kube-haproxy service-dispatch meta iifkind "bridge" return comment "IPv4 through a bridge: redirected by NAT in service-dispatch-bridged"
 add rule ip kube-haproxy service-dispatch meta l4proto tcp ip daddr . meta l4proto . th dport @served-ports tproxy to 127.0.0.1:10400 comment "served Service IP:port"
 add rule ip kube-haproxy service-dispatch meta l4proto tcp ip daddr != @service-ips fib daddr type local tcp dport @node-ports tproxy to 127.0.0.1:10400 comment "NodePort on a local address"
+add rule ip kube-haproxy service-dispatch-bridged meta iifkind "bridge" meta l4proto tcp ip daddr . meta l4proto . th dport @served-ports redirect to :10400 comment "served Service IP:port, from a bridge"
+add rule ip kube-haproxy service-dispatch-bridged meta iifkind "bridge" meta l4proto tcp ip daddr != @service-ips fib daddr type local tcp dport @node-ports redirect to :10400 comment "NodePort on a local address, from a bridge"
 `
 	assert.Contains(t, dump, strings.TrimPrefix(want, "\n"))
 	assert.Equal(t, []string{"203.0.113.10 . 443"}, elements(t, fake, FirewallSet))
@@ -259,7 +265,8 @@ func TestNodePortAddresses(t *testing.T) {
 	d.NodePortAddresses = []netip.Addr{netip.MustParseAddr("192.168.95.1"), netip.MustParseAddr("fd00::1"), netip.MustParseAddr("192.168.95.1")}
 	require.NoError(t, g.Sync(ctx, d))
 	assert.Contains(t, fake.Dump(), "service-dispatch meta l4proto tcp ip daddr @node-port-ips tcp dport @node-ports tproxy to 127.0.0.1:10400")
-	assert.NotContains(t, fake.Dump(), "fib daddr type local tcp dport @node-ports")
+	assert.Contains(t, fake.Dump(), `service-dispatch-bridged meta iifkind "bridge" meta l4proto tcp ip daddr @node-port-ips tcp dport @node-ports redirect to :10400`)
+	assert.NotContains(t, fake.Dump(), "fib daddr type local tcp dport @node-ports", "neither TPROXY nor NAT serves NodePorts elsewhere")
 	assert.Equal(t, []string{"192.168.95.1"}, elements(t, fake, NodePortIPsSet))
 
 	// The IPv6 guard gets a list with no IPv6 address: its NodePorts are
@@ -270,6 +277,48 @@ func TestNodePortAddresses(t *testing.T) {
 	require.NoError(t, g6.Sync(ctx, d))
 	assert.Contains(t, fake6.Dump(), "service-dispatch meta l4proto tcp ip6 daddr @node-port-ips tcp dport @node-ports tproxy to [::1]:10400")
 	assert.Empty(t, elements(t, fake6, NodePortIPsSet))
+}
+
+// TestBridgedChainFollowsTheDispatch: the IPv4 NAT chain for connections
+// arriving through a bridge is always declared, holds rules only while
+// there is a dispatch address, and only the IPv4 table has it.
+func TestBridgedChainFollowsTheDispatch(t *testing.T) {
+	ctx := context.Background()
+	g, fake := newFakeGuard(v1.IPv4Protocol)
+	d := dispatching()
+	d.Dispatch = netip.AddrPort{}
+	require.NoError(t, g.Sync(ctx, d))
+	rules, err := fake.ListRules(ctx, BridgedChain)
+	require.NoError(t, err, "the chain is declared without dispatch too")
+	assert.Empty(t, rules)
+	assert.NotContains(t, fake.Dump(), "redirect")
+
+	d.Dispatch = netip.MustParseAddrPort("127.0.0.1:10400")
+	require.NoError(t, g.Sync(ctx, d))
+	rules, err = fake.ListRules(ctx, BridgedChain)
+	require.NoError(t, err)
+	require.Len(t, rules, 2)
+	for _, r := range rules {
+		assert.True(t, strings.HasPrefix(r.Rule, `meta iifkind "bridge" `), "only bridged packets: %s", r.Rule)
+		assert.True(t, strings.HasSuffix(r.Rule, "redirect to :10400"), "to the dispatch port, on the bridge's address: %s", r.Rule)
+	}
+
+	// The dispatch goes away again: the chain empties.
+	d.Dispatch = netip.AddrPort{}
+	require.NoError(t, g.Sync(ctx, d))
+	rules, err = fake.ListRules(ctx, BridgedChain)
+	require.NoError(t, err)
+	assert.Empty(t, rules)
+
+	// IPv6: TPROXY only (HAProxy 2.6 does not read the original
+	// destination of a redirected IPv6 connection).
+	g6, fake6 := newFakeGuard(v1.IPv6Protocol)
+	d6 := dispatching()
+	d6.Dispatch = netip.MustParseAddrPort("[::1]:10400")
+	require.NoError(t, g6.Sync(ctx, d6))
+	for _, s := range []string{BridgedChain, "iifkind", "redirect", "nat"} {
+		assert.NotContains(t, fake6.Dump(), s)
+	}
 }
 
 func TestWithoutDispatchOnlyTheFirewallIsInTheChain(t *testing.T) {
@@ -283,10 +332,19 @@ func TestWithoutDispatchOnlyTheFirewallIsInTheChain(t *testing.T) {
 	require.Len(t, rules, 1)
 	assert.NotContains(t, fake.Dump(), "tproxy")
 
-	// Turning dispatch on rewrites the chain.
+	// Turning dispatch on rewrites the chain: the firewall, the bridge's
+	// return, the ClusterIP and NodePort TPROXY rules.
 	d.Dispatch = netip.MustParseAddrPort("127.0.0.1:10400")
 	require.NoError(t, g.Sync(ctx, d))
 	rules, err = fake.ListRules(ctx, DispatchChain)
+	require.NoError(t, err)
+	assert.Len(t, rules, 4)
+
+	// IPv6 has no bridge's return.
+	g6, fake6 := newFakeGuard(v1.IPv6Protocol)
+	d.Dispatch = netip.MustParseAddrPort("[::1]:10400")
+	require.NoError(t, g6.Sync(ctx, d))
+	rules, err = fake6.ListRules(ctx, DispatchChain)
 	require.NoError(t, err)
 	assert.Len(t, rules, 3)
 }
@@ -407,4 +465,20 @@ func TestSyncRepairsAFlushedDispatchChain(t *testing.T) {
 	require.NoError(t, fake.Run(ctx, tx))
 	require.NoError(t, g.Sync(ctx, dispatching()))
 	assert.Equal(t, want, fake.Dump(), "an unchanged Sync refills the dispatch chain")
+
+	// Someone flushes the bridged NAT chain: pods on a bridge would
+	// reach no Service.
+	tx = fake.NewTransaction()
+	tx.Flush(&knftables.Chain{Name: BridgedChain})
+	require.NoError(t, fake.Run(ctx, tx))
+	require.NotEqual(t, want, fake.Dump())
+	require.NoError(t, g.Sync(ctx, dispatching()))
+	assert.Equal(t, want, fake.Dump(), "an unchanged Sync refills the bridged chain")
+
+	// Or deletes it.
+	tx = fake.NewTransaction()
+	tx.Delete(&knftables.Chain{Name: BridgedChain})
+	require.NoError(t, fake.Run(ctx, tx))
+	require.NoError(t, g.Sync(ctx, dispatching()))
+	assert.Equal(t, want, fake.Dump(), "an unchanged Sync declares the bridged chain again")
 }

@@ -22,6 +22,9 @@ import (
 
 // dispatchConfig is HAProxy with one transparent listener per family that
 // picks a backend by the original destination, as the proxier's maps do.
+// The IPv4 one listens on 0.0.0.0, as the proxier's: connections from a
+// bridge are redirected by NAT to its port on the bridge's address, and
+// "dst" reads their original destination from conntrack.
 // It already knows a Service (10.96.0.11) the host does not serve yet: the
 // guard, not HAProxy, decides what reaches it.
 func dispatchConfig() string {
@@ -35,7 +38,7 @@ defaults
     timeout server 10s
 
 frontend dispatch
-    bind 127.0.0.1:10400 transparent
+    bind 0.0.0.0:10400 transparent
     bind [::1]:10400 transparent
     use_backend web if { dst %[1]s } { dst_port 80 }
     use_backend web if { dst %[2]s } { dst_port 80 }
@@ -50,9 +53,10 @@ backend web
 
 // TestHAProxyBehindTheDispatch: a real HAProxy with a single transparent
 // listener per family serves ClusterIPs, an LB IP with source ranges and
-// a NodePort through hostnet.Host, from another namespace and from the
-// node; a Service the host starts serving later needs no reload, only
-// Prepare and Finish.
+// a NodePort through hostnet.Host, from another namespace, from the node
+// and (IPv4) from a pod on the node's bridge with br_netfilter on; a
+// Service the host starts serving later needs no reload, only Prepare and
+// Finish.
 func TestHAProxyBehindTheDispatch(t *testing.T) {
 	c := newCluster(t)
 	ctx := context.Background()
@@ -60,6 +64,15 @@ func TestHAProxyBehindTheDispatch(t *testing.T) {
 	c.client.AddAddr("eth0", netip.MustParsePrefix("fd00:95::100/64"))
 	c.client.DefaultRoute(netip.MustParseAddr("fd00:95::1"))
 	const clusterIP6 = "fd00:10:96::a"
+	// A pod of the node as a client, on the same bridge as pod1, with
+	// br_netfilter on: its IPv4 prerouting hooks run inside the bridge,
+	// where TPROXY cannot work, and the NAT path takes over.
+	bridgeNetfilter(t, c.node)
+	cpod := c.kit.Pod("cpod", netns.PodSpec{
+		BridgeNS: c.node, Bridge: "cbr0",
+		Addr:    netip.MustParsePrefix("10.244.1.20/24"),
+		Gateway: netip.MustParseAddr("10.244.1.1"),
+	})
 
 	path := filepath.Join(c.kit.Dir(), "dispatch.cfg")
 	require.NoError(t, os.WriteFile(path, []byte(dispatchConfig()), 0o644))
@@ -118,6 +131,20 @@ func TestHAProxyBehindTheDispatch(t *testing.T) {
 	_, err = c.node.HTTPGetWith("http://"+lbIP+":80/", netns.HTTPOptions{Timeout: time.Second})
 	assert.Error(t, err, "the node (source: the LB IP itself) is outside them")
 
+	// The bridged pod, IPv4: ClusterIP, NodePort on the node's LAN address
+	// and on the bridge's own address, through HAProxy; the firewall drops
+	// it (outside the LB's source ranges) before the NAT.
+	for _, addr := range []string{clusterIP + ":80", nodeIP + ":30080", "10.244.1.1:30080"} {
+		r, err := cpod.HTTPGet("http://" + addr + "/")
+		if assert.NoError(t, err, "%s from the bridged pod\n%s", addr, haproxy.Log()) {
+			assert.Equal(t, "pod1", r.Name, "%s from the bridged pod", addr)
+		}
+	}
+	_, err = cpod.HTTPGetWith("http://"+lbIP+":80/", netns.HTTPOptions{Timeout: time.Second})
+	assert.Error(t, err, "the bridged pod is outside the LB's source ranges")
+	err = cpod.TCPAccepts(clusterIP+":81", wait)
+	assert.True(t, refused(err), "an unserved port from the bridged pod: want refused, got %v", err)
+
 	// HAProxy knows 10.96.0.11 already, the host does not serve it: the
 	// guard refuses it.
 	err = c.client.TCPAccepts("10.96.0.11:80", wait)
@@ -127,9 +154,11 @@ func TestHAProxyBehindTheDispatch(t *testing.T) {
 	next := want4
 	next.Served = append(next.Served, tcp80("10.96.0.11"))
 	require.NoError(t, c.node.Do(func() error { return hosts[v1.IPv4Protocol].Prepare(ctx, next) }))
-	r, err = c.client.HTTPGet("http://10.96.0.11:80/")
-	if assert.NoError(t, err) {
-		assert.Equal(t, "pod1", r.Name)
+	for _, from := range []*netns.Namespace{c.client, cpod.Namespace} {
+		r, err = from.HTTPGet("http://10.96.0.11:80/")
+		if assert.NoError(t, err, "10.96.0.11 from %s", from.Short) {
+			assert.Equal(t, "pod1", r.Name)
+		}
 	}
 	require.NoError(t, c.node.Do(func() error { return hosts[v1.IPv4Protocol].Finish(ctx, next) }))
 	if ended, err := haproxy.Exited(); ended {
@@ -152,10 +181,28 @@ func TestHAProxyBehindTheDispatch(t *testing.T) {
 		err := c.client.TCPAccepts(addr, wait)
 		assert.True(t, refused(err), "%s: want refused, got %v", addr, err)
 	}
+	err = cpod.TCPAccepts(clusterIP+":2222", wait)
+	assert.True(t, refused(err), "from the bridged pod: want refused, got %v", err)
 
 	require.NoError(t, c.node.Do(func() error {
 		return errors.Join(hosts[v1.IPv4Protocol].Cleanup(ctx), hosts[v1.IPv6Protocol].Cleanup(ctx))
 	}))
 	assert.NotContains(t, c.node.MustExec("nft", "list", "tables"), serviceguard.TableName)
 	assert.Empty(t, strings.TrimSpace(c.node.IP("route", "show", "table", "all", "proto", "66")))
+}
+
+// bridgeNetfilter turns br_netfilter on in ns, as kubeadm requires of a
+// node (bridge-nf-call-iptables=1, per network namespace): IPv4 packets
+// crossing a bridge of ns meet the IPv4 prerouting hooks inside the
+// bridge, before ip_rcv(), which drops a socket TPROXY assigned there.
+func bridgeNetfilter(t *testing.T, ns *netns.Namespace) {
+	t.Helper()
+	const key = "net.bridge.bridge-nf-call-iptables"
+	if _, err := ns.Exec("sysctl", "-w", key+"=1"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%v (is br_netfilter loaded? modprobe br_netfilter); CI=true, so this is a failure, not a skip", err)
+		}
+		t.Skipf("needs br_netfilter (modprobe br_netfilter): %v", err)
+	}
+	require.Equal(t, "1", strings.TrimSpace(ns.MustExec("sysctl", "-n", key)))
 }

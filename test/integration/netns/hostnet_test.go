@@ -34,7 +34,9 @@ func webConfig(dir, lbIP string, pods ...*netns.Pod) *haproxycfg.Config {
 			TimeoutConnect: 2 * time.Second, TimeoutClient: 10 * time.Second, TimeoutServer: 10 * time.Second,
 		},
 		Dispatchers: []*haproxycfg.Dispatcher{{
-			Listen: netip.MustParseAddrPort("127.0.0.1:10400"),
+			// As the proxier's: redirected (bridged) connections arrive on
+			// the bridge's address.
+			Listen: netip.MustParseAddrPort("0.0.0.0:10400"),
 			MapDir: dir,
 			ServicePorts: []*haproxycfg.ServicePort{{
 				Name: set.Name,
@@ -49,10 +51,15 @@ func webConfig(dir, lbIP string, pods ...*netns.Pod) *haproxycfg.Config {
 	}
 }
 
-// hostWant is what the host needs for cfg, as the proxier computes it.
+// hostWant is what the host needs for cfg, as the proxier computes it:
+// TPROXY finds the wildcard listener by a loopback address.
 func hostWant(cfg *haproxycfg.Config) hostnet.Desired {
 	d := cfg.Dispatchers[0]
-	want := hostnet.Desired{ServiceCIDRs: []netip.Prefix{serviceCIDR}, Dispatch: d.Listen}
+	dispatch := d.Listen
+	if dispatch.Addr().IsUnspecified() {
+		dispatch = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), dispatch.Port())
+	}
+	want := hostnet.Desired{ServiceCIDRs: []netip.Prefix{serviceCIDR}, Dispatch: dispatch}
 	for _, sp := range d.ServicePorts {
 		for _, l := range sp.Listeners {
 			want.Served = append(want.Served, serviceguard.Binding{IP: l.Addr, Protocol: v1.ProtocolTCP, Port: l.Port})
@@ -76,12 +83,14 @@ func startHAProxy(t *testing.T, tp *topology, cfg *haproxycfg.Config) *netns.Pro
 // TestHostNetworkFollowsTheHAProxyConfig drives package hostnet in
 // process (real netlink, real nft, in the node namespace) from a rendered
 // HAProxy model: Service IPs become local and guarded before HAProxy
-// serves them (dispatched by nftables to its one listener), a changed LB
-// IP moves, and Cleanup leaves nothing.
+// serves them (dispatched by nftables to its one listener, from a client
+// on a veth link by TPROXY and from a pod on the node's bridge by NAT), a
+// changed LB IP moves, and Cleanup leaves nothing.
 func TestHostNetworkFollowsTheHAProxyConfig(t *testing.T) {
 	tp := newTopology(t)
 	ctx := context.Background()
 	pod := tp.pod("pod1", 10)
+	cpod := tp.pod("cpod", 20).Namespace
 	sshd, err := tp.node.Listen("tcp", "0.0.0.0:2222")
 	require.NoError(t, err)
 	go func() {
@@ -105,14 +114,16 @@ func TestHostNetworkFollowsTheHAProxyConfig(t *testing.T) {
 	haproxy := startHAProxy(t, tp, cfg)
 	require.NoError(t, host.Finish(ctx, want))
 
-	for _, addr := range []string{"10.96.0.10:80", "203.0.113.10:80"} {
-		r, err := tp.client.HTTPGet("http://" + addr + "/")
-		require.NoError(t, err, addr)
-		assert.Equal(t, "pod1", r.Name)
-	}
-	for _, addr := range []string{"10.96.0.10:2222", "10.96.1.1:2222", "203.0.113.10:2222"} {
-		err := tp.client.TCPAccepts(addr, 2*time.Second)
-		assert.True(t, errors.Is(err, syscall.ECONNREFUSED), "%s: want refused, got %v", addr, err)
+	for _, from := range []*netns.Namespace{tp.client, cpod} {
+		for _, addr := range []string{"10.96.0.10:80", "203.0.113.10:80"} {
+			r, err := from.HTTPGet("http://" + addr + "/")
+			require.NoError(t, err, "%s from %s", addr, from.Short)
+			assert.Equal(t, "pod1", r.Name)
+		}
+		for _, addr := range []string{"10.96.0.10:2222", "10.96.1.1:2222", "203.0.113.10:2222"} {
+			err := from.TCPAccepts(addr, 2*time.Second)
+			assert.True(t, errors.Is(err, syscall.ECONNREFUSED), "%s from %s: want refused, got %v", addr, from.Short, err)
+		}
 	}
 	assert.NoError(t, tp.client.TCPAccepts(nodeIP+":2222", 2*time.Second))
 
@@ -123,9 +134,11 @@ func TestHostNetworkFollowsTheHAProxyConfig(t *testing.T) {
 	haproxy.Stop()
 	haproxy = startHAProxy(t, tp, next)
 	require.NoError(t, host.Finish(ctx, nextWant))
-	r, err := tp.client.HTTPGet("http://203.0.113.20:80/")
-	require.NoError(t, err)
-	assert.Equal(t, "pod1", r.Name)
+	for _, from := range []*netns.Namespace{tp.client, cpod} {
+		r, err := from.HTTPGet("http://203.0.113.20:80/")
+		require.NoError(t, err, "from %s", from.Short)
+		assert.Equal(t, "pod1", r.Name)
+	}
 	assert.Error(t, tp.client.TCPAccepts("203.0.113.10:80", 500*time.Millisecond), "the old LB IP is gone")
 	routes := tp.node.IP("route", "show", "table", "local", "proto", "66")
 	assert.NotContains(t, routes, "203.0.113.10")

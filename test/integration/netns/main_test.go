@@ -8,6 +8,7 @@ package netns
 import (
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 
 	"kube-haproxy.io/kube-haproxy/test/netns"
@@ -24,7 +25,10 @@ const (
 var serviceCIDR = netip.MustParsePrefix("10.96.0.0/16")
 
 // topology is the node (this process's namespace), a client on the node's
-// LAN routing everything to the node, and a pod bridge on the node.
+// LAN routing everything to the node, and a pod bridge on the node with
+// br_netfilter on, as kubeadm requires (bridge-nf-call-iptables=1): IPv4
+// connections from pods then reach HAProxy by NAT, not TPROXY (see
+// package serviceguard).
 type topology struct {
 	kit    *netns.Kit
 	node   *netns.Namespace
@@ -36,6 +40,7 @@ func newTopology(t *testing.T) *topology {
 	netns.RequireBinary(t, "nft")
 	k := netns.New(t)
 	node := k.Self()
+	bridgeNetfilter(t, node)
 	client := k.Namespace("client")
 	k.Link(node, "eth0", netip.MustParsePrefix(nodeIP+"/24"), client, "eth0", netip.MustParsePrefix(clientIP+"/24"))
 	client.DefaultRoute(netip.MustParseAddr(nodeIP))
@@ -55,4 +60,22 @@ func (tp *topology) pod(name string, n int) *netns.Pod {
 		Addr:    netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, 1, byte(n)}), 24),
 		Gateway: netip.MustParseAddr(podGW),
 	})
+}
+
+// bridgeNetfilter turns br_netfilter on in ns (per network namespace):
+// IPv4 packets crossing a bridge of ns meet the IPv4 prerouting hooks
+// inside the bridge, before ip_rcv(), which drops a socket TPROXY
+// assigned there.
+func bridgeNetfilter(t *testing.T, ns *netns.Namespace) {
+	t.Helper()
+	const key = "net.bridge.bridge-nf-call-iptables"
+	if _, err := ns.Exec("sysctl", "-w", key+"=1"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%v (is br_netfilter loaded? modprobe br_netfilter); CI=true, so this is a failure, not a skip", err)
+		}
+		t.Skipf("needs br_netfilter (modprobe br_netfilter): %v", err)
+	}
+	if got := strings.TrimSpace(ns.MustExec("sysctl", "-n", key)); got != "1" {
+		t.Fatalf("%s is %q after setting it to 1", key, got)
+	}
 }

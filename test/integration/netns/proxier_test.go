@@ -120,8 +120,10 @@ func refusedEventually(t *testing.T, ns *netns.Namespace, addr string) {
 // TestProxierServesServicesFromTheNode drives the real proxier through
 // its handlers, as kube-proxy's informers would, on a node namespace:
 // HAProxy is started by the proxier, ClusterIP and NodePort reach the pods
-// from a client, endpoints come and go, host daemons stay off Service IPs,
-// and CleanupLeftovers removes routes and guard.
+// from a client on a veth link, from the node and from a pod on the node's
+// bridge (br_netfilter on: NAT, not TPROXY), endpoints come and go, host
+// daemons stay off Service IPs, and CleanupLeftovers removes routes and
+// guard.
 //
 // A proxy.Provider has no Stop: its sync loop outlives the test (in
 // kube-proxy, --cleanup runs in a process of its own). The Service is
@@ -131,6 +133,8 @@ func TestProxierServesServicesFromTheNode(t *testing.T) {
 	tp := newTopology(t)
 	haproxy := netns.RequireBinary(t, "haproxy")
 	pod1, pod2 := tp.pod("pod1", 10), tp.pod("pod2", 11)
+	// A pod of the node as a client, on the same bridge.
+	cpod := tp.pod("cpod", 20).Namespace
 	sshd, err := tp.node.Listen("tcp", "0.0.0.0:2222")
 	require.NoError(t, err)
 	go func() {
@@ -177,6 +181,10 @@ func TestProxierServesServicesFromTheNode(t *testing.T) {
 	servedBy(t, tp.client, clusterURL, "pod1")
 	servedBy(t, tp.client, nodePortURL, "pod1")
 	servedBy(t, tp.node, clusterURL, "pod1")
+	servedBy(t, tp.node, nodePortURL, "pod1")
+	servedBy(t, cpod, clusterURL, "pod1")
+	servedBy(t, cpod, nodePortURL, "pod1")
+	servedBy(t, cpod, fmt.Sprintf("http://%s:%d/", podGW, nodePort), "pod1")
 
 	// The ClusterIP is on no interface: the ServiceCIDR's AnyIP route
 	// makes it local, and the guard keeps the host daemon off it.
@@ -185,14 +193,18 @@ func TestProxierServesServicesFromTheNode(t *testing.T) {
 	refusedEventually(t, tp.client, clusterIP+":2222")
 	refusedEventually(t, tp.client, "10.96.0.99:80")
 	refusedEventually(t, tp.client, fmt.Sprintf("%s:%d", clusterIP, nodePort))
+	refusedEventually(t, cpod, clusterIP+":2222")
+	refusedEventually(t, cpod, "10.96.0.99:80")
 	assert.NoError(t, tp.client.TCPAccepts(nodeIP+":2222", 2*time.Second), "node addresses stay open")
 
 	// An endpoint is added, then the first one removed.
 	p.OnEndpointSliceUpdate(webSlice("1", pod1), webSlice("2", pod1, pod2))
 	servedBy(t, tp.client, clusterURL, "pod1", "pod2")
 	servedBy(t, tp.client, nodePortURL, "pod1", "pod2")
+	servedBy(t, cpod, clusterURL, "pod1", "pod2")
 	p.OnEndpointSliceUpdate(webSlice("2", pod1, pod2), webSlice("3", pod2))
 	servedBy(t, tp.client, clusterURL, "pod2")
+	servedBy(t, cpod, nodePortURL, "pod2")
 
 	// The Service goes away: its ClusterIP refuses (the range stays local
 	// and guarded), and so does its NodePort.
@@ -200,6 +212,8 @@ func TestProxierServesServicesFromTheNode(t *testing.T) {
 	p.OnEndpointSliceDelete(webSlice("3", pod2))
 	refusedEventually(t, tp.client, clusterIP+":80")
 	refusedEventually(t, tp.client, fmt.Sprintf("%s:%d", nodeIP, nodePort))
+	refusedEventually(t, cpod, clusterIP+":80")
+	refusedEventually(t, cpod, fmt.Sprintf("%s:%d", nodeIP, nodePort))
 
 	// After cancel no sync touches the host; let one that started before
 	// finish (syncs are 100ms apart at most and take a few ms here).
@@ -212,8 +226,9 @@ func TestProxierServesServicesFromTheNode(t *testing.T) {
 
 // TestDualStackProxierServesBothFamilies runs the dual-stack proxier (one
 // HAProxy for both families) on the node: a RequireDualStack Service is
-// reached on its IPv4 and IPv6 ClusterIPs and NodePorts, and the IPv4 and
-// IPv6 guards keep a dual-stack host daemon off both ranges.
+// reached on its IPv4 and IPv6 ClusterIPs and NodePorts (and on IPv4 from
+// a pod on the node's bridge), and the IPv4 and IPv6 guards keep a
+// dual-stack host daemon off both ranges.
 func TestDualStackProxierServesBothFamilies(t *testing.T) {
 	tp := newTopology(t)
 	haproxy := netns.RequireBinary(t, "haproxy")
@@ -298,6 +313,10 @@ func TestDualStackProxierServesBothFamilies(t *testing.T) {
 	} {
 		servedBy(t, tp.client, url, "pod1", "pod2")
 	}
+	// A pod client on the bridge, IPv4 (bridged IPv6 has no NAT path).
+	cpod := tp.pod("cpod", 20).Namespace
+	servedBy(t, cpod, fmt.Sprintf("http://%s:80/", clusterIP), "pod1", "pod2")
+	servedBy(t, cpod, fmt.Sprintf("http://%s:%d/", nodeIP, nodePort), "pod1", "pod2")
 	// The IPv6 answer came over IPv6 to the pod.
 	r, err := tp.client.HTTPGet(fmt.Sprintf("http://[%s]:80/", clusterIP6))
 	require.NoError(t, err)
