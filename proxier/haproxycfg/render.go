@@ -71,7 +71,7 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	if d.IPv6 {
 		family = "IPv6"
 	}
-	b.WriteString("\n# Every " + family + " Service connection: nftables sends it here (tproxy) with its\n")
+	b.WriteString("\n# Every " + family + " Service connection: nftables sends it here (tproxy, or NAT from a bridge) with its\n")
 	b.WriteString("# original destination, which selects the Service port in " + services + ".\n")
 	b.WriteString("frontend " + fe + "\n")
 	line(b, "bind", FormatAddrPort(d.Listen.Addr(), d.Listen.Port()), "name", "dispatch", "transparent")
