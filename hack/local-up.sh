@@ -21,8 +21,10 @@ if [ "$(id -u)" != 0 ]; then
   echo "local-up: needs root (network namespaces, routes, nftables)" >&2
   exit 1
 fi
+# A fresh machine: install what is missing (idempotent, needs root).
+hack/install-deps.sh
 for cmd in haproxy nft ip; do
-  command -v "${cmd}" >/dev/null || { echo "local-up: ${cmd} not in PATH (make deps installs it)" >&2; exit 1; }
+  command -v "${cmd}" >/dev/null || { echo "local-up: ${cmd} not in PATH after hack/install-deps.sh" >&2; exit 1; }
 done
 
 go build -o "${BIN}/local-cluster" ./cmd/local-cluster

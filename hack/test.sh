@@ -4,6 +4,9 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "${KH_ROOT}"
 
+echo "== system packages (idempotent; installs what is missing, as root)"
+hack/install-deps.sh
+
 echo "== unit tests"
 go test ./proxier/... 
 
