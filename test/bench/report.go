@@ -271,6 +271,9 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 					cells[i], vals[i] = ms(w.P99), float64(w.P99)
 				case "errors":
 					cells[i], vals[i] = fmt.Sprintf("%d of %d", w.Errors, w.Requests+w.Errors), float64(w.Errors)
+					if w.TooManyErrors() {
+						cells[i] += fmt.Sprintf(" (over %.1f%%: the rate above is suspect)", 100*MaxWrkErrorRatio)
+					}
 				}
 			}
 			rat := "–"
