@@ -227,11 +227,13 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 	assert.NotContains(t, table, " tcp ", "no TCP port is in the nftables view")
 	assert.NotContains(t, table, ". tcp .", "no TCP port is in the nftables view")
 	assert.NotContains(t, table, "Drop traffic to unallocated ClusterIPs", "the ServiceCIDRs are not handed to the nftables proxier")
-	cfgFile, err := os.ReadFile(filepath.Join(cfg.StateDir, "haproxy.cfg"))
+	// HAProxy's maps hold the TCP port of the DNS-like Service, and no
+	// UDP or SCTP port.
+	services, err := os.ReadFile(filepath.Join(cfg.StateDir, "services-ipv4.map"))
 	require.NoError(t, err)
-	assert.Contains(t, string(cfgFile), "frontend default.dns:dns-tcp:tcp")
-	assert.NotContains(t, string(cfgFile), ":udp")
-	assert.NotContains(t, string(cfgFile), ":sctp")
+	assert.Contains(t, string(services), "default.dns:dns-tcp:tcp")
+	assert.NotContains(t, string(services), ":udp")
+	assert.NotContains(t, string(services), ":sctp")
 
 	// SCTP: the rules are programmed whatever the kernel (above); a kernel
 	// without SCTP sockets gets a Warning event on the Service, once.
