@@ -150,8 +150,13 @@ func newNFTablesDelegate(ctx context.Context, family v1.IPFamily, cfg Config) (*
 	if cfg.MasqueradeBit != nil {
 		masqueradeBit = int(*cfg.MasqueradeBit)
 	}
+	// On a central load balancer (scope cluster) the client's replies must
+	// come back through it to be translated back, so every delegated
+	// connection is masqueraded: pods answer the load balancer, not the
+	// client's node.
+	masqueradeAll := cfg.MasqueradeAll || cfg.Scope == ScopeCluster
 	p, err := nftables.NewProxier(ctx, family, cfg.SyncPeriod, cfg.MinSyncPeriod,
-		cfg.MasqueradeAll, masqueradeBit, localDetector(family, cfg.ClusterCIDRs),
+		masqueradeAll, masqueradeBit, localDetector(family, cfg.ClusterCIDRs),
 		cfg.NodeName, cfg.NodeIPs[family], cfg.Recorder, nil, cfg.NodePortAddresses, false)
 	if err != nil {
 		return nil, fmt.Errorf("starting the nftables proxier for UDP and SCTP service ports (%s): %w", family, err)

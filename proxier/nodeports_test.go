@@ -229,7 +229,8 @@ func TestNodePortsNowhere(t *testing.T) {
 // short-circuit of externalTrafficPolicy Local) are the pod CIDRs of the
 // family, the node's addresses and, in scope node, the LoadBalancer and
 // external IPs, which are local here: the node reaching one of them
-// connects from it.
+// connects from it. Outside the nodes (scope external) policy Local is
+// served by every endpoint, whoever the client.
 func TestClusterSources(t *testing.T) {
 	svc := lbService(func(svc *v1.Service) {
 		svc.Labels = map[string]string{LabelServiceProxyName: DefaultServiceProxyName}
@@ -240,12 +241,13 @@ func TestClusterSources(t *testing.T) {
 	for _, tc := range []struct {
 		scope   Scope
 		sources []string
-		// what the node gets from its own LB and external IP
-		fromOwnIP string
+		// what the node gets from its own LB and external IP, and what an
+		// external client gets
+		fromOwnIP, external string
 	}{
-		{ScopeNode, []string{"10.0.0.0/8", testNodeIP + "/32", "1.2.3.4/32", "192.168.99.11/32"}, both},
+		{ScopeNode, []string{"10.0.0.0/8", testNodeIP + "/32", "1.2.3.4/32", "192.168.99.11/32"}, both, local},
 		// Not local there: an LB or external IP is a client like any other.
-		{ScopeExternal, []string{"10.0.0.0/8", testNodeIP + "/32"}, local},
+		{ScopeExternal, []string{"10.0.0.0/8", testNodeIP + "/32"}, both, both},
 	} {
 		t.Run(string(tc.scope), func(t *testing.T) {
 			p, applier, _ := newFakeProxier(t, v1.IPv4Protocol, func(c *Config) {
@@ -265,7 +267,7 @@ func TestClusterSources(t *testing.T) {
 				{name: "node from its LB IP to it", sourceIP: "1.2.3.4", destIP: "1.2.3.4", destPort: 80, output: tc.fromOwnIP},
 				{name: "node from its external IP to the NodePort", sourceIP: "192.168.99.11", destIP: testNodeIP, destPort: 3001, output: tc.fromOwnIP},
 				{name: "pod to LB IP", sourceIP: testPodClient, destIP: "1.2.3.4", destPort: 80, output: both},
-				{name: "external client to LB IP", sourceIP: testExternalClient, destIP: "1.2.3.4", destPort: 80, output: local},
+				{name: "external client to LB IP", sourceIP: testExternalClient, destIP: "1.2.3.4", destPort: 80, output: tc.external},
 			})
 		})
 	}

@@ -30,9 +30,6 @@ func prepare(ctx context.Context, cfg *Config, families ...v1.IPFamily) (Applier
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Scope != ScopeNode {
-		return nil, fmt.Errorf("haproxy proxier: scope %q is not implemented yet (only %q is)", cfg.Scope, ScopeNode)
-	}
 	if cfg.InitOnly {
 		return nil, nil
 	}
@@ -43,12 +40,10 @@ func prepare(ctx context.Context, cfg *Config, families ...v1.IPFamily) (Applier
 	if err != nil {
 		return nil, fmt.Errorf("haproxy proxier: starting the HAProxy applier: %w", err)
 	}
-	if cfg.Scope == ScopeNode {
-		// Service IPs are local on this host and nftables dispatches
-		// them to HAProxy: keep routes and rules in step with every Apply.
-		applier = withHostNetwork(applier)
-	}
-	return applier, nil
+	// Service IPs are local on this host and nftables dispatches them to
+	// HAProxy, on a node as on a load balancer that Service traffic is
+	// routed to: keep routes and rules in step with every Apply.
+	return withHostNetwork(applier), nil
 }
 
 // NewDualStackProxier returns a Provider serving both IP families through one
@@ -95,10 +90,7 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 // collaborators: the shared Applier and, when UDP and SCTP ports are
 // delegated, upstream's nftables proxier of that family.
 func newFamilyProxier(ctx context.Context, family v1.IPFamily, cfg Config, applier Applier) (*Proxier, error) {
-	d := deps{applier: applier}
-	if cfg.Scope == ScopeNode {
-		d.listeningPorts = hostnet.ListeningTCPPorts
-	}
+	d := deps{applier: applier, listeningPorts: hostnet.ListeningTCPPorts}
 	if cfg.delegating() {
 		delegate, err := newNFTablesDelegate(ctx, family, cfg)
 		if err != nil {

@@ -150,7 +150,7 @@ func newProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config, d deps) (
 		cfg:                 cfg,
 		ctx:                 ctx,
 		svcPortMap:          make(proxy.ServicePortMap),
-		serviceChanges:      proxy.NewServiceChangeTracker(ipFamily, nil, nil),
+		serviceChanges:      proxy.NewServiceChangeTracker(ipFamily, makeServiceInfo(cfg), nil),
 		endpointsMap:        make(proxy.EndpointsMap),
 		endpointsChanges:    proxy.NewEndpointsChangeTracker(ipFamily, cfg.NodeName, nil, nil),
 		unsupportedLogged:   make(map[proxy.ServicePortName]bool),
@@ -325,6 +325,12 @@ func (p *Proxier) OnServiceCIDRsChanged(cidrs []string) {
 			mine = append(mine, prefix.Masked())
 		}
 	}
+	if p.cfg.Scope == ScopeExternal {
+		// Outside the cluster only the Services in scope are served here:
+		// the rest of the ranges belongs to the nodes' kube-proxy, so the
+		// ranges are not made local as a whole.
+		mine = nil
+	}
 	if o, ok := p.applier.(ServiceCIDRObserver); ok {
 		o.SetServiceCIDRs(p.ipFamily, mine)
 	}
@@ -354,6 +360,30 @@ func (p *Proxier) inScope(svc *v1.Service) bool {
 	}
 	return svc.Spec.Type == v1.ServiceTypeLoadBalancer &&
 		svc.Spec.LoadBalancerClass != nil && *svc.Spec.LoadBalancerClass == p.cfg.LoadBalancerClass
+}
+
+// loadBalancerOnlyPort is a service port of a Service in scope external by
+// its loadBalancerClass alone: the nodes' kube-proxy serves its
+// ClusterIP, NodePorts and external IPs; here only its ingress IPs are.
+type loadBalancerOnlyPort struct{ *proxy.BaseServicePortInfo }
+
+func (loadBalancerOnlyPort) LoadBalancerOnly() bool { return true }
+
+var _ translate.LoadBalancerOnly = loadBalancerOnlyPort{}
+
+// makeServiceInfo marks the service ports of which scope external serves
+// only the LoadBalancer ingress IPs; nil (upstream's plain ports) in the
+// other scopes.
+func makeServiceInfo(cfg Config) func(*v1.ServicePort, *v1.Service, *proxy.BaseServicePortInfo) proxy.ServicePort {
+	if cfg.Scope != ScopeExternal {
+		return nil
+	}
+	return func(_ *v1.ServicePort, svc *v1.Service, base *proxy.BaseServicePortInfo) proxy.ServicePort {
+		if svc.Labels[LabelServiceProxyName] == cfg.ServiceProxyName {
+			return base
+		}
+		return loadBalancerOnlyPort{base}
+	}
 }
 
 // syncProxyRules is where all of the HAProxy configuration happens: it
@@ -387,6 +417,7 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 		Family:         p.ipFamily,
 		NodeName:       p.nodeName,
 		TopologyLabels: p.topologyLabels,
+		OutsideNodes:   p.cfg.Scope != ScopeNode,
 	}
 	if a, ok := netip.AddrFromSlice(p.nodeIP); ok {
 		opts.NodeIP = a.Unmap()
@@ -468,8 +499,14 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 
 	// Update service healthchecks. The endpoints list might include services
 	// that are not "OnlyLocal", but the services list will not, and the
-	// serviceHealthServer will just drop those endpoints.
-	if err := p.serviceHealthServer.SyncServices(p.svcPortMap.HealthCheckNodePorts()); err != nil {
+	// serviceHealthServer will just drop those endpoints. A load balancer
+	// outside the nodes serves no healthCheckNodePort: the port belongs to
+	// the nodes, and it has no local endpoints to count.
+	healthCheckNodePorts := p.svcPortMap.HealthCheckNodePorts()
+	if p.cfg.Scope != ScopeNode {
+		healthCheckNodePorts = nil
+	}
+	if err := p.serviceHealthServer.SyncServices(healthCheckNodePorts); err != nil {
 		p.logger.Error(err, "Error syncing healthcheck services")
 	}
 	if err := p.serviceHealthServer.SyncEndpoints(p.endpointsMap.LocalReadyEndpoints()); err != nil {

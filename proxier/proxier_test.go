@@ -1118,7 +1118,9 @@ func TestExternalScopeSelectsServices(t *testing.T) {
 		svc.Spec.Type = v1.ServiceTypeLoadBalancer
 		svc.Spec.LoadBalancerClass = ptr.To(DefaultLoadBalancerClass)
 		svc.Spec.ClusterIP = "172.30.0.2"
+		svc.Spec.ExternalIPs = []string{"192.0.2.2"}
 		svc.Spec.Ports = addTestPort(nil, "p", v1.ProtocolTCP, 80, 30002, 0)
+		svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "203.0.113.2"}}
 	})
 	otherClass := makeTestService("ns", "other-class", func(svc *v1.Service) {
 		svc.Spec.Type = v1.ServiceTypeLoadBalancer
@@ -1137,7 +1139,21 @@ func TestExternalScopeSelectsServices(t *testing.T) {
 	})
 	makeServiceMap(p, labelled, ourClass, otherClass, otherProxy, plain)
 	require.NoError(t, p.syncProxyRules())
-	assert.Equal(t, []string{"ns.labelled:p:tcp", "ns.our-class:p:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
+	model := applier.model(v1.IPv4Protocol)
+	assert.Equal(t, []string{"ns.labelled:p:tcp", "ns.our-class:p:tcp"}, servicePortNames(model))
+	// Of a Service in scope by its class alone, the nodes' kube-proxy
+	// serves the ClusterIP, NodePort and external IPs: only the ingress IP
+	// is served here.
+	assert.Equal(t, []string{"203.0.113.2:80"}, listenerKeys(servicePort(model, "ns.our-class:p:tcp")))
+	assert.Equal(t, []string{"172.30.0.1:80"}, listenerKeys(servicePort(model, "ns.labelled:p:tcp")))
+
+	// Until an ingress IP is assigned, there is nothing to serve.
+	pending := ourClass.DeepCopy()
+	pending.Status.LoadBalancer.Ingress = nil
+	p.OnServiceUpdate(ourClass, pending)
+	require.NoError(t, p.syncProxyRules())
+	assert.Equal(t, []string{"ns.labelled:p:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
+	p.OnServiceUpdate(pending, ourClass)
 
 	// A Service that loses the label leaves the scope.
 	unlabelled := labelled.DeepCopy()
@@ -1246,8 +1262,55 @@ func TestExportedConstructors(t *testing.T) {
 	p, err = NewDualStackProxier(t.Context(), Config{NodeName: testHostname, StateDir: stateDir, DelegateNonTCP: ptr.To(false)})
 	require.NoError(t, err)
 	assert.NotNil(t, p)
-	_, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{Scope: ScopeCluster})
-	assert.ErrorContains(t, err, "not implemented yet")
+	for _, scope := range []Scope{ScopeCluster, ScopeExternal} {
+		p, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{Scope: scope, NodeName: testHostname, StateDir: stateDir, HAProxyPath: filepath.Join(stateDir, "no-haproxy"), DelegateNonTCP: ptr.To(false)})
+		require.NoError(t, err, "scope %s", scope)
+		assert.NotNil(t, p, "scope %s", scope)
+	}
+}
+
+// On a load balancer outside the nodes no endpoint is local: traffic
+// policy Local is served by every endpoint, and no healthCheckNodePort
+// is opened.
+func TestOutsideNodesServeLocalPoliciesByEveryEndpoint(t *testing.T) {
+	for _, scope := range []Scope{ScopeNode, ScopeCluster} {
+		t.Run(string(scope), func(t *testing.T) {
+			p, applier, health := newFakeProxier(t, v1.IPv4Protocol, func(c *Config) { c.Scope = scope })
+			svc := makeTestService("ns", "local", func(svc *v1.Service) {
+				svc.Spec.Type = v1.ServiceTypeLoadBalancer
+				svc.Spec.ClusterIP = "172.30.0.9"
+				svc.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+				svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+				svc.Spec.HealthCheckNodePort = 30100
+				svc.Spec.Ports = addTestPort(nil, "p", v1.ProtocolTCP, 80, 30009, 0)
+				svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "203.0.113.9"}}
+			})
+			slice := makeTestEndpointSlice("ns", "local", 1, func(eps *discovery.EndpointSlice) {
+				eps.AddressType = discovery.AddressTypeIPv4
+				eps.Endpoints = []discovery.Endpoint{
+					endpoint("10.180.0.1", testHostname, nil, nil, nil),
+					endpoint("10.180.1.1", "other-node", nil, nil, nil),
+				}
+				eps.Ports = []discovery.EndpointPort{tcpPort("p", 80)}
+			})
+			makeServiceMap(p, svc)
+			populateEndpointSlices(p, slice)
+			require.NoError(t, p.syncProxyRules())
+			model := applier.model(v1.IPv4Protocol)
+			clusterIP := traceConnection(t, model, "10.0.0.2", "172.30.0.9", 80)
+			lbIP := traceConnection(t, model, "198.51.100.7", "203.0.113.9", 80)
+			if scope == ScopeNode {
+				assert.Equal(t, "10.180.0.1:80", clusterIP)
+				assert.Equal(t, "10.180.0.1:80", lbIP)
+				assert.Equal(t, map[types.NamespacedName]uint16{{Namespace: "ns", Name: "local"}: 30100}, health.services)
+				return
+			}
+			assert.Equal(t, "10.180.0.1:80, 10.180.1.1:80", clusterIP)
+			assert.Equal(t, "10.180.0.1:80, 10.180.1.1:80", lbIP)
+			assert.Empty(t, health.services, "no healthCheckNodePort on a load balancer outside the nodes")
+			assert.Contains(t, servicePort(model, "ns.local:p:tcp").Comment, "none is local to this load balancer")
+		})
+	}
 }
 
 func TestSyncProxyRulesStartup(t *testing.T) {

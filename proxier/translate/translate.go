@@ -58,7 +58,32 @@ type Options struct {
 	// a NodePort among them is refused (NodePortTaken), the rest of its
 	// Service port is served.
 	TakenNodePorts map[uint16]bool
+	// OutsideNodes: the HAProxy runs on a load balancer that is not a
+	// node (scopes cluster and external). No endpoint is local to it, and
+	// every connection is one hop to a pod, so traffic policy Local is
+	// served by every usable endpoint, as Cluster is.
+	OutsideNodes bool
 }
+
+// LoadBalancerOnly is implemented by a service port of which only the
+// LoadBalancer ingress IPs are served here (scope external, a Service in
+// scope by its loadBalancerClass alone: the nodes' kube-proxy serves its
+// ClusterIP, NodePorts and external IPs).
+type LoadBalancerOnly interface {
+	LoadBalancerOnly() bool
+}
+
+func loadBalancerOnly(svc proxy.ServicePort) bool {
+	o, ok := svc.(LoadBalancerOnly)
+	return ok && o.LoadBalancerOnly()
+}
+
+// everyEndpointIsCluster is a service port as a load balancer outside the
+// nodes sees it: every endpoint serves every client (Options.OutsideNodes).
+type everyEndpointIsCluster struct{ proxy.ServicePort }
+
+func (everyEndpointIsCluster) UsesClusterEndpoints() bool { return true }
+func (everyEndpointIsCluster) UsesLocalEndpoints() bool   { return false }
 
 // SkipReason says why a service port, or part of it, is not in the model.
 type SkipReason string
@@ -221,10 +246,11 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 		listeners[key] = base
 		sp.Listeners = append(sp.Listeners, l)
 	}
-	if a, ok := toAddr(svc.ClusterIP()); ok && opts.familyOK(a) && !a.IsUnspecified() {
+	lbOnly := loadBalancerOnly(svc)
+	if a, ok := toAddr(svc.ClusterIP()); ok && opts.familyOK(a) && !a.IsUnspecified() && !lbOnly {
 		add(haproxycfg.Listener{Kind: haproxycfg.ClusterIP, Addr: a, Port: port})
 	}
-	if np := svc.NodePort(); np != 0 {
+	if np := svc.NodePort(); np != 0 && !lbOnly {
 		if npPort, ok := validPort(np); !ok {
 			skip(NoAddress, "nodePort %d out of range", np)
 		} else if opts.TakenNodePorts[npPort] {
@@ -241,12 +267,16 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 		}
 	}
 	for _, ip := range svc.ExternalIPs() {
-		if a, ok := toAddr(ip); ok && opts.familyOK(a) && !a.IsUnspecified() {
+		if a, ok := toAddr(ip); ok && opts.familyOK(a) && !a.IsUnspecified() && !lbOnly {
 			add(haproxycfg.Listener{Kind: haproxycfg.ExternalIP, Addr: a, Port: port})
 		}
 	}
 	if len(sp.Listeners) == 0 {
-		skip(NoAddress, "no %s address to listen on", opts.Family)
+		if lbOnly {
+			skip(NoAddress, "no %s LoadBalancer ingress IP assigned yet", opts.Family)
+		} else {
+			skip(NoAddress, "no %s address to listen on", opts.Family)
+		}
 		return
 	}
 	hasExternal := false
@@ -255,7 +285,13 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	}
 
 	// Phase 2: which endpoints serve which traffic, by upstream's rules.
-	clusterEps, localEps, _, hasAnyEndpoints := proxy.CategorizeEndpoints(eps, svc, opts.NodeName, opts.TopologyLabels)
+	internalLocal, externalLocal := svc.InternalPolicyLocal(), svc.ExternalPolicyLocal()
+	policies := svc
+	if opts.OutsideNodes {
+		internalLocal, externalLocal = false, false
+		policies = everyEndpointIsCluster{svc}
+	}
+	clusterEps, localEps, _, hasAnyEndpoints := proxy.CategorizeEndpoints(eps, policies, opts.NodeName, opts.TopologyLabels)
 
 	// Plain concatenation: this runs for every changed service port.
 	portDesc := "Service " + name.Namespace + "/" + name.Name + " port " + strconv.Itoa(svc.Port()) + "/" + string(svc.Protocol())
@@ -266,22 +302,25 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	if hasExternal {
 		sp.Comment += ", externalTrafficPolicy " + policyName(svc.ExternalPolicyLocal())
 	}
-	if svc.UsesClusterEndpoints() {
+	if opts.OutsideNodes && (svc.InternalPolicyLocal() || hasExternal && svc.ExternalPolicyLocal()) {
+		sp.Comment += " (served by every endpoint: none is local to this load balancer)"
+	}
+	if policies.UsesClusterEndpoints() {
 		sp.Cluster = &haproxycfg.EndpointSet{
 			Name:      base,
 			Comment:   portDesc + ": endpoints for traffic policy Cluster",
 			Endpoints: endpointAddrs(&opts, clusterEps, res),
 		}
 	}
-	if svc.UsesLocalEndpoints() {
+	if policies.UsesLocalEndpoints() {
 		sp.Local = &haproxycfg.EndpointSet{
 			Name:      local,
 			Comment:   portDesc + ": endpoints on node " + opts.NodeName + ", for traffic policy Local",
 			Endpoints: endpointAddrs(&opts, localEps, res),
 		}
 	}
-	sp.InternalLocal = svc.InternalPolicyLocal()
-	sp.ExternalLocal = hasExternal && svc.ExternalPolicyLocal()
+	sp.InternalLocal = internalLocal
+	sp.ExternalLocal = hasExternal && externalLocal
 	// Upstream's short-circuit: under externalTrafficPolicy Local, pods and
 	// the node itself reach every endpoint through the external addresses,
 	// never the drop (their traffic never left the cluster).
