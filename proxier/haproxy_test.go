@@ -19,11 +19,11 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2/ktesting"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
 	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // TestRealApplierAndCleanup runs the Applier the constructors build against

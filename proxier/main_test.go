@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 // TestMain runs the tests, as root, inside a network namespace of their

@@ -22,11 +22,11 @@ import (
 	proxyutil "k8s.io/kubernetes/pkg/proxy/util"
 	"k8s.io/utils/ptr"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	cfgtest "kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
 	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // namedServer is a TCP server that greets every client with its name,

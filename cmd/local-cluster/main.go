@@ -1,5 +1,5 @@
-// Command local-cluster runs the local cluster of test/localcluster in the
-// foreground until it is interrupted, and removes it.
+// Command local-cluster runs the local cluster of internal/kit/localcluster
+// in the foreground until it is interrupted, and removes it.
 //
 //	local-cluster up   [-dir _output/local] [-mode haproxy|nftables]
 //	local-cluster down [-dir _output/local]
@@ -24,15 +24,16 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
-	"kube-haproxy.io/kube-haproxy/test/localcluster"
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit"
+	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 const (
@@ -117,7 +118,7 @@ func up(dir, mode string) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 
-	r := &runner{dir: dir}
+	r := &program{dir: dir}
 	started := false
 	defer func() {
 		r.cleanup()
@@ -127,22 +128,20 @@ func up(dir, mode string) error {
 			_ = os.RemoveAll(dir)
 		}
 	}()
-	err := r.run(func() {
+	err := r.run(func() error {
 		c := localcluster.Start(r, localcluster.Options{
 			Mode: mode, Dir: dir,
 			Logf: func(format string, args ...any) { fmt.Printf("local-cluster: "+format+"\n", args...) },
 		})
 		help, err := c.StartDemo(context.Background())
 		if err != nil {
-			r.Fatal(err)
+			return err
 		}
 		if err := os.WriteFile(filepath.Join(dir, "info.txt"), []byte(help), 0o644); err != nil {
-			r.Fatal(err)
+			return err
 		}
 		fmt.Print(help)
-		if err := os.WriteFile(filepath.Join(dir, readyFile), nil, 0o644); err != nil {
-			r.Fatal(err)
-		}
+		return os.WriteFile(filepath.Join(dir, readyFile), nil, 0o644)
 	})
 	if err != nil {
 		return fmt.Errorf("%w\n(logs kept in %s; make local-down removes them)", err, dir)
@@ -189,82 +188,91 @@ func down(dir string) error {
 	return nil
 }
 
-// runner lets the test kits (which report through testing.TB) run in a
-// program: Fatal ends the start-up with an error, Cleanup functions run in
-// reverse order when the program ends, temporary directories live in the
-// state directory. The embedded interface is nil: the kits call only the
-// methods defined here.
-type runner struct {
-	testing.TB
+// program is the kit.T the kits report through in this program. Logf
+// prints; Errorf prints to stderr and fails the start-up; Fatalf records
+// its error and ends the goroutine that called it, as (*testing.T).Fatalf
+// does (the kits rely on it not returning), so run returns the error.
+// Cleanup functions run in reverse order when the program removes the
+// cluster; temporary directories live in the state directory, beside the
+// logs.
+type program struct {
 	dir string
 
 	mu       sync.Mutex
 	cleanups []func()
 	tmp      int
-	failed   bool
+	errs     []error
 }
 
-type fatal struct{ msg string }
-
-func (r *runner) run(fn func()) (err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			f, ok := v.(fatal)
-			if !ok {
-				panic(v)
+// run calls start on a goroutine of its own, which Fatalf may end, and
+// returns start's error with those Fatalf and Errorf recorded.
+func (p *program) run(start func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		ended := false
+		defer func() {
+			if !ended {
+				done <- nil // runtime.Goexit from Fatalf: its error is recorded
 			}
-			err = errors.New(f.msg)
-		}
+		}()
+		err := start()
+		ended = true
+		done <- err
 	}()
-	fn()
-	return nil
+	err := <-done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return errors.Join(append(p.errs, err)...)
 }
 
-func (r *runner) cleanup() {
-	r.mu.Lock()
-	fns := r.cleanups
-	r.cleanups = nil
-	r.mu.Unlock()
+func (p *program) cleanup() {
+	p.mu.Lock()
+	fns := p.cleanups
+	p.cleanups = nil
+	p.mu.Unlock()
 	for i := len(fns) - 1; i >= 0; i-- {
 		fns[i]()
 	}
-	_ = os.Remove(filepath.Join(r.dir, readyFile))
+	_ = os.Remove(filepath.Join(p.dir, readyFile))
 }
 
-func (r *runner) Helper()      {}
-func (r *runner) Name() string { return "local-cluster" }
-func (r *runner) Failed() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.failed }
-func (r *runner) Log(a ...any) { fmt.Println(a...) }
-func (r *runner) Cleanup(f func()) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.cleanups = append(r.cleanups, f)
+func (p *program) record(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.errs = append(p.errs, err)
 }
-func (r *runner) Logf(format string, a ...any) { fmt.Printf(format+"\n", a...) }
-func (r *runner) Error(a ...any) {
-	r.mu.Lock()
-	r.failed = true
-	r.mu.Unlock()
-	fmt.Fprintln(os.Stderr, a...)
+
+var _ kit.T = (*program)(nil)
+
+func (p *program) Helper() {}
+
+func (p *program) Logf(format string, a ...any) { fmt.Printf(format+"\n", a...) }
+
+func (p *program) Errorf(format string, a ...any) {
+	err := fmt.Errorf(format, a...)
+	fmt.Fprintln(os.Stderr, "local-cluster:", err)
+	p.record(err)
 }
-func (r *runner) Errorf(format string, a ...any) { r.Error(fmt.Sprintf(format, a...)) }
-func (r *runner) Fatal(a ...any)                 { panic(fatal{fmt.Sprint(a...)}) }
-func (r *runner) Fatalf(format string, a ...any) { panic(fatal{fmt.Sprintf(format, a...)}) }
-func (r *runner) FailNow()                       { panic(fatal{"failed"}) }
 
-// A missing prerequisite is an error for a program, not a skip.
-func (r *runner) Skip(a ...any)                 { panic(fatal{fmt.Sprint(a...)}) }
-func (r *runner) Skipf(format string, a ...any) { panic(fatal{fmt.Sprintf(format, a...)}) }
-func (r *runner) SkipNow()                      { panic(fatal{"skipped"}) }
+func (p *program) Fatalf(format string, a ...any) {
+	p.record(fmt.Errorf(format, a...))
+	runtime.Goexit()
+}
 
-func (r *runner) TempDir() string {
-	r.mu.Lock()
-	r.tmp++
-	n := r.tmp
-	r.mu.Unlock()
-	d := filepath.Join(r.dir, fmt.Sprintf("tmp%d", n))
+func (p *program) Cleanup(f func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cleanups = append(p.cleanups, f)
+}
+
+func (p *program) TempDir() string {
+	p.mu.Lock()
+	p.tmp++
+	n := p.tmp
+	p.mu.Unlock()
+	d := filepath.Join(p.dir, fmt.Sprintf("tmp%d", n))
 	if err := os.MkdirAll(d, 0o755); err != nil {
-		r.Fatal(err)
+		p.Fatalf("%v", err)
 	}
 	return d
 }

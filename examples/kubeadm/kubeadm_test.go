@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
 
-	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
 )
 
 // kubeProxyDocument returns the KubeProxyConfiguration document of

@@ -18,8 +18,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 // TestKubeProxyStartsWithExample starts the built kube-proxy with the

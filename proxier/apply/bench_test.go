@@ -12,11 +12,11 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
 	"kube-haproxy.io/kube-haproxy/proxier/supervisor"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // benchEndpoints is the number of endpoints of every Service port.

@@ -25,11 +25,11 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
 	"kube-haproxy.io/kube-haproxy/proxier/supervisor"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // The tests named TestReal* run the whole stack (applier, supervisor,

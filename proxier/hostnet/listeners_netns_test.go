@@ -11,8 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // listenMapped listens on an IPv6 socket bound to the IPv4-mapped address

@@ -11,8 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/localaddr"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // ourRoutes is what `ip route show table local proto 66` prints in ns

@@ -17,9 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/localaddr"
 	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // listenTransparent opens a TCP listener on addr inside ns with

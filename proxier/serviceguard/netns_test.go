@@ -16,9 +16,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/localaddr"
 	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // acceptAll accepts and closes connections until l is closed.

@@ -29,9 +29,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
-	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
-	"kube-haproxy.io/kube-haproxy/test/localcluster"
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 // config is the bench's knobs, from the environment (see docs/benchmarks.md).

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 // TestBenchInterruptCleansUp runs TestBench in a child process, sends it

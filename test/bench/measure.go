@@ -1,5 +1,5 @@
 // Package bench measures kube-proxy in haproxy mode beside upstream's
-// nftables mode on the local cluster of test/localcluster: network
+// nftables mode on the local cluster of internal/kit/localcluster: network
 // programming latency (an endpoint change, a new Service), memory
 // (kube-proxy and every HAProxy process), HAProxy reloads per scenario, and
 // the data plane through a ClusterIP with wrk.

@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Modes, as test/localcluster names them.
+// Modes, as internal/kit/localcluster names them.
 const (
 	ModeHAProxy  = "haproxy"
 	ModeNFTables = "nftables"

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"kube-haproxy.io/kube-haproxy/test/localcluster"
+	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
 )
 
 // tuneVariant is one HAProxy setting tried by TestTune: lines replaced in

@@ -1,5 +1,5 @@
 // Package e2e runs end-to-end scenarios against the local cluster of
-// test/localcluster: real kube-apiserver, kube-proxy on two node
+// internal/kit/localcluster: real kube-apiserver, kube-proxy on two node
 // namespaces, pods, and clients sending real connections. The same
 // scenarios run with kube-proxy in haproxy mode and in upstream's nftables
 // mode (the same patched binary), and the suite prints both results side
@@ -23,7 +23,7 @@ import (
 	"testing"
 	"text/tabwriter"
 
-	"kube-haproxy.io/kube-haproxy/test/localcluster"
+	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
 )
 
 // result is one scenario's outcome in one mode.

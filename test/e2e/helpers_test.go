@@ -16,8 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"kube-haproxy.io/kube-haproxy/test/localcluster"
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 // env is what the scenarios share: a cluster, a client pod on node1 (not

@@ -22,8 +22,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
-	"kube-haproxy.io/kube-haproxy/test/localcluster"
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 type scenario struct {

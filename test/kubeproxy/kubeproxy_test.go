@@ -16,7 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
 )
 
 func run(t *testing.T, args ...string) (string, error) {

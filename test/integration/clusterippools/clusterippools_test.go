@@ -22,7 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
 )
 
 const (

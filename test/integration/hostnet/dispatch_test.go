@@ -15,9 +15,9 @@ import (
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
 	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // dispatchConfig is HAProxy with one transparent listener per family that

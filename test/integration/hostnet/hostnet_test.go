@@ -21,9 +21,9 @@ import (
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/localaddr"
 	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 const (

@@ -16,11 +16,11 @@ import (
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
 	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 func webConfig(dir, lbIP string, pods ...*netns.Pod) *haproxycfg.Config {

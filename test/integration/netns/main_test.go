@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 func TestMain(m *testing.M) { os.Exit(netns.RunTestsInNamespace(m, "node")) }

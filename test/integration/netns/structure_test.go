@@ -19,9 +19,9 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/component-base/metrics/legacyregistry"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 // startNodeProxier runs the real IPv4 proxier of scope node on the node

@@ -27,9 +27,9 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier"
-	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
-	"kube-haproxy.io/kube-haproxy/test/netns"
 )
 
 func TestMain(m *testing.M) { os.Exit(netns.RunTestsInNamespace(m, "node")) }

@@ -9,8 +9,9 @@
 // any process still inside its namespaces, then deletes the namespaces,
 // which takes their links with them.
 //
-// Tests using a Kit need root and `ip netns`. Without them, New fails the
-// test when CI=true and skips it otherwise.
+// Tests using a Kit need root and `ip netns`; without them New fails the
+// test, saying what is missing (see package kit: a missing dependency is a
+// failure, never a skip).
 package netns
 
 import (
@@ -29,11 +30,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"kube-haproxy.io/kube-haproxy/internal/kit"
 )
 
 // Prefix starts the name of every namespace a Kit creates.
@@ -48,7 +50,7 @@ var (
 // Kit creates namespaces, links and processes for one test and removes
 // them all on Cleanup (registered with t.Cleanup by New).
 type Kit struct {
-	t      testing.TB
+	t      kit.T
 	prefix string
 	dir    string
 
@@ -59,42 +61,35 @@ type Kit struct {
 	podserver  string
 }
 
-// Require fails (CI=true) or skips the test unless it runs as root with a
-// working `ip netns`.
-func Require(t testing.TB) {
-	t.Helper()
-	var problem string
+// Check reports why this process cannot create network namespaces: it is
+// not root, or `ip netns` does not work. nil when it can.
+func Check() error {
 	if os.Geteuid() != 0 {
-		problem = "needs root (network namespaces, routes, nftables)"
-	} else if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
-		problem = fmt.Sprintf("needs a working `ip netns`: %v: %s", err, out)
+		return errors.New("needs root (network namespaces, routes, nftables)")
 	}
-	if problem == "" {
-		return
+	if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
+		return fmt.Errorf("needs a working `ip netns` (make deps installs iproute2): %v: %s", err, out)
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s; CI=true, so this is a failure, not a skip", problem)
-	}
-	t.Skipf("%s (set CI=true to make this a failure)", problem)
+	return nil
 }
 
-// RequireBinary fails (CI=true) or skips the test unless name is in PATH,
-// and returns its path.
-func RequireBinary(t testing.TB, name string) string {
+// Require fails the test unless it runs as root with a working `ip netns`.
+func Require(t kit.T) {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
+	if err := Check(); err != nil {
+		t.Fatalf("%v", err)
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("needs %s in PATH (make deps installs it): %v", name, err)
-	}
-	t.Skipf("needs %s in PATH: %v", name, err)
-	return ""
+}
+
+// RequireBinary returns the path of a command in PATH, and fails the test
+// without it.
+func RequireBinary(t kit.T, name string) string {
+	t.Helper()
+	return kit.Command(t, name)
 }
 
 // New returns a Kit for t, after sweeping stale namespaces of crashed runs.
-func New(t testing.TB) *Kit {
+func New(t kit.T) *Kit {
 	t.Helper()
 	Require(t)
 	sweepOnce.Do(func() {

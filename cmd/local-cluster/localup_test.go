@@ -1,4 +1,4 @@
-package localcluster_test
+package main
 
 import (
 	"os"
@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 func repoRoot(t *testing.T) string {

@@ -1,5 +1,5 @@
 // Package localcluster runs a small but real Kubernetes data plane on one
-// machine: etcd and the patched kube-apiserver (test/framework/controlplane),
+// machine: etcd and the patched kube-apiserver (internal/kit/controlplane),
 // two "nodes" that are network namespaces each running the patched
 // kube-proxy (mode haproxy, scope node, with its HAProxy; or upstream's
 // nftables mode from the same binary), "pods" that are namespaces running
@@ -31,7 +31,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -40,8 +39,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit"
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 // Modes kube-proxy can run in here.
@@ -108,7 +108,7 @@ type Cluster struct {
 	// NodeKubeconfig reaches it from inside the namespaces (the LAN gateway).
 	NodeKubeconfig string
 
-	t   testing.TB
+	t   kit.T
 	eps *endpointController
 }
 
@@ -119,8 +119,10 @@ func (c *Cluster) logf(format string, args ...any) {
 }
 
 // Start builds the whole cluster and returns once every kube-proxy reports
-// healthy. Everything is removed by t's cleanup, in reverse order.
-func Start(t testing.TB, opts Options) *Cluster {
+// healthy. Everything is removed by t's cleanup, in reverse order. A
+// missing prerequisite (root, `ip netns`, haproxy, nft, the binaries of
+// `make build`) fails t before anything starts.
+func Start(t kit.T, opts Options) *Cluster {
 	t.Helper()
 	if opts.Mode == "" {
 		opts.Mode = ModeHAProxy

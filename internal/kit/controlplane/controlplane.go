@@ -9,15 +9,16 @@
 // processes by PID and removes every file the control plane wrote.
 //
 // Binaries are looked up in $KH_BIN_DIR (the Makefile exports it), else in
-// the repository's _output/bin. When one is missing the test fails under
-// CI=true and is skipped otherwise.
+// the repository's _output/bin. When one is missing the test fails and
+// says to run `make build`.
 //
 //	cp := controlplane.Start(t, controlplane.Config{ServiceClusterIPRange: "10.96.0.0/24"})
 //	svc, err := cp.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
 //	cmd := exec.Command(kubeProxy, "--kubeconfig="+cp.Kubeconfig, ...)
 //
 // Each Start runs its own etcd and kube-apiserver (about 5 seconds on an
-// idle machine), so tests that can share a cluster should share one.
+// idle machine), so tests that can share a cluster should share one. New
+// is Start for a program: it returns errors, and the caller calls Cleanup.
 package controlplane
 
 import (
@@ -37,7 +38,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,6 +46,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"kube-haproxy.io/kube-haproxy/internal/kit"
 )
 
 // Config says what control plane a test needs.
@@ -87,29 +89,47 @@ type ControlPlane struct {
 
 // Start starts etcd and kube-apiserver, waits until kube-apiserver is ready
 // and serves the default "kubernetes" Service, and registers Cleanup with t.
-func Start(t testing.TB, cfg Config) *ControlPlane {
+func Start(t kit.T, cfg Config) *ControlPlane {
 	t.Helper()
+	cp, err := New(cfg)
+	if cp != nil {
+		t.Cleanup(cp.Cleanup)
+	}
+	if err != nil {
+		t.Fatalf("controlplane: %v", err)
+	}
+	return cp
+}
+
+// New is Start for a program: it returns an error instead of failing a
+// test. The returned ControlPlane, even with an error, holds what started;
+// the caller calls Cleanup.
+func New(cfg Config) (*ControlPlane, error) {
 	if cfg.ServiceClusterIPRange == "" {
-		t.Fatal("controlplane: Config.ServiceClusterIPRange is required")
+		return nil, errors.New("Config.ServiceClusterIPRange is required")
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 3 * time.Minute
 	}
-	etcdBin := Binary(t, "etcd")
-	apiserverBin := Binary(t, "kube-apiserver")
+	etcdBin, err := FindBinary("etcd")
+	if err != nil {
+		return nil, err
+	}
+	apiserverBin, err := FindBinary("kube-apiserver")
+	if err != nil {
+		return nil, err
+	}
 
 	dir := cfg.Dir
-	var err error
 	if dir == "" {
 		dir, err = os.MkdirTemp("", "kh-controlplane-")
 	} else {
 		err = os.MkdirAll(dir, 0o700)
 	}
 	if err != nil {
-		t.Fatalf("controlplane: creating temp dir: %v", err)
+		return nil, fmt.Errorf("creating its directory: %w", err)
 	}
 	cp := &ControlPlane{Dir: dir}
-	t.Cleanup(cp.Cleanup)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
 	defer cancel()
 
@@ -120,15 +140,15 @@ func Start(t testing.TB, cfg Config) *ControlPlane {
 		return cp.etcd, err
 	})
 	if err != nil {
-		t.Fatalf("controlplane: %v\n%s", err, cp.etcd.logTail())
+		return cp, fmt.Errorf("%w\n%s", err, cp.etcd.logTail())
 	}
 	err = retryPortClash(func() (*process, error) {
 		return cp.apiserver, cp.startAPIServer(ctx, apiserverBin, etcdURL, cfg)
 	})
 	if err != nil {
-		t.Fatalf("controlplane: %v\n%s", err, cp.apiserver.logTail())
+		return cp, fmt.Errorf("%w\n%s", err, cp.apiserver.logTail())
 	}
-	return cp
+	return cp, nil
 }
 
 // retryPortClash runs start up to three times while it fails because
@@ -301,25 +321,30 @@ func BinDir() string {
 	if !ok {
 		return filepath.Join("_output", "bin")
 	}
-	// file is <repo>/test/framework/controlplane/controlplane.go
+	// file is <repo>/internal/kit/controlplane/controlplane.go
 	return filepath.Join(filepath.Dir(file), "..", "..", "..", "_output", "bin")
 }
 
-// Binary returns the path of a binary `make build` produces. A missing
-// binary fails the test under CI=true and skips it otherwise.
-func Binary(t testing.TB, name string) string {
-	t.Helper()
+// FindBinary returns the path of a binary `make build` produces, or an
+// error that says where it was looked for and how to build it.
+func FindBinary(name string) (string, error) {
 	path := filepath.Join(BinDir(), name)
 	info, err := os.Stat(path)
 	if err == nil && !info.IsDir() && info.Mode()&0o111 != 0 {
-		return path
+		return path, nil
 	}
-	msg := fmt.Sprintf("%s not found at %s: run make build", name, path)
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
+	return "", fmt.Errorf("%s not found at %s: run make build", name, path)
+}
+
+// Binary returns the path of a binary `make build` produces, and fails
+// the test without it.
+func Binary(t kit.T, name string) string {
+	t.Helper()
+	path, err := FindBinary(name)
+	if err != nil {
+		t.Fatalf("%v", err)
 	}
-	t.Skip(msg)
-	return ""
+	return path
 }
 
 // freePorts returns n loopback TCP ports that were free a moment ago.

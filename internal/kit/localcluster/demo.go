@@ -12,7 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"kube-haproxy.io/kube-haproxy/test/framework/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
 )
 
 // Demo addresses: fixed so the printed commands work as shown.

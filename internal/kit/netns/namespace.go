@@ -38,7 +38,7 @@ func (n *Namespace) IP(args ...string) string {
 	n.kit.t.Helper()
 	out, err := runIP(append([]string{"-n", n.Name}, args...)...)
 	if err != nil {
-		n.kit.t.Fatal(err)
+		n.kit.t.Fatalf("%v", err)
 	}
 	return out
 }
@@ -58,7 +58,7 @@ func (n *Namespace) MustExec(args ...string) string {
 	n.kit.t.Helper()
 	out, err := n.Exec(args...)
 	if err != nil {
-		n.kit.t.Fatal(err)
+		n.kit.t.Fatalf("%v", err)
 	}
 	return out
 }
@@ -103,7 +103,7 @@ func (n *Namespace) Netlink() *netlink.Handle {
 	n.kit.t.Helper()
 	h, err := n.netlinkHandle()
 	if err != nil {
-		n.kit.t.Fatal(err)
+		n.kit.t.Fatalf("%v", err)
 	}
 	return h
 }

@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 
-	"kube-haproxy.io/kube-haproxy/test/netns"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 )
 
 // Every pod serves the same ports; their names are what a Service's named

@@ -62,7 +62,7 @@ func (k *Kit) Pod(name string, spec PodSpec) *Pod {
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		k.t.Fatal(err)
+		k.t.Fatalf("%v", err)
 	}
 	p := k.start(ns, "podserver", w, bin, "-name", name, "-tcp", joinPorts(tcp), "-udp", joinPorts(spec.UDPPorts))
 	w.Close()
