@@ -5,8 +5,10 @@
 #                   this repository's proxier;
 #   kube-apiserver  upstream's cmd/kube-apiserver from the same tree;
 #   etcd            go.etcd.io/etcd/server/v3 at the version upstream pins.
+#   lb-controller   ./cmd/lb-controller: LoadBalancer ingress IPs for scopes
+#                   cluster and external (package lbcontroller).
 #
-#   hack/build.sh [kube-proxy|kube-apiserver|etcd ...]   (default: all)
+#   hack/build.sh [kube-proxy|kube-apiserver|etcd|lb-controller ...]   (default: all)
 #
 # Stages first (a no-op when staging/ is current). Go's build cache makes a
 # rebuild of unchanged sources a link at most, and no work when the binary is
@@ -23,7 +25,7 @@ cd "${KH_ROOT}"
 "${KH_ROOT}/hack/stage.sh"
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kube-proxy kube-apiserver etcd)
+[ ${#targets[@]} -gt 0 ] || targets=(kube-proxy kube-apiserver etcd lb-controller)
 
 kh::version_ldflags() {
   local n commit tree_state date major minor
@@ -80,6 +82,10 @@ for t in "${targets[@]}"; do
         -o "${KH_ROOT}/_output/bin/${t}" "k8s.io/kubernetes/cmd/${t}"
       ;;
     etcd) kh::build_etcd ;;
-    *) echo "build: unknown binary ${t} (kube-proxy, kube-apiserver, etcd)" >&2; exit 2 ;;
+    lb-controller)
+      echo "build: _output/bin/${t} <- ./cmd/${t}"
+      go build -trimpath -buildvcs=false -o "${KH_ROOT}/_output/bin/${t}" "./cmd/${t}"
+      ;;
+    *) echo "build: unknown binary ${t} (kube-proxy, kube-apiserver, etcd, lb-controller)" >&2; exit 2 ;;
   esac
 done
