@@ -24,9 +24,8 @@ import (
 
 	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
-	cfgtest "kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
-	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
 )
 
 // namedServer is a TCP server that greets every client with its name,
@@ -318,7 +317,7 @@ func testTracerAgreesWithHAProxy(t *testing.T, n tracerNet) {
 	model := inner.merged(t)
 
 	// HAProxy serves the files, as the Applier writes them.
-	file := cfgtest.WriteModel(t, stateDir, model)
+	file := haproxytest.WriteModel(t, stateDir, model)
 	proc := node.Start("haproxy", bin, "-db", "-f", file)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if ended, err := proc.Exited(); ended {

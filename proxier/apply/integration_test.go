@@ -27,7 +27,7 @@ import (
 
 	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
-	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
 	"kube-haproxy.io/kube-haproxy/proxier/supervisor"
 )

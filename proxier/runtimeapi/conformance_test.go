@@ -16,7 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 )
 
 // step is one batch of a scenario and the sentinel error each of its

@@ -17,7 +17,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
-	"kube-haproxy.io/kube-haproxy/proxier/internal/haproxytest"
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
 )
 

@@ -1,7 +1,3 @@
-// Package haproxytest starts a real HAProxy for the tests of the proxier's
-// packages: it finds the binary, fails clearly under CI=true when it is
-// missing, runs HAProxy in master-worker mode in a temporary directory and
-// stops it (by PID) when the test ends.
 package haproxytest
 
 import (
@@ -16,16 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	cfgtest "kube-haproxy.io/kube-haproxy/proxier/haproxycfg/haproxytest"
 )
-
-// Binary returns the haproxy binary ($HAPROXY, else haproxy from PATH);
-// without one the test fails under CI=true and is skipped otherwise.
-func Binary(t testing.TB) string {
-	t.Helper()
-	return cfgtest.Binary(t)
-}
 
 // Instance is a running HAProxy.
 type Instance struct {
