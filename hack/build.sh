@@ -6,9 +6,10 @@
 #   kube-apiserver  upstream's cmd/kube-apiserver from the same tree;
 #   etcd            go.etcd.io/etcd/server/v3 at the version upstream pins.
 #   lb-controller   ./cmd/lb-controller: LoadBalancer ingress IPs for scopes
-#                   cluster and external (package lbcontroller).
+#                   cluster and external (package lbcontroller);
+#   keepalived-config  ./cmd/keepalived-config: the VRRP pair's configuration.
 #
-#   hack/build.sh [kube-proxy|kube-apiserver|etcd|lb-controller ...]   (default: all)
+#   hack/build.sh [kube-proxy|kube-apiserver|etcd|lb-controller|keepalived-config ...]   (default: all)
 #
 # Stages first (a no-op when staging/ is current). Go's build cache makes a
 # rebuild of unchanged sources a link at most, and no work when the binary is
@@ -25,7 +26,7 @@ cd "${KH_ROOT}"
 "${KH_ROOT}/hack/stage.sh"
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kube-proxy kube-apiserver etcd lb-controller)
+[ ${#targets[@]} -gt 0 ] || targets=(kube-proxy kube-apiserver etcd lb-controller keepalived-config)
 
 kh::version_ldflags() {
   local n commit tree_state date major minor
@@ -82,10 +83,10 @@ for t in "${targets[@]}"; do
         -o "${KH_ROOT}/_output/bin/${t}" "k8s.io/kubernetes/cmd/${t}"
       ;;
     etcd) kh::build_etcd ;;
-    lb-controller)
+    lb-controller | keepalived-config)
       echo "build: _output/bin/${t} <- ./cmd/${t}"
       go build -trimpath -buildvcs=false -o "${KH_ROOT}/_output/bin/${t}" "./cmd/${t}"
       ;;
-    *) echo "build: unknown binary ${t} (kube-proxy, kube-apiserver, etcd, lb-controller)" >&2; exit 2 ;;
+    *) echo "build: unknown binary ${t} (kube-proxy, kube-apiserver, etcd, lb-controller, keepalived-config)" >&2; exit 2 ;;
   esac
 done

@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests and the local cluster need.
 # Idempotent: does nothing when every package is already there.
 set -euo pipefail
-pkgs=(haproxy nftables iptables iproute2 socat wrk curl)
+pkgs=(haproxy nftables iptables iproute2 socat wrk curl keepalived)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
