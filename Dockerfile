@@ -9,12 +9,17 @@ FROM debian:${DEBIAN_RELEASE}-slim
 
 # haproxy: the data plane; nftables, iptables, conntrack: what kube-proxy's
 # own code paths call (the nftables proxier serves UDP and SCTP ports);
-# libcap2-bin only to set file capabilities below.
+# keepalived: the VRRP pair of the central and external load balancer
+# (scopes cluster and external); libcap2-bin only to set file capabilities
+# below.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends haproxy nftables iptables conntrack ca-certificates libcap2-bin \
+ && apt-get install -y --no-install-recommends haproxy nftables iptables conntrack keepalived ca-certificates libcap2-bin \
  && rm -rf /var/lib/apt/lists/*
 
 COPY _output/bin/kube-proxy /usr/local/bin/kube-proxy
+# Scopes cluster and external: the LoadBalancer ingress IP controller, and
+# the keepalived configuration and health check of the VRRP pair.
+COPY _output/bin/lb-controller _output/bin/keepalived-config /usr/local/bin/
 
 # Non-root operation: a user for kube-proxy and HAProxy, a state directory it
 # owns, and file capabilities so that, run as that user with the
