@@ -17,15 +17,17 @@ import (
 )
 
 // Scope says which Services this proxier serves and where their IPs live
-// (see docs/design.md, "Three deployments").
+// (see docs/scopes.md).
 type Scope string
 
 const (
 	// ScopeNode: one proxier and HAProxy per node, like kube-proxy. ClusterIPs
 	// are made local on the node, NodePorts bind on node addresses.
 	ScopeNode Scope = "node"
-	// ScopeCluster: one central proxier + HAProxy for the whole cluster. Nodes
-	// route the ClusterIP range (a ClusterIP pool) to it.
+	// ScopeCluster: one central proxier + HAProxy for the whole cluster, on
+	// a load balancer that is not a node. Nodes route the Service range (or
+	// a ClusterIP pool) to it; traffic policy Local is served by every
+	// endpoint there.
 	ScopeCluster Scope = "cluster"
 	// ScopeExternal ("only fetch"): outside the cluster, next to a stock
 	// kube-proxy; serves only Services labelled for it or of its
@@ -84,9 +86,10 @@ type Config struct {
 	ManageProcess bool
 
 	// ServiceProxyName is the service.kubernetes.io/service-proxy-name value
-	// served in scope external.
+	// served in scope external (every listener of such a Service).
 	ServiceProxyName string
-	// LoadBalancerClass is the spec.loadBalancerClass served in scope external.
+	// LoadBalancerClass is the spec.loadBalancerClass served in scope
+	// external (only the ingress IPs of such a Service, unless labelled).
 	LoadBalancerClass string
 
 	NodeName          string
