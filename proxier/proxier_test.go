@@ -1254,7 +1254,7 @@ func TestExportedConstructors(t *testing.T) {
 	// The real applier is wired in; it touches HAProxy only at the first
 	// sync, so building the proxiers needs neither root nor haproxy. (The
 	// nftables proxier of the delegated ports needs nft and CAP_NET_ADMIN
-	// to be built: test/integration/netns covers it.)
+	// to be built: test/integration/proxier covers it.)
 	stateDir := t.TempDir()
 	p, err = NewProxier(t.Context(), v1.IPv4Protocol, Config{NodeName: testHostname, StateDir: stateDir, HAProxyPath: filepath.Join(stateDir, "no-haproxy"), DelegateNonTCP: ptr.To(false)})
 	require.NoError(t, err)

@@ -82,45 +82,16 @@ func get(ns *netns.Namespace, src netip.Addr, url string, timeout time.Duration)
 	return ns.HTTPGetWith(url, netns.HTTPOptions{Timeout: timeout, Source: src})
 }
 
-// servedBy waits until a batch of requests to url from ns is answered by
-// exactly the pods want (each seen at least once, no other), and returns
-// how long that took, the batch included.
+// servedBy waits until a batch of requests to url from ns (from src when
+// valid) is answered by exactly the pods want (each seen at least once, no
+// other), and returns how long that took, the batch included.
 func servedBy(t *testing.T, ns *netns.Namespace, src netip.Addr, url string, want ...string) time.Duration {
 	t.Helper()
-	start := time.Now()
-	wantSet := map[string]bool{}
-	for _, w := range want {
-		wantSet[w] = true
+	d, err := ns.ServedBy(url, netns.HTTPOptions{Timeout: 3 * time.Second, Source: src}, 30*time.Second, want...)
+	if err != nil {
+		t.Fatalf("%v", err)
 	}
-	deadline := start.Add(30 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
-		seen := map[string]bool{}
-		ok := true
-		// A full batch with no stranger: a stale endpoint, picked by chance
-		// less often than not, shows up in it.
-		for range max(4*len(want), 10) {
-			r, err := get(ns, src, url, 3*time.Second)
-			if err != nil {
-				last, ok = err.Error(), false
-				break
-			}
-			if !wantSet[r.Name] {
-				last, ok = "answered by "+r.Name, false
-				break
-			}
-			seen[r.Name] = true
-		}
-		if ok && len(seen) == len(wantSet) {
-			return time.Since(start)
-		}
-		if ok {
-			last = fmt.Sprintf("only %d of %v answered", len(seen), want)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s from %s: want answers from exactly %v; last: %s", url, ns.Short, want, last)
-	return 0
+	return d
 }
 
 // refused reports whether a connection to addr from ns fails at once

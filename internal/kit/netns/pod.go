@@ -189,3 +189,42 @@ func (n *Namespace) TCPAccepts(addr string, timeout time.Duration) error {
 	}
 	return c.Close()
 }
+
+// ServedBy sends batches of GET url from inside the namespace, each on a
+// new connection shaped by o, until a whole batch is answered by exactly
+// the pods named want: each at least once, no other (a stale endpoint,
+// picked by chance less often than not, shows up in a batch). It returns
+// how long that took, the last batch included, or after timeout an error
+// saying what the last batch saw.
+func (n *Namespace) ServedBy(url string, o HTTPOptions, timeout time.Duration, want ...string) (time.Duration, error) {
+	start := time.Now()
+	wantSet := map[string]bool{}
+	for _, w := range want {
+		wantSet[w] = true
+	}
+	var last string
+	for time.Since(start) < timeout {
+		seen := map[string]bool{}
+		ok := true
+		for range max(4*len(want), 10) {
+			r, err := n.HTTPGetWith(url, o)
+			if err != nil {
+				last, ok = err.Error(), false
+				break
+			}
+			if !wantSet[r.Name] {
+				last, ok = "answered by "+r.Name, false
+				break
+			}
+			seen[r.Name] = true
+		}
+		if ok && len(seen) == len(wantSet) {
+			return time.Since(start), nil
+		}
+		if ok {
+			last = fmt.Sprintf("only %d of %v answered", len(seen), want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("%s from %s: want answers from exactly %v after %v; last: %s", url, n.Short, want, timeout, last)
+}

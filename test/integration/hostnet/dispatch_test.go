@@ -28,15 +28,7 @@ import (
 // It already knows a Service (10.96.0.11) the host does not serve yet: the
 // guard, not HAProxy, decides what reaches it.
 func dispatchConfig() string {
-	return fmt.Sprintf(`global
-    maxconn 1000
-
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-
+	return haproxyDefaults + fmt.Sprintf(`
 frontend dispatch
     bind 0.0.0.0:10400 transparent
     bind [::1]:10400 transparent
@@ -58,43 +50,33 @@ backend web
 // Service the host starts serving later needs no reload, only Prepare and
 // Finish.
 func TestHAProxyBehindTheDispatch(t *testing.T) {
-	c := newCluster(t)
+	// br_netfilter on: a pod of the node as a client, on the same bridge
+	// as pod1, has its IPv4 prerouting hooks run inside the bridge, where
+	// TPROXY cannot work, and the NAT path takes over.
+	c := newCluster(t, netns.NodeOptions{IPv6: true, BridgeNetfilter: true})
 	ctx := context.Background()
-	c.node.AddAddr("eth0", netip.MustParsePrefix("fd00:95::1/64"))
-	c.client.AddAddr("eth0", netip.MustParsePrefix("fd00:95::100/64"))
-	c.client.DefaultRoute(netip.MustParseAddr("fd00:95::1"))
 	const clusterIP6 = "fd00:10:96::a"
-	// A pod of the node as a client, on the same bridge as pod1, with
-	// br_netfilter on: its IPv4 prerouting hooks run inside the bridge,
-	// where TPROXY cannot work, and the NAT path takes over.
-	bridgeNetfilter(t, c.node)
-	cpod := c.kit.Pod("cpod", netns.PodSpec{
-		BridgeNS: c.node, Bridge: "cbr0",
-		Addr:    netip.MustParsePrefix("10.244.1.20/24"),
-		Gateway: netip.MustParseAddr("10.244.1.1"),
-	})
+	nodeIP6 := netns.NodeIP6.String()
+	cpod := c.Pod("cpod", 20)
 
 	path := filepath.Join(c.kit.Dir(), "dispatch.cfg")
 	require.NoError(t, os.WriteFile(path, []byte(dispatchConfig()), 0o644))
-	haproxy := c.node.Start("haproxy", "haproxy", "-db", "-f", path)
-	require.NoError(t, c.node.WaitTCP("127.0.0.1:10400", 10*time.Second), haproxy.Log())
+	haproxy := c.runHAProxy(t, path, "127.0.0.1:10400")
+	mustRun(t, haproxy)
 
 	hosts := map[v1.IPFamily]*hostnet.Host{}
 	for _, family := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
-		require.NoError(t, c.node.Do(func() error {
+		require.NoError(t, c.Do(func() error {
 			h, err := hostnet.New(family)
 			hosts[family] = h
 			return err
 		}))
 	}
 	t.Cleanup(func() {
-		_ = c.node.Do(func() error {
+		_ = c.Do(func() error {
 			return errors.Join(hosts[v1.IPv4Protocol].Cleanup(ctx), hosts[v1.IPv6Protocol].Cleanup(ctx))
 		})
 	})
-	tcp80 := func(ip string) serviceguard.Binding {
-		return serviceguard.Binding{IP: netip.MustParseAddr(ip), Protocol: v1.ProtocolTCP, Port: 80}
-	}
 	want4 := hostnet.Desired{
 		ServiceCIDRs: []netip.Prefix{serviceCIDR},
 		Served:       []serviceguard.Binding{tcp80(clusterIP), tcp80(lbIP)},
@@ -111,24 +93,24 @@ func TestHAProxyBehindTheDispatch(t *testing.T) {
 		Dispatch:     netip.MustParseAddrPort("[::1]:10400"),
 		NodePorts:    []uint16{30080},
 	}
-	require.NoError(t, c.node.Do(func() error {
+	require.NoError(t, c.Do(func() error {
 		return errors.Join(hosts[v1.IPv4Protocol].Sync(ctx, want4), hosts[v1.IPv6Protocol].Sync(ctx, want6))
 	}))
-	t.Log(c.node.MustExec("nft", "list", "table", "ip", serviceguard.TableName))
+	t.Log(c.MustExec("nft", "list", "table", "ip", serviceguard.TableName))
 
-	for _, from := range []*netns.Namespace{c.client, c.node} {
-		for _, addr := range []string{clusterIP + ":80", "[" + clusterIP6 + "]:80", nodeIP + ":30080", "[fd00:95::1]:30080"} {
+	for _, from := range []*netns.Namespace{c.Client, c.Namespace} {
+		for _, addr := range []string{clusterIP + ":80", "[" + clusterIP6 + "]:80", nodeIP + ":30080", "[" + nodeIP6 + "]:30080"} {
 			r, err := from.HTTPGet("http://" + addr + "/")
 			if assert.NoError(t, err, "%s from %s\n%s", addr, from.Short, haproxy.Log()) {
 				assert.Equal(t, "pod1", r.Name, "%s from %s", addr, from.Short)
 			}
 		}
 	}
-	r, err := c.client.HTTPGet("http://" + lbIP + ":80/")
+	r, err := c.Client.HTTPGet("http://" + lbIP + ":80/")
 	if assert.NoError(t, err, "the client is inside the LB's source ranges") {
 		assert.Equal(t, "pod1", r.Name)
 	}
-	_, err = c.node.HTTPGetWith("http://"+lbIP+":80/", netns.HTTPOptions{Timeout: time.Second})
+	_, err = c.HTTPGetWith("http://"+lbIP+":80/", netns.HTTPOptions{Timeout: time.Second})
 	assert.Error(t, err, "the node (source: the LB IP itself) is outside them")
 
 	// The bridged pod, IPv4: ClusterIP, NodePort on the node's LAN address
@@ -147,62 +129,34 @@ func TestHAProxyBehindTheDispatch(t *testing.T) {
 
 	// HAProxy knows 10.96.0.11 already, the host does not serve it: the
 	// guard refuses it.
-	err = c.client.TCPAccepts("10.96.0.11:80", wait)
+	err = c.Client.TCPAccepts("10.96.0.11:80", wait)
 	assert.True(t, refused(err), "not served yet: want refused, got %v", err)
 
 	// The new Service: Prepare, (HAProxy's maps would change here), Finish.
 	next := want4
 	next.Served = append(next.Served, tcp80("10.96.0.11"))
-	require.NoError(t, c.node.Do(func() error { return hosts[v1.IPv4Protocol].Prepare(ctx, next) }))
-	for _, from := range []*netns.Namespace{c.client, cpod.Namespace} {
+	require.NoError(t, c.Do(func() error { return hosts[v1.IPv4Protocol].Prepare(ctx, next) }))
+	for _, from := range []*netns.Namespace{c.Client, cpod.Namespace} {
 		r, err = from.HTTPGet("http://10.96.0.11:80/")
 		if assert.NoError(t, err, "10.96.0.11 from %s", from.Short) {
 			assert.Equal(t, "pod1", r.Name)
 		}
 	}
-	require.NoError(t, c.node.Do(func() error { return hosts[v1.IPv4Protocol].Finish(ctx, next) }))
-	if ended, err := haproxy.Exited(); ended {
-		t.Fatalf("haproxy exited: %v\n%s", err, haproxy.Log())
-	}
+	require.NoError(t, c.Do(func() error { return hosts[v1.IPv4Protocol].Finish(ctx, next) }))
+	mustRun(t, haproxy)
 
 	// A wildcard host daemon still stays off Service IPs.
-	sshd, err := c.node.Listen("tcp", ":2222")
-	require.NoError(t, err)
-	go func() {
-		for {
-			conn, err := sshd.Accept()
-			if err != nil {
-				return
-			}
-			conn.Close()
-		}
-	}()
+	c.Daemon(":2222", "")
 	for _, addr := range []string{clusterIP + ":2222", "[" + clusterIP6 + "]:2222"} {
-		err := c.client.TCPAccepts(addr, wait)
+		err := c.Client.TCPAccepts(addr, wait)
 		assert.True(t, refused(err), "%s: want refused, got %v", addr, err)
 	}
 	err = cpod.TCPAccepts(clusterIP+":2222", wait)
 	assert.True(t, refused(err), "from the bridged pod: want refused, got %v", err)
 
-	require.NoError(t, c.node.Do(func() error {
+	require.NoError(t, c.Do(func() error {
 		return errors.Join(hosts[v1.IPv4Protocol].Cleanup(ctx), hosts[v1.IPv6Protocol].Cleanup(ctx))
 	}))
-	assert.NotContains(t, c.node.MustExec("nft", "list", "tables"), serviceguard.TableName)
-	assert.Empty(t, strings.TrimSpace(c.node.IP("route", "show", "table", "all", "proto", "66")))
-}
-
-// bridgeNetfilter turns br_netfilter on in ns, as kubeadm requires of a
-// node (bridge-nf-call-iptables=1, per network namespace): IPv4 packets
-// crossing a bridge of ns meet the IPv4 prerouting hooks inside the
-// bridge, before ip_rcv(), which drops a socket TPROXY assigned there.
-func bridgeNetfilter(t *testing.T, ns *netns.Namespace) {
-	t.Helper()
-	const key = "net.bridge.bridge-nf-call-iptables"
-	if _, err := ns.Exec("sysctl", "-w", key+"=1"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%v (is br_netfilter loaded? modprobe br_netfilter); CI=true, so this is a failure, not a skip", err)
-		}
-		t.Skipf("needs br_netfilter (modprobe br_netfilter): %v", err)
-	}
-	require.Equal(t, "1", strings.TrimSpace(ns.MustExec("sysctl", "-n", key)))
+	assert.NotContains(t, c.MustExec("nft", "list", "tables"), serviceguard.TableName)
+	assert.Empty(t, strings.TrimSpace(c.IP("route", "show", "table", "all", "proto", "66")))
 }

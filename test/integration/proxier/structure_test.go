@@ -1,4 +1,4 @@
-package netns
+package proxier
 
 import (
 	"bufio"
@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,31 +27,9 @@ import (
 // namespace with the given timeouts and recorder, serving web from pods.
 func startNodeProxier(t *testing.T, tp *topology, idle time.Duration, rec events.EventRecorder, pods ...*netns.Pod) (proxierHandle, proxier.Config) {
 	t.Helper()
-	haproxy := netns.RequireBinary(t, "haproxy")
-	ctx, cancel := context.WithCancel(context.Background())
-	cfg := proxier.Config{
-		Scope:         proxier.ScopeNode,
-		HAProxyPath:   haproxy,
-		StateDir:      filepath.Join(tp.kit.Dir(), "state"),
-		ManageProcess: true,
-		NodeName:      nodeName,
-		NodeIPs:       map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP(nodeIP)},
-		SyncPeriod:    30 * time.Second,
-		MinSyncPeriod: 100 * time.Millisecond,
-		NBThread:      1,
-		TimeoutClient: idle,
-		TimeoutServer: idle,
-		Recorder:      rec,
-	}
-	p, err := proxier.NewProxier(ctx, v1.IPv4Protocol, cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		cancel()
-		time.Sleep(time.Second)
-		assert.False(t, proxier.CleanupLeftovers(context.Background(), cfg), "CleanupLeftovers reports an error")
-	})
-	go p.SyncLoop()
-	p.OnServiceCIDRsChanged([]string{serviceCIDR.String()})
+	cfg := tp.nodeConfig(t)
+	cfg.TimeoutClient, cfg.TimeoutServer, cfg.Recorder = idle, idle, rec
+	p, _ := startProxier(t, cfg, false, serviceCIDR)
 	p.OnServiceAdd(webService())
 	p.OnServiceSynced()
 	p.OnEndpointSliceAdd(webSlice("1", pods...))
@@ -71,16 +48,9 @@ type proxierHandle interface {
 // numberedService is Service i of a batch: ClusterIP 10.96.1.i, port 80,
 // with its own EndpointSlice listing pod.
 func numberedService(i int, pod *netns.Pod) (*v1.Service, *discovery.EndpointSlice) {
-	svc := webService()
-	svc.Name = fmt.Sprintf("batch-%d", i)
 	ip := fmt.Sprintf("10.96.%d.%d", 1+i/250, 1+i%250)
-	svc.Spec.Type = v1.ServiceTypeClusterIP
-	svc.Spec.ClusterIP, svc.Spec.ClusterIPs = ip, []string{ip}
-	svc.Spec.Ports[0].NodePort = 0
-	slice := webSlice("1", pod)
-	slice.Name = svc.Name + "-abcde"
-	slice.Labels = map[string]string{discovery.LabelServiceName: svc.Name}
-	return svc, slice
+	svc := service(fmt.Sprintf("batch-%d", i), ip, "1", servicePort("http", v1.ProtocolTCP, 80, 8080, 0))
+	return svc, slice(svc, "1", pod)
 }
 
 // keepAlive is one HTTP/1.1 connection held open through a Service.
@@ -120,15 +90,15 @@ func reloadCount(t *testing.T, cfg proxier.Config) int {
 // Services need no reload, and the connection lives on until its own idle
 // timeout ends it.
 func TestLongLivedConnectionSurvivesStructuralChanges(t *testing.T) {
-	tp := newTopology(t)
-	pod1, pod2 := tp.pod("pod1", 10), tp.pod("pod2", 11)
+	tp := newTopology(t, netns.NodeOptions{})
+	pod1, pod2 := tp.Pod("pod1", 10), tp.Pod("pod2", 11)
 	const idle = 4 * time.Second
 	p, cfg := startNodeProxier(t, tp, idle, nil, pod1)
 	cfg.SetDefaults()
 	clusterURL := fmt.Sprintf("http://%s:80/", clusterIP)
-	servedBy(t, tp.client, clusterURL, "pod1")
+	servedBy(t, tp.Client, clusterURL, "pod1")
 
-	conn, err := tp.client.Dial("tcp", clusterIP+":80", 2*time.Second)
+	conn, err := tp.Client.Dial("tcp", clusterIP+":80", 2*time.Second)
 	require.NoError(t, err)
 	defer conn.Close()
 	ka := &keepAlive{conn: conn, r: bufio.NewReader(conn)}
@@ -167,13 +137,13 @@ func TestLongLivedConnectionSurvivesStructuralChanges(t *testing.T) {
 		services, slices = append(services, svc), append(slices, slice)
 	}
 	for _, i := range []int{0, 57, 99} {
-		servedBy(t, tp.client, "http://"+services[i].Spec.ClusterIP+":80/", "pod2")
+		servedBy(t, tp.Client, "http://"+services[i].Spec.ClusterIP+":80/", "pod2")
 	}
 	for i := range services {
 		p.OnServiceDelete(services[i])
 		p.OnEndpointSliceDelete(slices[i])
 	}
-	refusedEventually(t, tp.client, services[99].Spec.ClusterIP+":80")
+	refusedEventually(t, tp.Client, services[99].Spec.ClusterIP+":80")
 	assert.Equal(t, reloadsBefore, reloadCount(t, cfg), "new and deleted Services need no reload")
 	t.Logf("RESULT reloads for 100 new and 100 deleted Services: %d", reloadCount(t, cfg)-reloadsBefore)
 
@@ -181,7 +151,7 @@ func TestLongLivedConnectionSurvivesStructuralChanges(t *testing.T) {
 	require.NoError(t, runtimeapi.NewMaster(cfg.MasterSocket).Reload(context.Background()))
 	require.Eventually(t, func() bool { return reloadCount(t, cfg) == reloadsBefore+1 }, 10*time.Second, 100*time.Millisecond)
 	time.Sleep(2 * time.Second) // more requests on the old worker
-	servedBy(t, tp.client, clusterURL, "pod1")
+	servedBy(t, tp.Client, clusterURL, "pod1")
 
 	close(stop)
 	<-done
@@ -228,25 +198,13 @@ func gaugeFromRegistry(t *testing.T, name, label, value string) float64 {
 // the process keeps its port, and the Service's ClusterIP and a later
 // Service's NodePort are served.
 func TestNodePortTakenByAHostProcess(t *testing.T) {
-	tp := newTopology(t)
-	pod1, pod2 := tp.pod("pod1", 10), tp.pod("pod2", 11)
-	hostd, err := tp.node.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", nodePort))
-	require.NoError(t, err)
-	defer hostd.Close()
-	go func() {
-		for {
-			c, err := hostd.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhostd")
-			c.Close()
-		}
-	}()
+	tp := newTopology(t, netns.NodeOptions{})
+	pod1, pod2 := tp.Pod("pod1", 10), tp.Pod("pod2", 11)
+	tp.Daemon(fmt.Sprintf("0.0.0.0:%d", nodePort), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhostd")
 	rec := events.NewFakeRecorder(100)
 	p, _ := startNodeProxier(t, tp, time.Minute, rec, pod1)
 
-	servedBy(t, tp.client, fmt.Sprintf("http://%s:80/", clusterIP), "pod1")
+	servedBy(t, tp.Client, fmt.Sprintf("http://%s:80/", clusterIP), "pod1")
 	var event string
 	require.Eventually(t, func() bool {
 		select {
@@ -261,21 +219,17 @@ func TestNodePortTakenByAHostProcess(t *testing.T) {
 	t.Logf("RESULT event: %s", event)
 
 	// The host process keeps its port.
-	body, err := httpBody(tp.client, fmt.Sprintf("http://%s:%d/", nodeIP, nodePort))
+	body, err := httpBody(tp.Client, fmt.Sprintf("http://%s:%d/", nodeIP, nodePort))
 	require.NoError(t, err)
 	assert.Equal(t, "hostd", body)
 
 	// A later Service is served, NodePort included.
-	later := webService()
-	later.Name = "later"
-	later.Spec.ClusterIP, later.Spec.ClusterIPs = "10.96.0.20", []string{"10.96.0.20"}
-	later.Spec.Ports[0].NodePort = nodePort + 1
-	slice := webSlice("1", pod2)
-	slice.Name, slice.Labels = "later-abcde", map[string]string{discovery.LabelServiceName: "later"}
+	later := service("later", "10.96.0.20", "1", servicePort("http", v1.ProtocolTCP, 80, 8080, nodePort+1))
+	slice := slice(later, "1", pod2)
 	p.OnServiceAdd(later)
 	p.OnEndpointSliceAdd(slice)
-	servedBy(t, tp.client, "http://10.96.0.20:80/", "pod2")
-	servedBy(t, tp.client, fmt.Sprintf("http://%s:%d/", nodeIP, nodePort+1), "pod2")
+	servedBy(t, tp.Client, "http://10.96.0.20:80/", "pod2")
+	servedBy(t, tp.Client, fmt.Sprintf("http://%s:%d/", nodeIP, nodePort+1), "pod2")
 }
 
 func httpBody(ns *netns.Namespace, url string) (string, error) {

@@ -1,14 +1,12 @@
-package netns
+package hostnet
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -68,84 +66,75 @@ func hostWant(cfg *haproxycfg.Config) hostnet.Desired {
 	return want
 }
 
-func startHAProxy(t *testing.T, tp *topology, cfg *haproxycfg.Config) *netns.Proc {
+// startModel renders cfg with its map files and runs HAProxy on it in the
+// node namespace.
+func (c *cluster) startModel(t *testing.T, cfg *haproxycfg.Config) *netns.Proc {
 	t.Helper()
-	dir := filepath.Join(tp.kit.Dir(), fmt.Sprintf("haproxy-%d", time.Now().UnixNano()))
+	dir := filepath.Join(c.kit.Dir(), fmt.Sprintf("haproxy-%d", time.Now().UnixNano()))
 	require.NoError(t, os.MkdirAll(dir, 0o755))
-	path := haproxytest.WriteModel(t, dir, cfg)
-	p := tp.node.Start("haproxy", "haproxy", "-db", "-f", path)
-	if err := tp.node.WaitTCP("127.0.0.1:10400", 10*time.Second); err != nil {
-		t.Fatalf("%v\n%s", err, p.Log())
-	}
+	p := c.runHAProxy(t, haproxytest.WriteModel(t, dir, cfg), "127.0.0.1:10400")
+	mustRun(t, p)
 	return p
 }
 
-// TestHostNetworkFollowsTheHAProxyConfig drives package hostnet in
-// process (real netlink, real nft, in the node namespace) from a rendered
-// HAProxy model: Service IPs become local and guarded before HAProxy
+// TestHostNetworkFollowsTheHAProxyConfig drives package hostnet (real
+// netlink, real nft, on the node through Do) from a rendered HAProxy model: Service IPs become local and guarded before HAProxy
 // serves them (dispatched by nftables to its one listener, from a client
 // on a veth link by TPROXY and from a pod on the node's bridge by NAT), a
 // changed LB IP moves, and Cleanup leaves nothing.
 func TestHostNetworkFollowsTheHAProxyConfig(t *testing.T) {
-	tp := newTopology(t)
+	c := newCluster(t, netns.NodeOptions{BridgeNetfilter: true})
 	ctx := context.Background()
-	pod := tp.pod("pod1", 10)
-	cpod := tp.pod("cpod", 20).Namespace
-	sshd, err := tp.node.Listen("tcp", "0.0.0.0:2222")
-	require.NoError(t, err)
-	go func() {
-		for {
-			c, err := sshd.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	cpod := c.Pod("cpod", 20).Namespace
+	c.Daemon("0.0.0.0:2222", "")
 
-	host, err := hostnet.New(v1.IPv4Protocol)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = host.Cleanup(ctx) })
+	var host *hostnet.Host
+	require.NoError(t, c.Do(func() error {
+		var err error
+		host, err = hostnet.New(v1.IPv4Protocol)
+		return err
+	}))
+	t.Cleanup(func() { _ = c.Do(func() error { return host.Cleanup(ctx) }) })
 
 	mapDir := t.TempDir()
-	cfg := webConfig(mapDir, "203.0.113.10", pod)
+	cfg := webConfig(mapDir, "203.0.113.10", c.pod)
 	want := hostWant(cfg)
-	require.NoError(t, host.Prepare(ctx, want))
-	haproxy := startHAProxy(t, tp, cfg)
-	require.NoError(t, host.Finish(ctx, want))
+	require.NoError(t, c.Do(func() error { return host.Prepare(ctx, want) }))
+	haproxy := c.startModel(t, cfg)
+	require.NoError(t, c.Do(func() error { return host.Finish(ctx, want) }))
 
-	for _, from := range []*netns.Namespace{tp.client, cpod} {
+	for _, from := range []*netns.Namespace{c.Client, cpod} {
 		for _, addr := range []string{"10.96.0.10:80", "203.0.113.10:80"} {
 			r, err := from.HTTPGet("http://" + addr + "/")
 			require.NoError(t, err, "%s from %s", addr, from.Short)
 			assert.Equal(t, "pod1", r.Name)
 		}
 		for _, addr := range []string{"10.96.0.10:2222", "10.96.1.1:2222", "203.0.113.10:2222"} {
-			err := from.TCPAccepts(addr, 2*time.Second)
-			assert.True(t, errors.Is(err, syscall.ECONNREFUSED), "%s from %s: want refused, got %v", addr, from.Short, err)
+			err := from.TCPAccepts(addr, wait)
+			assert.True(t, refused(err), "%s from %s: want refused, got %v", addr, from.Short, err)
 		}
 	}
-	assert.NoError(t, tp.client.TCPAccepts(nodeIP+":2222", 2*time.Second))
+	assert.NoError(t, c.Client.TCPAccepts(nodeIP+":2222", wait))
 
 	// The LB IP changes: a new HAProxy replaces the old one.
-	next := webConfig(mapDir, "203.0.113.20", pod)
+	next := webConfig(mapDir, "203.0.113.20", c.pod)
 	nextWant := hostWant(next)
-	require.NoError(t, host.Prepare(ctx, nextWant))
+	require.NoError(t, c.Do(func() error { return host.Prepare(ctx, nextWant) }))
 	haproxy.Stop()
-	haproxy = startHAProxy(t, tp, next)
-	require.NoError(t, host.Finish(ctx, nextWant))
-	for _, from := range []*netns.Namespace{tp.client, cpod} {
+	haproxy = c.startModel(t, next)
+	require.NoError(t, c.Do(func() error { return host.Finish(ctx, nextWant) }))
+	for _, from := range []*netns.Namespace{c.Client, cpod} {
 		r, err := from.HTTPGet("http://203.0.113.20:80/")
 		require.NoError(t, err, "from %s", from.Short)
 		assert.Equal(t, "pod1", r.Name)
 	}
-	assert.Error(t, tp.client.TCPAccepts("203.0.113.10:80", 500*time.Millisecond), "the old LB IP is gone")
-	routes := tp.node.IP("route", "show", "table", "local", "proto", "66")
+	assert.Error(t, c.Client.TCPAccepts("203.0.113.10:80", 500*time.Millisecond), "the old LB IP is gone")
+	routes := c.IP("route", "show", "table", "local", "proto", "66")
 	assert.NotContains(t, routes, "203.0.113.10")
 	assert.Contains(t, routes, "203.0.113.20")
 
 	haproxy.Stop()
-	require.NoError(t, host.Cleanup(ctx))
-	assert.Empty(t, strings.TrimSpace(tp.node.IP("route", "show", "table", "all", "proto", "66")))
-	assert.NotContains(t, tp.node.MustExec("nft", "list", "tables"), "kube-haproxy")
+	require.NoError(t, c.Do(func() error { return host.Cleanup(ctx) }))
+	assert.Empty(t, strings.TrimSpace(c.IP("route", "show", "table", "all", "proto", "66")))
+	assert.NotContains(t, c.MustExec("nft", "list", "tables"), "kube-haproxy")
 }

@@ -1,16 +1,9 @@
-// Package udp runs the scope-node proxier for real with UDP and SCTP
-// service ports: TCP is served by HAProxy, UDP and SCTP by upstream's
-// nftables proxier the proxier drives, in a node network namespace (the
-// test binary is re-executed inside it) with pods and a client of their
-// own.
-package udp
+package proxier
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,25 +14,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/utils/ptr"
 
 	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
 	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier"
 )
 
-func TestMain(m *testing.M) { os.Exit(netns.RunTestsInNamespace(m, "node")) }
-
+// The Services of the UDP and SCTP tests.
 const (
-	nodeName = "node1"
-	nodeIP   = "192.168.97.1"
-	clientIP = "192.168.97.100"
-	podGW    = "10.244.2.1"
-
 	dnsIP  = "10.96.0.10" // TCP 53 and UDP 53 (and SCTP 9000)
 	echoIP = "10.96.0.20" // UDP 5353 only
 	webIP  = "10.96.0.30" // TCP 80 only
@@ -48,95 +31,15 @@ const (
 	echoNodePort = 30553
 )
 
-func servicePort(name string, proto v1.Protocol, port, target, nodePort int32) v1.ServicePort {
-	return v1.ServicePort{Name: name, Protocol: proto, Port: port, TargetPort: intstr.FromInt32(target), NodePort: nodePort}
-}
-
-func service(name, ip, version string, ports ...v1.ServicePort) *v1.Service {
-	typ := v1.ServiceTypeClusterIP
-	for _, p := range ports {
-		if p.NodePort != 0 {
-			typ = v1.ServiceTypeNodePort
-		}
-	}
-	return &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, ResourceVersion: version},
-		Spec: v1.ServiceSpec{
-			Type: typ, ClusterIP: ip, ClusterIPs: []string{ip},
-			IPFamilies: []v1.IPFamily{v1.IPv4Protocol}, Ports: ports,
-		},
-	}
-}
-
-// slice lists pods as ready endpoints of the service's ports (by name;
-// the pods serve every port).
-func slice(svc *v1.Service, pods ...*netns.Pod) *discovery.EndpointSlice {
-	s := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: "default", Name: svc.Name + "-abcde", ResourceVersion: "1",
-			Labels: map[string]string{discovery.LabelServiceName: svc.Name},
-		},
-		AddressType: discovery.AddressTypeIPv4,
-	}
-	for _, p := range svc.Spec.Ports {
-		s.Ports = append(s.Ports, discovery.EndpointPort{Name: ptr.To(p.Name), Protocol: ptr.To(p.Protocol), Port: ptr.To(p.TargetPort.IntVal)})
-	}
-	for _, p := range pods {
-		s.Endpoints = append(s.Endpoints, discovery.Endpoint{
-			Addresses:  []string{p.IP.String()},
-			Conditions: discovery.EndpointConditions{Ready: ptr.To(true)},
-			NodeName:   ptr.To(nodeName),
-		})
-	}
-	return s
-}
-
-// eventually retries check until it returns nil, or fails the test with
-// its last error: a sync takes a moment.
-func eventually(t *testing.T, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = check(); err == nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: %v", what, err)
-}
-
-func udpAnswered(ns *netns.Namespace, addr string, pods ...string) func() error {
-	return func() error {
-		r, err := ns.UDPEcho(addr, "hello", time.Second)
-		if err != nil {
-			return fmt.Errorf("udp %s from %s: %w", addr, ns.Short, err)
-		}
-		for _, p := range pods {
-			if r.Name == p {
-				if r.Echo != "hello" {
-					return fmt.Errorf("udp %s: echo %q", addr, r.Echo)
-				}
-				return nil
-			}
-		}
-		return fmt.Errorf("udp %s from %s answered by %s, want one of %v", addr, ns.Short, r.Name, pods)
-	}
-}
-
-func httpAnswered(ns *netns.Namespace, url string, pods ...string) func() error {
-	return func() error {
-		r, err := ns.HTTPGet(url)
-		if err != nil {
-			return err
-		}
-		for _, p := range pods {
-			if r.Name == p {
-				return nil
-			}
-		}
-		return fmt.Errorf("%s from %s answered by %s, want one of %v", url, ns.Short, r.Name, pods)
-	}
+// udpConfig is nodeConfig with NodePorts on the node's address and the
+// pods' range; its periodic sync is a minute away, so a test's cleanup is
+// not undone behind its back.
+func (tp *topology) udpConfig(t *testing.T) proxier.Config {
+	cfg := tp.nodeConfig(t)
+	cfg.NodePortAddresses = []string{nodeIP + "/32"}
+	cfg.ClusterCIDRs = []string{"10.244.0.0/16"}
+	cfg.SyncPeriod = time.Minute
+	return cfg
 }
 
 // TestUDPAndSCTPPortsAreServedByNFTables: a UDP echo Service and a
@@ -146,43 +49,15 @@ func httpAnswered(ns *netns.Namespace, url string, pods ...string) func() error 
 // service ports. Then a port leaves, and CleanupLeftovers removes both
 // tables.
 func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
-	haproxy := netns.RequireBinary(t, "haproxy")
-	netns.RequireBinary(t, "nft")
-	k := netns.New(t)
-	node := k.Self()
-	client := k.Namespace("client")
-	k.Link(node, "eth0", netip.MustParsePrefix(nodeIP+"/24"), client, "eth0", netip.MustParsePrefix(clientIP+"/24"))
-	client.DefaultRoute(netip.MustParseAddr(nodeIP))
-	k.Bridge(node, "cbr0", netip.MustParsePrefix(podGW+"/24"))
-	t.Cleanup(func() {
-		_, _ = node.Exec("ip", "link", "del", "eth0")
-		_, _ = node.Exec("ip", "link", "del", "cbr0")
-	})
-	// The kernel forwards the DNAT-ed UDP packets to the pods, as on any
-	// node of a cluster.
-	node.MustExec("sysctl", "-qw", "net.ipv4.ip_forward=1")
-	var pods []*netns.Pod
-	for i, name := range []string{"pod1", "pod2"} {
-		pods = append(pods, k.Pod(name, netns.PodSpec{
-			BridgeNS: node, Bridge: "cbr0",
-			Addr:     netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, 2, byte(10 + i)}), 24),
-			Gateway:  netip.MustParseAddr(podGW),
-			TCPPorts: []int{53, 8080},
-			UDPPorts: []int{53, 5353},
-		}))
-	}
+	tp := newTopology(t, netns.NodeOptions{})
+	node, client := tp.Namespace, tp.Client
+	pods := []*netns.Pod{tp.Pod("pod1", 10), tp.Pod("pod2", 11)}
 
-	ctx, cancel := context.WithCancel(context.Background())
 	recorder := events.NewFakeRecorder(100)
-	cfg := nodeConfig(k.Dir(), haproxy)
+	cfg := tp.udpConfig(t)
 	cfg.Recorder = recorder
-	p, err := proxier.NewProxier(ctx, v1.IPv4Protocol, cfg)
-	require.NoError(t, err, "scope node delegates UDP and SCTP to the nftables proxier by default")
-	t.Cleanup(func() {
-		cancel()
-		assert.False(t, proxier.CleanupLeftovers(context.Background(), cfg), "CleanupLeftovers reports an error")
-	})
-	go p.SyncLoop()
+	// Scope node delegates UDP and SCTP to the nftables proxier by default.
+	p, cancel := startProxier(t, cfg, false, serviceCIDR)
 
 	dns := service("dns", dnsIP, "1",
 		servicePort("dns-tcp", v1.ProtocolTCP, 53, 53, dnsNodePort),
@@ -190,13 +65,12 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 		servicePort("sig", v1.ProtocolSCTP, 9000, 9000, 0))
 	echo := service("echo", echoIP, "1", servicePort("echo", v1.ProtocolUDP, 5353, 5353, echoNodePort))
 	web := service("web", webIP, "1", servicePort("http", v1.ProtocolTCP, 80, 8080, 0))
-	p.OnServiceCIDRsChanged([]string{"10.96.0.0/16"})
 	for _, s := range []*v1.Service{dns, echo, web} {
 		p.OnServiceAdd(s)
 	}
 	p.OnServiceSynced()
 	for _, s := range []*v1.Service{dns, echo, web} {
-		p.OnEndpointSliceAdd(slice(s, pods...))
+		p.OnEndpointSliceAdd(slice(s, "1", pods...))
 	}
 	p.OnEndpointSlicesSynced()
 
@@ -292,7 +166,7 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 		}
 	}
 	p.OnServiceAdd(flipTCP)
-	p.OnEndpointSliceAdd(slice(flipTCP, pods...))
+	p.OnEndpointSliceAdd(slice(flipTCP, "1", pods...))
 	servedOverTCP := func(step string) {
 		for _, ns := range []*netns.Namespace{client, node} {
 			eventually(t, step+": TCP from "+ns.Short, httpAnswered(ns, "http://"+flipIP+":7000/", "pod1", "pod2"))
@@ -301,13 +175,13 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 	}
 	servedOverTCP("TCP port")
 	p.OnServiceUpdate(flipTCP, flipUDP)
-	p.OnEndpointSliceUpdate(slice(flipTCP, pods...), slice(flipUDP, pods...))
+	p.OnEndpointSliceUpdate(slice(flipTCP, "1", pods...), slice(flipUDP, "1", pods...))
 	for _, ns := range []*netns.Namespace{client, node} {
 		eventually(t, "switched to UDP: UDP from "+ns.Short, udpAnswered(ns, flipIP+":7000", "pod1", "pod2"))
 		eventually(t, "switched to UDP: TCP from "+ns.Short, tcpRefused(ns))
 	}
 	p.OnServiceUpdate(flipUDP, flipTCPAgain)
-	p.OnEndpointSliceUpdate(slice(flipUDP, pods...), slice(flipTCPAgain, pods...))
+	p.OnEndpointSliceUpdate(slice(flipUDP, "1", pods...), slice(flipTCPAgain, "1", pods...))
 	servedOverTCP("switched back to TCP")
 	eventually(t, "the switched port left the nftables view", func() error {
 		if out := node.MustExec("nft", "list", "table", "ip", "kube-proxy"); strings.Contains(out, flipIP) {
@@ -353,16 +227,18 @@ func kernelLacksSCTP() bool {
 	return err != nil
 }
 
-// TestSCTPWithoutKernelSupport: SCTP needs the kernel's SCTP module for
-// sockets, not for DNAT. Where the module is missing, the pods' SCTP
-// servers fail with EPROTONOSUPPORT; the test says so clearly rather than
-// hiding it, and TestUDPAndSCTPPortsAreServedByNFTables shows the TCP and
-// UDP ports of a Service with an SCTP port unaffected.
-func TestSCTPWithoutKernelSupport(t *testing.T) {
+// TestKernelSCTPSockets: SCTP needs the kernel's SCTP module for sockets,
+// not for DNAT, so what TestUDPAndSCTPPortsAreServedByNFTables checks of
+// SCTP depends on the kernel: this test says which kernel ran it, and that
+// one without the module refuses SCTP sockets with EPROTONOSUPPORT (the
+// pods' SCTP servers then fail so; the TCP and UDP ports of a Service with
+// an SCTP port are unaffected).
+func TestKernelSCTPSockets(t *testing.T) {
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, syscall.IPPROTO_SCTP)
 	if err == nil {
 		syscall.Close(fd)
-		t.Skip("this kernel supports SCTP sockets; the pods' server has no SCTP listener, so SCTP traffic is checked only at the nftables level")
+		t.Log("kernel has SCTP sockets; the pods' server has no SCTP listener, so SCTP service ports are checked at the nftables level")
+		return
 	}
 	require.ErrorIs(t, err, syscall.EPROTONOSUPPORT, "an SCTP socket without the kernel's SCTP module")
 	t.Logf("kernel lacks SCTP sockets (%v): SCTP service ports are programmed in nftables but no pod here can serve them", err)
@@ -374,28 +250,17 @@ func TestSCTPWithoutKernelSupport(t *testing.T) {
 // delegated ports and the guard's table, which a stopped proxier leaves
 // in place.
 func TestKubeProxyCleanupRemovesBothTables(t *testing.T) {
-	haproxy := netns.RequireBinary(t, "haproxy")
-	netns.RequireBinary(t, "nft")
 	kubeProxy := controlplane.Binary(t, "kube-proxy")
-	k := netns.New(t)
-	node := k.Self()
-	k.Link(node, "eth0", netip.MustParsePrefix(nodeIP+"/24"), k.Namespace("client"), "eth0", netip.MustParsePrefix(clientIP+"/24"))
-	t.Cleanup(func() { _, _ = node.Exec("ip", "link", "del", "eth0") })
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	cfg := nodeConfig(k.Dir(), haproxy)
-	p, err := proxier.NewProxier(ctx, v1.IPv4Protocol, cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = proxier.CleanupLeftovers(context.Background(), cfg) })
-	go p.SyncLoop()
+	tp := newTopology(t, netns.NodeOptions{})
+	node := tp.Namespace
+	cfg := tp.udpConfig(t)
+	p, cancel := startProxier(t, cfg, false, serviceCIDR)
 	dns := service("dns", dnsIP, "1",
 		servicePort("dns-tcp", v1.ProtocolTCP, 53, 53, 0),
 		servicePort("dns", v1.ProtocolUDP, 53, 53, 0))
-	p.OnServiceCIDRsChanged([]string{"10.96.0.0/16"})
 	p.OnServiceAdd(dns)
 	p.OnServiceSynced()
-	p.OnEndpointSliceAdd(slice(dns))
+	p.OnEndpointSliceAdd(slice(dns, "1"))
 	p.OnEndpointSlicesSynced()
 	eventually(t, "both tables programmed", func() error {
 		out, err := node.Exec("nft", "list", "tables")
@@ -417,7 +282,7 @@ func TestKubeProxyCleanupRemovesBothTables(t *testing.T) {
 	require.Contains(t, tables, "table ip kube-proxy", "a stopped proxier leaves the tables to --cleanup")
 	require.Contains(t, tables, "table ip kube-haproxy", "a stopped proxier leaves the tables to --cleanup")
 
-	config := filepath.Join(k.Dir(), "kube-proxy.yaml")
+	config := filepath.Join(tp.kit.Dir(), "kube-proxy.yaml")
 	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: haproxy
@@ -426,28 +291,10 @@ haproxy:
   binaryPath: %s
   stateDir: %s
   scope: node
-`, nodeName, haproxy, cfg.StateDir)), 0o600))
+`, nodeName, cfg.HAProxyPath, cfg.StateDir)), 0o600))
 	out, err := node.Exec(kubeProxy, "--cleanup", "--config", config)
 	require.NoError(t, err, "kube-proxy --cleanup: %s", out)
 	tables = node.MustExec("nft", "list", "tables")
 	assert.NotContains(t, tables, "kube-proxy", "upstream's table of the delegated ports is gone")
 	assert.NotContains(t, tables, "kube-haproxy", "the guard's table is gone")
-}
-
-// nodeConfig is the proxier configuration of the node namespace: scope
-// node, its state under dir, NodePorts on the node's address.
-func nodeConfig(dir, haproxy string) proxier.Config {
-	return proxier.Config{
-		Scope:             proxier.ScopeNode,
-		HAProxyPath:       haproxy,
-		StateDir:          filepath.Join(dir, "state"),
-		ManageProcess:     true,
-		NodeName:          nodeName,
-		NodeIPs:           map[v1.IPFamily]net.IP{v1.IPv4Protocol: net.ParseIP(nodeIP)},
-		NodePortAddresses: []string{nodeIP + "/32"},
-		ClusterCIDRs:      []string{"10.244.0.0/16"},
-		SyncPeriod:        time.Minute,
-		MinSyncPeriod:     100 * time.Millisecond,
-		NBThread:          1,
-	}
 }
