@@ -23,7 +23,7 @@ build: ## Build the patched kube-proxy, kube-apiserver and etcd into _output/bin
 	hack/build.sh
 
 .PHONY: unit
-unit: ## Unit tests (no root, no binaries).
+unit: ## Unit tests of the proxier and hack/ (no root, no built binaries; haproxy from make deps).
 	$(GO) test ./proxier/... ./hack/...
 
 .PHONY: test

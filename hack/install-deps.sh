@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests and the local cluster need.
-# Idempotent: does nothing when every package is already there.
+# Installs the Debian packages the tests and the local cluster need, and
+# loads br_netfilter (the tests of pods on a node's bridge turn it on).
+# Idempotent: does nothing when everything is already there.
 set -euo pipefail
+
+# br_netfilter: built in, or a module to load (root). Without it the tests
+# that need it fail and say so.
+if [ ! -d /proc/sys/net/bridge ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v modprobe >/dev/null; then
+    modprobe br_netfilter || echo "install-deps: cannot load br_netfilter" >&2
+  else
+    echo "install-deps: br_netfilter is not loaded (as root: modprobe br_netfilter)" >&2
+  fi
+fi
+
 pkgs=(haproxy nftables iptables iproute2 socat wrk curl keepalived)
 missing=()
 for p in "${pkgs[@]}"; do

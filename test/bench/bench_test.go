@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit"
 	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
 	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
 	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
@@ -169,8 +170,11 @@ func (c config) passes() []struct {
 // scale, and writes the report only when every run succeeded.
 func TestBench(t *testing.T) {
 	if os.Getenv("KH_BENCH") != "1" {
-		t.Skip("set KH_BENCH=1 to run the benchmarks (make bench)")
+		t.Skip("opt-in: set KH_BENCH=1 to run the benchmarks (make bench)")
 	}
+	// wrk runs in the client's namespace: without it every data-plane
+	// figure would be missing, so it is checked before any cluster starts.
+	kit.Command(t, "wrk")
 	cfg := loadConfig(t)
 	avail, err := MemAvailable("/proc")
 	if err != nil {

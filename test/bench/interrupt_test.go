@@ -22,7 +22,7 @@ import (
 // needs (KH_BENCH=1, root, make build); make bench-smoke runs it.
 func TestBenchInterruptCleansUp(t *testing.T) {
 	if os.Getenv("KH_BENCH") != "1" {
-		t.Skip("set KH_BENCH=1 to run the benchmarks (make bench-smoke)")
+		t.Skip("opt-in: set KH_BENCH=1 to run the benchmarks (make bench-smoke)")
 	}
 	netns.Require(t)
 	out := filepath.Join(t.TempDir(), "out")

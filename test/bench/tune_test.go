@@ -42,7 +42,7 @@ var tuneVariants = []tuneVariant{
 // Tuning section of docs/benchmarks.md); it changes nothing in the repo.
 func TestTune(t *testing.T) {
 	if os.Getenv("KH_BENCH_TUNE") != "1" {
-		t.Skip("set KH_BENCH_TUNE=1 to try HAProxy settings on the benchmark's data plane")
+		t.Skip("opt-in: set KH_BENCH_TUNE=1 to try HAProxy settings on the benchmark's data plane")
 	}
 	cfg := loadConfig(t)
 	ctx := context.Background()

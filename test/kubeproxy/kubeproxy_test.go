@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"kube-haproxy.io/kube-haproxy/internal/kit"
 	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
 )
 
@@ -53,13 +54,7 @@ func TestHelpListsHAProxyFlags(t *testing.T) {
 // never created. --master points nowhere: none of these may get as far as
 // the API server.
 func TestBadInputRefused(t *testing.T) {
-	haproxy, err := exec.LookPath("haproxy")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("haproxy is not installed (hack/install-deps.sh installs it): %v", err)
-		}
-		t.Skipf("haproxy is not installed: %v", err)
-	}
+	haproxy := kit.Command(t, "haproxy")
 	dir := t.TempDir()
 	aFile := filepath.Join(dir, "a-file")
 	require.NoError(t, os.WriteFile(aFile, nil, 0o600))
