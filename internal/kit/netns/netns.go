@@ -9,6 +9,10 @@
 // any process still inside its namespaces, then deletes the namespaces,
 // which takes their links with them.
 //
+// Kit.Node builds the topology the integration suites share (a node, a
+// client on its LAN, a pod bridge with pods); RunTestsInNamespace runs a
+// package's tests inside the node, for code that must run wholly there.
+//
 // Tests using a Kit need root and `ip netns`; without them New fails the
 // test, saying what is missing (see package kit: a missing dependency is a
 // failure, never a skip).
