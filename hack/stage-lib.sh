@@ -45,6 +45,69 @@ kh::series_patches() {
   sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' "${KH_SERIES}"
 }
 
+# The header fields of every patch's message (docs/patches.md, "Layout").
+KH_PATCH_FIELDS=(Description Why Upstream-Version Forwarded Generated Tests)
+
+# kh::check_patch_set [DIR] checks the patch set in DIR (default patches/)
+# without any upstream tree: every series entry exists and is listed once,
+# every *.patch file is in the series, the four-digit numbers of the file
+# names grow along the series, and every patch's message (before its "---"
+# line) has each field of KH_PATCH_FIELDS, not empty. It prints one line per
+# problem, naming the patch, and returns 1 if there is any.
+kh::check_patch_set() {
+  local dir=${1:-${KH_PATCHES_DIR}} label p f num prev=-1 rc=0 missing=false
+  local -a entries
+  local -A listed=()
+  label=${dir#"${KH_ROOT}"/}
+  if [ ! -f "${dir}/series" ]; then
+    echo "${label}/series: missing"
+    return 1
+  fi
+  mapfile -t entries < <(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' "${dir}/series")
+  for p in "${entries[@]}"; do
+    if [ -n "${listed[${p}]:-}" ]; then
+      echo "${label}/series: ${p} is listed twice"
+      rc=1
+    fi
+    listed[${p}]=1
+    if [ ! -f "${dir}/${p}" ]; then
+      echo "${label}/series: ${p} is listed but does not exist"
+      rc=1
+      continue
+    fi
+    if ! [[ "${p}" =~ ^([0-9]{4})-[^/]+\.patch$ ]]; then
+      echo "${label}/${p}: the name is not NNNN-<what>.patch"
+      rc=1
+    else
+      num=$((10#${BASH_REMATCH[1]}))
+      if [ "${num}" -le "${prev}" ]; then
+        echo "${label}/${p}: its number is not above the previous patch's in the series; number the patches in the order they apply"
+        rc=1
+      fi
+      prev=${num}
+    fi
+    for f in "${KH_PATCH_FIELDS[@]}"; do
+      if ! sed -n '1,/^---$/p' "${dir}/${p}" | grep -q "^${f}:[[:space:]]*[^[:space:]]"; then
+        echo "${label}/${p}: the header has no ${f}: field"
+        rc=1
+        missing=true
+      fi
+    done
+  done
+  for f in "${dir}"/*.patch; do
+    [ -e "${f}" ] || continue
+    p=$(basename "${f}")
+    if [ -z "${listed[${p}]:-}" ]; then
+      echo "${label}/${p}: not listed in ${label}/series; add it there or delete it"
+      rc=1
+    fi
+  done
+  if ${missing}; then
+    echo "(every patch's header has the fields ${KH_PATCH_FIELDS[*]}: see docs/patches.md, \"Layout\")"
+  fi
+  return "${rc}"
+}
+
 # kh::series_hash prints a hash of everything a staged tree is made from:
 # the upstream version, the staging scripts, the series and each patch.
 kh::series_hash() {

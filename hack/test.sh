@@ -8,7 +8,7 @@ echo "== system packages (idempotent; installs what is missing, as root)"
 hack/install-deps.sh
 
 echo "== unit tests"
-go test ./proxier/... 
+go test ./proxier/... ./hack/...
 
 echo "== patch series: applies to a fresh upstream ${KUBE_VERSION}, generated files current"
 hack/verify-patches.sh
