@@ -6,6 +6,9 @@
 #   make local-up                 in the background; make local-down removes it
 #   FOREGROUND=1 make local-up    in the foreground; Ctrl-C removes it
 #   MODE=nftables make local-up   upstream's nftables mode, same kube-proxy
+#   SCOPE=cluster make local-up   no kube-proxy on the nodes: two load balancers
+#                                 (kube-proxy scope cluster, keepalived, lb-controller)
+#   SCOPE=external make local-up  nodes in nftables mode, two external load balancers
 #   KUBECTL=1 make local-up       also build _output/bin/kubectl (pinned upstream)
 #
 # The cluster is held by one process, _output/bin/local-cluster; its state
@@ -23,7 +26,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 # A fresh machine: install what is missing (idempotent, needs root).
 hack/install-deps.sh
-for cmd in haproxy nft ip; do
+for cmd in haproxy nft ip keepalived; do
   command -v "${cmd}" >/dev/null || { echo "local-up: ${cmd} not in PATH after hack/install-deps.sh" >&2; exit 1; }
 done
 
@@ -35,7 +38,7 @@ if "${BIN}/local-cluster" status -dir "${STATE}" >/dev/null 2>&1; then
 fi
 
 missing=()
-for b in kube-proxy kube-apiserver etcd; do
+for b in kube-proxy kube-apiserver etcd lb-controller; do
   [ -x "${BIN}/${b}" ] || missing+=("${b}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -56,7 +59,8 @@ if [ -n "${KUBECTL:-}" ] && [ ! -x "${BIN}/kubectl" ]; then
   GOWORK="${KH_ROOT}/staging/go.work" go build -trimpath -buildvcs=false -o "${BIN}/kubectl" k8s.io/kubernetes/cmd/kubectl
 fi
 
-mode=(-mode "${MODE:-haproxy}")
+mode=(-scope "${SCOPE:-node}")
+if [ -n "${MODE:-}" ]; then mode+=(-mode "${MODE}"); fi
 if [ -n "${FOREGROUND:-}" ]; then
   exec "${BIN}/local-cluster" up -dir "${STATE}" "${mode[@]}"
 fi

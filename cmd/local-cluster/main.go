@@ -47,7 +47,8 @@ func main() {
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	dir := fs.String("dir", filepath.Join("_output", "local"), "state directory")
-	mode := fs.String("mode", localcluster.ModeHAProxy, "kube-proxy mode: haproxy or nftables")
+	mode := fs.String("mode", "", "the nodes' kube-proxy mode: haproxy or nftables (default: haproxy in scope node, nftables in scope external)")
+	scope := fs.String("scope", localcluster.ScopeNode, "where the haproxy proxier runs: node, cluster or external (docs/scopes.md)")
 	_ = fs.Parse(os.Args[2:])
 	abs, err := filepath.Abs(*dir)
 	if err != nil {
@@ -55,7 +56,7 @@ func main() {
 	}
 	switch os.Args[1] {
 	case "up":
-		err = up(abs, *mode)
+		err = up(abs, *mode, *scope)
 	case "down":
 		err = down(abs)
 	case "status":
@@ -74,7 +75,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: local-cluster up|down|status [-dir DIR] [-mode haproxy|nftables]")
+	fmt.Fprintln(os.Stderr, "usage: local-cluster up|down|status [-dir DIR] [-mode haproxy|nftables] [-scope node|cluster|external]")
 	os.Exit(2)
 }
 
@@ -100,7 +101,7 @@ func running(dir string) (int, bool) {
 	return pid, true
 }
 
-func up(dir, mode string) error {
+func up(dir, mode, scope string) error {
 	if pid, alive := running(dir); alive {
 		info, _ := os.ReadFile(filepath.Join(dir, "info.txt"))
 		return fmt.Errorf("already up (pid %d); `make local-down` first\n%s", pid, info)
@@ -130,7 +131,7 @@ func up(dir, mode string) error {
 	}()
 	err := r.run(func() error {
 		c := localcluster.Start(r, localcluster.Options{
-			Mode: mode, Dir: dir,
+			Mode: mode, Scope: scope, Dir: dir,
 			Logf: func(format string, args ...any) { fmt.Printf("local-cluster: "+format+"\n", args...) },
 		})
 		help, err := c.StartDemo(context.Background())

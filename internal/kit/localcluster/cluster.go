@@ -67,8 +67,13 @@ const APIServerPort = 6443
 
 // Options says what cluster to start.
 type Options struct {
-	// Mode is kube-proxy's mode: haproxy (default) or nftables.
+	// Mode is the nodes' kube-proxy mode: haproxy (default) or nftables.
+	// Scope external runs the nodes in nftables mode; scope cluster runs
+	// no kube-proxy on them.
 	Mode string
+	// Scope is where the haproxy proxier runs: node (default), cluster or
+	// external (two load-balancer hosts; docs/scopes.md).
+	Scope string
 	// Nodes is the number of node namespaces; default 2.
 	Nodes int
 	// Dir holds the generated files (kubeconfigs, kube-proxy configs,
@@ -103,6 +108,8 @@ type Cluster struct {
 	LAN     *netns.Namespace
 	Outside *netns.Namespace
 	Nodes   []*Node
+	// LBs are the load-balancer hosts of scopes cluster and external.
+	LBs []*LBHost
 	// Kubeconfig reaches kube-apiserver from the host (127.0.0.1).
 	Kubeconfig string
 	// NodeKubeconfig reaches it from inside the namespaces (the LAN gateway).
@@ -124,10 +131,29 @@ func (c *Cluster) logf(format string, args ...any) {
 // `make build`) fails t before anything starts.
 func Start(t kit.T, opts Options) *Cluster {
 	t.Helper()
-	if opts.Mode == "" {
-		opts.Mode = ModeHAProxy
+	if opts.Scope == "" {
+		opts.Scope = ScopeNode
 	}
-	if opts.Mode != ModeHAProxy && opts.Mode != ModeNFTables {
+	switch opts.Scope {
+	case ScopeNode:
+		if opts.Mode == "" {
+			opts.Mode = ModeHAProxy
+		}
+	case ScopeCluster:
+		if opts.Mode != "" {
+			t.Fatalf("localcluster: scope %s runs no kube-proxy on the nodes; leave the mode empty", opts.Scope)
+		}
+	case ScopeExternal:
+		if opts.Mode == "" {
+			opts.Mode = ModeNFTables
+		}
+		if opts.Mode != ModeNFTables {
+			t.Fatalf("localcluster: scope %s runs upstream's nftables mode on the nodes, not %q", opts.Scope, opts.Mode)
+		}
+	default:
+		t.Fatalf("localcluster: scope %q is not %s, %s or %s", opts.Scope, ScopeNode, ScopeCluster, ScopeExternal)
+	}
+	if opts.Mode != "" && opts.Mode != ModeHAProxy && opts.Mode != ModeNFTables {
 		t.Fatalf("localcluster: mode %q is not %s or %s", opts.Mode, ModeHAProxy, ModeNFTables)
 	}
 	if opts.Nodes == 0 {
@@ -137,7 +163,7 @@ func Start(t kit.T, opts Options) *Cluster {
 		opts.Dir = t.TempDir()
 	}
 	netns.Require(t)
-	if opts.HAProxyPath == "" && opts.Mode == ModeHAProxy {
+	if opts.HAProxyPath == "" && (opts.Mode == ModeHAProxy || opts.Scope != ScopeNode) {
 		opts.HAProxyPath = netns.RequireBinary(t, "haproxy")
 	}
 	netns.RequireBinary(t, "nft")
@@ -155,6 +181,9 @@ func Start(t kit.T, opts Options) *Cluster {
 	c.logf("creating the network namespaces")
 	c.Kit = netns.New(t)
 	c.buildNetwork()
+	if opts.Scope != ScopeNode {
+		c.buildLoadBalancers()
+	}
 	c.forwardAPIServer()
 	c.writeNodeKubeconfig()
 
@@ -164,16 +193,43 @@ func Start(t kit.T, opts Options) *Cluster {
 			t.Fatalf("localcluster: %v", err)
 		}
 	}
+	for _, lb := range c.LBs {
+		if err := c.createLBNodeObject(ctx, lb.Node); err != nil {
+			t.Fatalf("localcluster: %v", err)
+		}
+	}
+	if opts.Scope == ScopeExternal {
+		if err := c.createPool(ctx); err != nil {
+			t.Fatalf("localcluster: %v", err)
+		}
+	}
 	c.eps = newEndpointController(c)
 	t.Cleanup(c.eps.stop)
-	for _, n := range c.Nodes {
+	proxied := c.Nodes
+	if opts.Scope == ScopeCluster {
+		proxied = nil
+	}
+	for _, n := range proxied {
 		c.logf("starting kube-proxy (mode %s) on %s", opts.Mode, n.Name)
 		c.startKubeProxy(kubeProxy, n)
 	}
-	for _, n := range c.Nodes {
+	if len(c.LBs) > 0 {
+		c.startLoadBalancers(kubeProxy)
+		for _, lb := range c.LBs {
+			proxied = append(proxied, lb.Node)
+		}
+	}
+	for _, n := range proxied {
 		if err := c.waitProxyHealthy(n, 2*time.Minute); err != nil {
 			t.Fatalf("localcluster: %v\n%s", err, tail(n.Proxy.Log(), 40))
 		}
+	}
+	if len(c.LBs) > 0 {
+		lb, err := c.WaitActiveLB(time.Minute)
+		if err != nil {
+			t.Fatalf("localcluster: %v", err)
+		}
+		c.logf("%s holds the load balancers' address %s", lb.Name, LBVIP)
 	}
 	c.logf("cluster up")
 	return c

@@ -43,13 +43,19 @@ nftables:
 haproxy:
   binaryPath: {{.HAProxy}}
   stateDir: {{.StateDir}}
-  scope: node
+  scope: {{.Scope}}
   syncPeriod: 30s
   minSyncPeriod: 100ms
 {{- end}}
 `))
 
 func (c *Cluster) startKubeProxy(bin string, n *Node) {
+	c.startKubeProxyScoped(bin, n, c.Opts.Mode, ScopeNode)
+}
+
+// startKubeProxyScoped starts kube-proxy on n in mode, with the haproxy
+// proxier in scope.
+func (c *Cluster) startKubeProxyScoped(bin string, n *Node, mode, scope string) {
 	dir := filepath.Join(c.Opts.Dir, n.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		c.t.Fatalf("localcluster: %v", err)
@@ -61,7 +67,8 @@ func (c *Cluster) startKubeProxy(bin string, n *Node) {
 		"NodeIP":      n.IP.String(),
 		"ClusterCIDR": ClusterCIDR.String(),
 		"HealthzPort": HealthzPort,
-		"Mode":        c.Opts.Mode,
+		"Mode":        mode,
+		"Scope":       scope,
 		"HAProxy":     c.Opts.HAProxyPath,
 		"StateDir":    filepath.Join(dir, "haproxy"),
 	})

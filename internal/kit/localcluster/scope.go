@@ -1,0 +1,233 @@
+package localcluster
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"kube-haproxy.io/kube-haproxy/internal/kit"
+	"kube-haproxy.io/kube-haproxy/internal/kit/controlplane"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
+	"kube-haproxy.io/kube-haproxy/keepalived"
+)
+
+// Scopes of the haproxy proxier a cluster can be started in (see
+// docs/scopes.md).
+const (
+	// ScopeNode: kube-proxy (Options.Mode) on every node; no load balancer.
+	ScopeNode = "node"
+	// ScopeCluster: no kube-proxy on the nodes; two load-balancer hosts run
+	// kube-proxy in scope cluster, keepalived and lb-controller, and the
+	// nodes route the Service range to their virtual address.
+	ScopeCluster = "cluster"
+	// ScopeExternal: the nodes run kube-proxy in nftables mode; the
+	// load-balancer hosts serve labelled Services (ClusterIPs from the
+	// pool PoolPrefix) and LoadBalancer Services of the class.
+	ScopeExternal = "external"
+)
+
+// Addresses of the load-balancer hosts (scopes cluster and external).
+var (
+	// LBHostIPs are the load-balancer hosts' own addresses on the LAN.
+	LBHostIPs = []netip.Addr{netip.MustParseAddr("10.88.0.21"), netip.MustParseAddr("10.88.0.22")}
+	// LBVIP is the virtual address keepalived gives the healthy host:
+	// everything the load balancers serve is routed to it.
+	LBVIP = netip.MustParseAddr("10.88.0.10")
+	// IngressPrefix is lb-controller's pool of LoadBalancer ingress IPs.
+	IngressPrefix = netip.MustParsePrefix("203.0.113.0/24")
+	// PoolPrefix is the ClusterIP pool "lb" (scope external): a
+	// ServiceCIDR labelled haproxy.kube-haproxy.io/pool=lb.
+	PoolPrefix = netip.MustParsePrefix("10.100.0.0/24")
+)
+
+const (
+	// PoolName is the ClusterIP pool of scope external.
+	PoolName = "lb"
+	// PoolLabel marks a ServiceCIDR as part of a pool; a Service asks
+	// for one with an annotation of the same key.
+	PoolLabel = "haproxy.kube-haproxy.io/pool"
+	// LoadBalancerRole labels and taints the load-balancer hosts' Nodes.
+	LoadBalancerRole = "node-role.kubernetes.io/load-balancer"
+	// vrrpRouterID is the VRRP router id of the pair.
+	vrrpRouterID = 51
+)
+
+// LBHost is one load-balancer host: kube-proxy with its HAProxy,
+// keepalived and lb-controller in a namespace on the LAN.
+type LBHost struct {
+	*Node
+	Keepalived   *netns.Proc
+	LBController *netns.Proc
+}
+
+// buildLoadBalancers plugs the load-balancer hosts into the LAN and
+// routes the served ranges to the virtual address.
+func (c *Cluster) buildLoadBalancers() {
+	k := c.Kit
+	for i, ip := range LBHostIPs {
+		n := &Node{Name: fmt.Sprintf("lb%d", i+1), NS: k.Namespace(fmt.Sprintf("lb%d", i+1)), IP: ip}
+		k.Plug(c.LAN, "br0", n.NS, "eth0", netip.PrefixFrom(ip, LANPrefix.Bits()))
+		n.NS.DefaultRoute(LANGateway)
+		// HAProxy connects to pods directly, through their node.
+		for _, node := range c.Nodes {
+			n.NS.Route(node.PodCIDR, node.IP)
+		}
+		// UDP in scope cluster is NATed by the nftables proxier here.
+		n.NS.MustExec("sysctl", "-qw", "net.ipv4.ip_forward=1")
+		c.LBs = append(c.LBs, &LBHost{Node: n})
+	}
+	served := []netip.Prefix{IngressPrefix}
+	switch c.Opts.Scope {
+	case ScopeCluster:
+		served = append(served, ServiceCIDR)
+	case ScopeExternal:
+		served = append(served, PoolPrefix)
+	}
+	for _, p := range served {
+		for _, n := range c.Nodes {
+			n.NS.Route(p, LBVIP)
+		}
+		c.LAN.Route(p, LBVIP)
+	}
+	c.Outside.Route(IngressPrefix, LBVIP)
+	if c.Opts.Scope == ScopeCluster {
+		// No kube-proxy on the nodes: the load balancer serves LB and
+		// external IPs too.
+		c.Outside.Route(LBPrefix, LBVIP)
+		c.Outside.Route(ExternalIPNet, LBVIP)
+	} else {
+		c.Outside.Route(LBPrefix, c.Nodes[0].IP)
+		c.Outside.Route(ExternalIPNet, c.Nodes[0].IP)
+	}
+}
+
+// createLBNodeObject registers a load-balancer host as a Node that runs no
+// workloads, as docs/scopes.md sets them up.
+func (c *Cluster) createLBNodeObject(ctx context.Context, n *Node) error {
+	node := &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
+			v1.LabelHostname: n.Name, v1.LabelOSStable: "linux", LoadBalancerRole: "",
+		}},
+		Spec: v1.NodeSpec{Taints: []v1.Taint{{Key: LoadBalancerRole, Effect: v1.TaintEffectNoSchedule}}},
+	}
+	created, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("creating Node %s: %w", n.Name, err)
+	}
+	created.Status = v1.NodeStatus{
+		Addresses:  []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: n.IP.String()}, {Type: v1.NodeHostName, Address: n.Name}},
+		Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue, Reason: "LocalCluster", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
+	}
+	if _, err := c.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("setting the status of Node %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// createPool creates the ClusterIP pool of scope external.
+func (c *Cluster) createPool(ctx context.Context) error {
+	cidr := &networkingv1.ServiceCIDR{
+		ObjectMeta: metav1.ObjectMeta{Name: "haproxy-" + PoolName, Labels: map[string]string{PoolLabel: PoolName}},
+		Spec:       networkingv1.ServiceCIDRSpec{CIDRs: []string{PoolPrefix.String()}},
+	}
+	if _, err := c.Client.NetworkingV1().ServiceCIDRs().Create(ctx, cidr, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating the ClusterIP pool: %w", err)
+	}
+	// Allocation from a ServiceCIDR waits until it is Ready.
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		got, err := c.Client.NetworkingV1().ServiceCIDRs().Get(ctx, cidr.Name, metav1.GetOptions{})
+		if err == nil {
+			for _, cond := range got.Status.Conditions {
+				if cond.Type == networkingv1.ServiceCIDRConditionReady && cond.Status == metav1.ConditionTrue {
+					return nil
+				}
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("the ClusterIP pool's ServiceCIDR %s is not Ready after 30s", cidr.Name)
+}
+
+// startLoadBalancers starts kube-proxy (scope Opts.Scope), keepalived and
+// lb-controller on every load-balancer host.
+func (c *Cluster) startLoadBalancers(kubeProxy string) {
+	lbController := controlplane.Binary(c.t, "lb-controller")
+	keepalivedBin := c.requireCommand("keepalived")
+	for _, lb := range c.LBs {
+		c.logf("starting kube-proxy (scope %s), keepalived and lb-controller on %s", c.Opts.Scope, lb.Name)
+		c.startKubeProxyScoped(kubeProxy, lb.Node, ModeHAProxy, c.Opts.Scope)
+		dir := filepath.Join(c.Opts.Dir, lb.Name)
+		check := filepath.Join(dir, "check-kube-haproxy.sh")
+		if err := os.WriteFile(check, keepalived.CheckScript, 0o755); err != nil {
+			c.t.Fatalf("localcluster: %v", err)
+		}
+		conf, err := keepalived.Render(keepalived.Config{
+			Name:        lb.Name,
+			Interface:   "eth0",
+			RouterID:    vrrpRouterID,
+			VIPs:        []netip.Prefix{netip.PrefixFrom(LBVIP, LANPrefix.Bits())},
+			CheckScript: check,
+		})
+		if err != nil {
+			c.t.Fatalf("localcluster: %v", err)
+		}
+		confPath := filepath.Join(dir, "keepalived.conf")
+		if err := os.WriteFile(confPath, conf, 0o644); err != nil {
+			c.t.Fatalf("localcluster: %v", err)
+		}
+		lb.Keepalived = lb.NS.Start("keepalived", keepalivedBin, "--dont-fork", "--log-console", "--vrrp",
+			"--use-file="+confPath, "--pid="+filepath.Join(dir, "keepalived.pid"), "--vrrp_pid="+filepath.Join(dir, "keepalived-vrrp.pid"))
+		args := []string{"--kubeconfig=" + c.NodeKubeconfig, "--pools=" + IngressPrefix.String(), "--leader-elect-identity=" + lb.Name, "--leader-elect-namespace=kube-system"}
+		if c.Opts.Scope == ScopeCluster {
+			args = append(args, "--serve-without-class")
+		}
+		lb.LBController = lb.NS.Start("lb-controller", append([]string{lbController}, args...)...)
+	}
+}
+
+// ActiveLB returns the load-balancer host that holds the virtual address,
+// or nil.
+func (c *Cluster) ActiveLB() *LBHost {
+	for _, lb := range c.LBs {
+		if out, err := lb.NS.Exec("ip", "-br", "addr", "show", "dev", "eth0"); err == nil && strings.Contains(out, " "+LBVIP.String()+"/") {
+			return lb
+		}
+	}
+	return nil
+}
+
+// WaitActiveLB waits until one load-balancer host holds the virtual
+// address, and returns it.
+func (c *Cluster) WaitActiveLB(timeout time.Duration) (*LBHost, error) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if lb := c.ActiveLB(); lb != nil {
+			return lb, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var logs []string
+	for _, lb := range c.LBs {
+		if lb.Keepalived != nil {
+			logs = append(logs, lb.Name+" keepalived:\n"+tail(lb.Keepalived.Log(), 20))
+		}
+	}
+	return nil, fmt.Errorf("no load balancer holds %s after %v\n%s", LBVIP, timeout, strings.Join(logs, "\n"))
+}
+
+func (c *Cluster) requireCommand(name string) string {
+	p, err := kit.LookCommand(name)
+	if err != nil {
+		c.t.Fatalf("localcluster: %v", err)
+	}
+	return p
+}
