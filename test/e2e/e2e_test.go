@@ -2,11 +2,15 @@
 // internal/kit/localcluster: real kube-apiserver, kube-proxy on two node
 // namespaces, pods, and clients sending real connections. The same
 // scenarios run with kube-proxy in haproxy mode and in upstream's nftables
-// mode (the same patched binary), and the suite prints both results side
-// by side, so our mode is measured against upstream's behaviour.
+// mode (the same patched binary), and in the central scope "cluster" (no
+// kube-proxy on the nodes, two load balancers with keepalived); scope
+// "external" runs the scenarios of what it serves. The suite prints the
+// results side by side, so our modes are measured against upstream's
+// behaviour, with the differences that are by design named.
 //
-//	KH_E2E=1 go test -v -count=1 -timeout 60m ./test/e2e/            # both modes
-//	KH_E2E=1 MODE=nftables go test -v -count=1 ./test/e2e/          # one mode
+//	KH_E2E=1 go test -v -count=1 -timeout 60m ./test/e2e/            # every setup
+//	KH_E2E=1 MODE=nftables go test -v -count=1 ./test/e2e/          # one setup
+//	KH_E2E=1 MODE=cluster,external go test -v -count=1 ./test/e2e/  # the scopes
 //
 // The suite is opt-in (KH_E2E=1; without it TestE2E skips and says so)
 // because it starts two clusters and takes minutes; hack/test.sh, and so
@@ -17,6 +21,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -53,11 +58,39 @@ func record(scenario, mode string, r result) {
 	results[scenario][mode] = r
 }
 
+// Setups beyond the nodes' modes: the proxier's central scopes.
+const (
+	setupCluster  = localcluster.ScopeCluster
+	setupExternal = localcluster.ScopeExternal
+)
+
 func modes() []string {
 	if m := os.Getenv("MODE"); m != "" {
 		return strings.Split(m, ",")
 	}
-	return []string{localcluster.ModeHAProxy, localcluster.ModeNFTables}
+	return []string{localcluster.ModeHAProxy, localcluster.ModeNFTables, setupCluster, setupExternal}
+}
+
+// clusterOptions is the local cluster of a setup.
+func clusterOptions(setup string) localcluster.Options {
+	switch setup {
+	case setupCluster, setupExternal:
+		return localcluster.Options{Scope: setup}
+	default:
+		return localcluster.Options{Mode: setup}
+	}
+}
+
+// scenariosOf lists what runs in a setup: scope external serves only the
+// Services labelled for it and of its class, so it runs its own list.
+func scenariosOf(setup string) []scenario {
+	if setup == setupExternal {
+		return externalScenarios
+	}
+	if setup == setupCluster {
+		return append(slices.Clone(scenarios), ingressIPScenario)
+	}
+	return scenarios
 }
 
 func TestMain(m *testing.M) {
@@ -113,9 +146,11 @@ func TestE2E(t *testing.T) {
 	}
 	for _, mode := range modes() {
 		t.Run(mode, func(t *testing.T) {
-			c := localcluster.Start(t, localcluster.Options{Mode: mode, Logf: t.Logf})
-			e := newEnv(t, c)
-			for _, sc := range scenarios {
+			opts := clusterOptions(mode)
+			opts.Logf = t.Logf
+			c := localcluster.Start(t, opts)
+			e := newEnv(t, c, mode)
+			for _, sc := range scenariosOf(mode) {
 				// A scenario that fails after measuring (assert, not
 				// require) keeps its note in the summary.
 				var note string

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -30,8 +31,8 @@ type env struct {
 	ctx    context.Context
 }
 
-func newEnv(t *testing.T, c *localcluster.Cluster) *env {
-	e := &env{c: c, mode: c.Opts.Mode, ctx: context.Background()}
+func newEnv(t *testing.T, c *localcluster.Cluster, setup string) *env {
+	e := &env{c: c, mode: setup, ctx: context.Background()}
 	var err error
 	e.client, err = c.AddPod(e.ctx, c.Nodes[0], "client", map[string]string{"app": "client"})
 	require.NoError(t, err)
@@ -43,6 +44,43 @@ func newEnv(t *testing.T, c *localcluster.Cluster) *env {
 		}
 	}
 	return e
+}
+
+// haproxy reports whether HAProxy serves the Services in this setup
+// (haproxy mode on the nodes, or the load balancers of scope cluster).
+func (e *env) haproxy() bool {
+	return e.mode == localcluster.ModeHAProxy || e.mode == setupCluster
+}
+
+// nodePortHosts are the addresses NodePorts are served on: the nodes, or
+// in scope cluster (no kube-proxy on the nodes) the load balancers'
+// virtual address.
+func (e *env) nodePortHosts() []string {
+	if e.mode == setupCluster {
+		return []string{localcluster.LBVIP.String()}
+	}
+	var out []string
+	for _, n := range e.c.Nodes {
+		out = append(out, n.IP.String())
+	}
+	return out
+}
+
+// haproxyDirs are the state directories of the HAProxies serving the
+// Services (each node's, or each load balancer's).
+func (e *env) haproxyDirs() map[string]string {
+	out := map[string]string{}
+	hosts := e.c.Nodes
+	if e.mode == setupCluster || e.mode == setupExternal {
+		hosts = nil
+		for _, lb := range e.c.LBs {
+			hosts = append(hosts, lb.Node)
+		}
+	}
+	for _, n := range hosts {
+		out[n.Name] = filepath.Join(e.c.Opts.Dir, n.Name, "haproxy")
+	}
+	return out
 }
 
 func names(pods ...*localcluster.Pod) []string {

@@ -80,8 +80,12 @@ func namedTargetPortMultiPort(t *testing.T, e *env) string {
 func nodePortFromOutside(t *testing.T, e *env) string {
 	svc := e.service(t, "np", "web", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort })
 	np := svc.Spec.Ports[0].NodePort
-	for _, n := range e.c.Nodes {
-		servedBy(t, e.c.Outside, localcluster.OutsideIP, "http://"+hostPort(n.IP.String(), np)+"/", names(e.web...)...)
+	for _, h := range e.nodePortHosts() {
+		servedBy(t, e.c.Outside, localcluster.OutsideIP, "http://"+hostPort(h, np)+"/", names(e.web...)...)
+	}
+	if e.mode == setupCluster {
+		byDesign["nodeport-from-outside"] = "scope cluster runs no kube-proxy on the nodes: NodePorts are served on the load balancers' addresses"
+		return fmt.Sprintf("port %d on the load balancers' %s", np, localcluster.LBVIP)
 	}
 	return fmt.Sprintf("port %d on both nodes", np)
 }
@@ -197,6 +201,11 @@ func internalTrafficPolicyLocal(t *testing.T, e *env) string {
 			local = append(local, p)
 		}
 	}
+	if e.mode == setupCluster {
+		byDesign["internal-traffic-policy-local"] = "on a load balancer that is not a node no endpoint is local: scope cluster serves policy Local by every endpoint"
+		servedBy(t, e.client.NS.Namespace, netip.Addr{}, "http://"+hostPort(svc.Spec.ClusterIP, 80)+"/", names(e.web...)...)
+		return "every endpoint (scope cluster)"
+	}
 	servedBy(t, e.client.NS.Namespace, netip.Addr{}, "http://"+hostPort(svc.Spec.ClusterIP, 80)+"/", names(local...)...)
 	return ""
 }
@@ -217,6 +226,15 @@ func externalTrafficPolicyLocal(t *testing.T, e *env) string {
 	svc, p := etpLocalService(t, e, "etp", "192.0.2.30")
 	require.NotZero(t, svc.Spec.HealthCheckNodePort)
 	hc := svc.Spec.HealthCheckNodePort
+	if e.mode == setupCluster {
+		byDesign["external-traffic-policy-local"] = "scope cluster: no endpoint is local to the load balancer, every one serves, and no healthCheckNodePort is opened (it belongs to nodes)"
+		np := svc.Spec.Ports[0].NodePort
+		servedBy(t, e.c.Outside, localcluster.OutsideIP, "http://"+hostPort(localcluster.LBVIP.String(), np)+"/", p.Name)
+		servedBy(t, e.c.Outside, localcluster.OutsideIP, "http://192.0.2.30/", p.Name)
+		_, err := get(e.c.Outside, localcluster.OutsideIP, "http://"+hostPort(localcluster.LBVIP.String(), hc)+"/", 2*time.Second)
+		assert.Error(t, err, "no healthCheckNodePort on the load balancer")
+		return "LB IP and NodePort served, no healthCheckNodePort"
+	}
 	want := map[string]int{e.c.Nodes[0].Name: http.StatusOK, e.c.Nodes[1].Name: http.StatusServiceUnavailable}
 	for _, n := range e.c.Nodes {
 		url := "http://" + hostPort(n.IP.String(), hc) + "/"
@@ -263,8 +281,8 @@ func clientSourceIP(t *testing.T, e *env) string {
 	switch e.mode {
 	case localcluster.ModeNFTables:
 		assert.Equal(t, localcluster.OutsideIP.String(), host, "upstream keeps the client address")
-	case localcluster.ModeHAProxy:
-		assert.NotEqual(t, localcluster.OutsideIP.String(), host, "HAProxy connects from the node")
+	case localcluster.ModeHAProxy, setupCluster:
+		assert.NotEqual(t, localcluster.OutsideIP.String(), host, "HAProxy connects from its own host")
 	}
 	return "pod sees " + host
 }
@@ -293,21 +311,23 @@ func headlessIgnored(t *testing.T, e *env) string {
 	// the headless one has happened.
 	svc := e.service(t, "after-headless", "web", nil)
 	servedBy(t, e.client.NS.Namespace, netip.Addr{}, "http://"+hostPort(svc.Spec.ClusterIP, 80)+"/", names(e.web...)...)
-	for _, n := range e.c.Nodes {
-		var state string
-		switch e.mode {
-		case localcluster.ModeHAProxy:
+	if e.haproxy() {
+		for host, dir := range e.haproxyDirs() {
 			// The Services are in the maps; haproxy.cfg has no Service.
+			var state string
 			for _, f := range []string{"haproxy.cfg", "services-ipv4.map", "endpoints-ipv4.map"} {
-				b, err := os.ReadFile(filepath.Join(e.c.Opts.Dir, n.Name, "haproxy", f))
+				b, err := os.ReadFile(filepath.Join(dir, f))
 				require.NoError(t, err)
 				state += string(b)
 			}
-			require.Contains(t, state, "default.after-headless", "the maps are current")
-		case localcluster.ModeNFTables:
-			state = n.NS.MustExec("nft", "list", "table", "ip", "kube-proxy")
-			require.Contains(t, state, "default/after-headless")
+			require.Contains(t, state, "default.after-headless", "the maps of %s are current", host)
+			assert.NotRegexp(t, `default[./]headless\b`, state, "%s has nothing for the headless Service", host)
 		}
+		return ""
+	}
+	for _, n := range e.c.Nodes {
+		state := n.NS.MustExec("nft", "list", "table", "ip", "kube-proxy")
+		require.Contains(t, state, "default/after-headless")
 		assert.NotRegexp(t, `default[./]headless\b`, state, "%s has nothing for the headless Service", n.Name)
 	}
 	return ""
@@ -316,7 +336,7 @@ func headlessIgnored(t *testing.T, e *env) string {
 func serviceDeleted(t *testing.T, e *env) string {
 	svc := e.service(t, "deleted", "web", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort })
 	addr := hostPort(svc.Spec.ClusterIP, 80)
-	np := hostPort(e.c.Nodes[0].IP.String(), svc.Spec.Ports[0].NodePort)
+	np := hostPort(e.nodePortHosts()[0], svc.Spec.Ports[0].NodePort)
 	servedBy(t, e.client.NS.Namespace, netip.Addr{}, "http://"+addr+"/", names(e.web...)...)
 	servedBy(t, e.c.Outside, localcluster.OutsideIP, "http://"+np+"/", names(e.web...)...)
 	require.NoError(t, e.c.Client.CoreV1().Services(svc.Namespace).Delete(e.ctx, svc.Name, metav1.DeleteOptions{}))
@@ -374,9 +394,12 @@ func dnsLike(t *testing.T, e *env) string {
 	tcpNodePort, udpNodePort := svc.Spec.Ports[0].NodePort, svc.Spec.Ports[1].NodePort
 	servedBy(t, e.client.NS.Namespace, netip.Addr{}, "http://"+hostPort(svc.Spec.ClusterIP, 53)+"/", names(e.web...)...)
 	udpServedBy(t, e.client.NS.Namespace, hostPort(svc.Spec.ClusterIP, 53), names(e.web...)...)
-	for _, n := range e.c.Nodes {
-		servedBy(t, e.c.Outside, localcluster.OutsideIP, "http://"+hostPort(n.IP.String(), tcpNodePort)+"/", names(e.web...)...)
-		udpServedBy(t, e.c.Outside, hostPort(n.IP.String(), udpNodePort), names(e.web...)...)
+	for _, h := range e.nodePortHosts() {
+		servedBy(t, e.c.Outside, localcluster.OutsideIP, "http://"+hostPort(h, tcpNodePort)+"/", names(e.web...)...)
+		udpServedBy(t, e.c.Outside, hostPort(h, udpNodePort), names(e.web...)...)
+	}
+	if e.mode == setupCluster {
+		return fmt.Sprintf("NodePorts %d/TCP and %d/UDP on the load balancers", tcpNodePort, udpNodePort)
 	}
 	return fmt.Sprintf("NodePorts %d/TCP and %d/UDP on both nodes", tcpNodePort, udpNodePort)
 }
@@ -483,8 +506,8 @@ func scaleUnderLoad(t *testing.T, e *env) string {
 	// drains a removed one (terminating first, then gone): no request may
 	// fail. Upstream's nftables mode is measured, not judged: its count is
 	// the column beside ours.
-	if e.mode == localcluster.ModeHAProxy {
-		assert.Zero(t, f, "requests failed while scaling 1->10->1 in haproxy mode: %s", note)
+	if e.haproxy() {
+		assert.Zero(t, f, "requests failed while scaling 1->10->1 through HAProxy: %s", note)
 	}
 	return note
 }
