@@ -115,8 +115,9 @@ type Cluster struct {
 	// NodeKubeconfig reaches it from inside the namespaces (the LAN gateway).
 	NodeKubeconfig string
 
-	t   kit.T
-	eps *endpointController
+	t      kit.T
+	eps    *endpointController
+	lbBins lbBinaries
 }
 
 func (c *Cluster) logf(format string, args ...any) {

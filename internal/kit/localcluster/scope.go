@@ -6,7 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -141,56 +143,158 @@ func (c *Cluster) createPool(ctx context.Context) error {
 	if _, err := c.Client.NetworkingV1().ServiceCIDRs().Create(ctx, cidr, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating the ClusterIP pool: %w", err)
 	}
-	// Allocation from a ServiceCIDR waits until it is Ready.
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		got, err := c.Client.NetworkingV1().ServiceCIDRs().Get(ctx, cidr.Name, metav1.GetOptions{})
-		if err == nil {
-			for _, cond := range got.Status.Conditions {
-				if cond.Type == networkingv1.ServiceCIDRConditionReady && cond.Status == metav1.ConditionTrue {
-					return nil
-				}
-			}
-		}
-		time.Sleep(200 * time.Millisecond)
+	// kube-apiserver's allocator learns ServiceCIDRs from an informer:
+	// wait until it takes a Service asking for the pool (a dry run).
+	probe := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "pool-probe", Namespace: metav1.NamespaceDefault, Annotations: map[string]string{PoolLabel: PoolName}},
+		Spec:       v1.ServiceSpec{Ports: []v1.ServicePort{{Port: 80, Protocol: v1.ProtocolTCP}}},
 	}
-	return fmt.Errorf("the ClusterIP pool's ServiceCIDR %s is not Ready after 30s", cidr.Name)
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if _, err = c.Client.CoreV1().Services(probe.Namespace).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("kube-apiserver does not allocate from the ClusterIP pool %s after 30s: %w", PoolName, err)
 }
 
 // startLoadBalancers starts kube-proxy (scope Opts.Scope), keepalived and
 // lb-controller on every load-balancer host.
 func (c *Cluster) startLoadBalancers(kubeProxy string) {
-	lbController := controlplane.Binary(c.t, "lb-controller")
-	keepalivedBin := c.requireCommand("keepalived")
+	c.lbBins = lbBinaries{
+		kubeProxy:    kubeProxy,
+		lbController: controlplane.Binary(c.t, "lb-controller"),
+		keepalived:   c.requireCommand("keepalived"),
+	}
 	for _, lb := range c.LBs {
 		c.logf("starting kube-proxy (scope %s), keepalived and lb-controller on %s", c.Opts.Scope, lb.Name)
 		c.startKubeProxyScoped(kubeProxy, lb.Node, ModeHAProxy, c.Opts.Scope)
-		dir := filepath.Join(c.Opts.Dir, lb.Name)
-		check := filepath.Join(dir, "check-kube-haproxy.sh")
-		if err := os.WriteFile(check, keepalived.CheckScript, 0o755); err != nil {
-			c.t.Fatalf("localcluster: %v", err)
+		c.startKeepalived(lb)
+		c.startLBController(lb)
+	}
+}
+
+// lbBinaries are the programs of a load-balancer host.
+type lbBinaries struct{ kubeProxy, lbController, keepalived string }
+
+func (c *Cluster) startKeepalived(lb *LBHost) {
+	dir := filepath.Join(c.Opts.Dir, lb.Name)
+	check := filepath.Join(dir, "check-kube-haproxy.sh")
+	if err := os.WriteFile(check, keepalived.CheckScript, 0o755); err != nil {
+		c.t.Fatalf("localcluster: %v", err)
+	}
+	conf, err := keepalived.Render(keepalived.Config{
+		Name:        lb.Name,
+		Interface:   "eth0",
+		RouterID:    vrrpRouterID,
+		VIPs:        []netip.Prefix{netip.PrefixFrom(LBVIP, LANPrefix.Bits())},
+		CheckScript: check,
+	})
+	if err != nil {
+		c.t.Fatalf("localcluster: %v", err)
+	}
+	confPath := filepath.Join(dir, "keepalived.conf")
+	if err := os.WriteFile(confPath, conf, 0o644); err != nil {
+		c.t.Fatalf("localcluster: %v", err)
+	}
+	lb.Keepalived = lb.NS.Start("keepalived", c.lbBins.keepalived, "--dont-fork", "--log-console", "--vrrp",
+		"--use-file="+confPath, "--pid="+filepath.Join(dir, "keepalived.pid"), "--vrrp_pid="+filepath.Join(dir, "keepalived-vrrp.pid"))
+}
+
+func (c *Cluster) startLBController(lb *LBHost) {
+	args := []string{c.lbBins.lbController, "--kubeconfig=" + c.NodeKubeconfig, "--pools=" + IngressPrefix.String(),
+		"--leader-elect-identity=" + lb.Name, "--leader-elect-namespace=kube-system"}
+	if c.Opts.Scope == ScopeCluster {
+		args = append(args, "--serve-without-class")
+	}
+	lb.LBController = lb.NS.Start("lb-controller", args...)
+}
+
+// KillHAProxy kills (SIGKILL) every HAProxy process of lb, as a crash
+// would; its kube-proxy starts HAProxy again.
+func (c *Cluster) KillHAProxy(lb *LBHost) error {
+	n := 0
+	for _, pid := range lb.pids() {
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "haproxy" {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+				n++
+			}
 		}
-		conf, err := keepalived.Render(keepalived.Config{
-			Name:        lb.Name,
-			Interface:   "eth0",
-			RouterID:    vrrpRouterID,
-			VIPs:        []netip.Prefix{netip.PrefixFrom(LBVIP, LANPrefix.Bits())},
-			CheckScript: check,
-		})
-		if err != nil {
-			c.t.Fatalf("localcluster: %v", err)
+	}
+	if n == 0 {
+		return fmt.Errorf("no HAProxy process runs on %s", lb.Name)
+	}
+	return nil
+}
+
+// KillKubeProxy kills (SIGKILL) lb's kube-proxy; its HAProxy keeps
+// serving what it was given.
+func (c *Cluster) KillKubeProxy(lb *LBHost) {
+	killProc(lb.Proxy)
+}
+
+// RestartKubeProxy starts lb's kube-proxy again (it adopts the running
+// HAProxy, or starts one) and waits until it is healthy.
+func (c *Cluster) RestartKubeProxy(lb *LBHost) error {
+	c.startKubeProxyScoped(c.lbBins.kubeProxy, lb.Node, ModeHAProxy, c.Opts.Scope)
+	return c.waitProxyHealthy(lb.Node, 2*time.Minute)
+}
+
+// StopLBHost makes lb disappear as a crashed host does: every process in
+// it is killed and its link goes down.
+func (c *Cluster) StopLBHost(lb *LBHost) {
+	for _, p := range []*netns.Proc{lb.Keepalived, lb.LBController, lb.Proxy} {
+		killProc(p)
+	}
+	for _, pid := range lb.pids() {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	lb.NS.MustExec("ip", "link", "set", "eth0", "down")
+}
+
+// StartLBHost brings a stopped lb back: link up, kube-proxy (which starts
+// HAProxy), keepalived and lb-controller.
+func (c *Cluster) StartLBHost(lb *LBHost) error {
+	lb.NS.MustExec("ip", "link", "set", "eth0", "up")
+	// The link's routes went with it.
+	lb.NS.DefaultRoute(LANGateway)
+	for _, node := range c.Nodes {
+		lb.NS.Route(node.PodCIDR, node.IP)
+	}
+	if err := c.RestartKubeProxy(lb); err != nil {
+		return err
+	}
+	c.startKeepalived(lb)
+	c.startLBController(lb)
+	return nil
+}
+
+// pids are the processes running in lb's namespace.
+func (lb *LBHost) pids() []int {
+	out, _ := lb.NS.Exec("ip", "netns", "pids", lb.NS.Name)
+	var pids []int
+	for _, f := range strings.Fields(out) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
 		}
-		confPath := filepath.Join(dir, "keepalived.conf")
-		if err := os.WriteFile(confPath, conf, 0o644); err != nil {
-			c.t.Fatalf("localcluster: %v", err)
+	}
+	return pids
+}
+
+// killProc kills p with SIGKILL and waits for it.
+func killProc(p *netns.Proc) {
+	if p == nil {
+		return
+	}
+	if ended, _ := p.Exited(); ended {
+		return
+	}
+	_ = syscall.Kill(p.PID(), syscall.SIGKILL)
+	for i := 0; i < 100; i++ {
+		if ended, _ := p.Exited(); ended {
+			return
 		}
-		lb.Keepalived = lb.NS.Start("keepalived", keepalivedBin, "--dont-fork", "--log-console", "--vrrp",
-			"--use-file="+confPath, "--pid="+filepath.Join(dir, "keepalived.pid"), "--vrrp_pid="+filepath.Join(dir, "keepalived-vrrp.pid"))
-		args := []string{"--kubeconfig=" + c.NodeKubeconfig, "--pools=" + IngressPrefix.String(), "--leader-elect-identity=" + lb.Name, "--leader-elect-namespace=kube-system"}
-		if c.Opts.Scope == ScopeCluster {
-			args = append(args, "--serve-without-class")
-		}
-		lb.LBController = lb.NS.Start("lb-controller", append([]string{lbController}, args...)...)
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	v1 "k8s.io/api/core/v1"
+
+	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
+	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
+)
+
+// TestFailover runs scope cluster with its two load balancers and
+// keepalived, and under a steady load from outside kills the active one's
+// HAProxy, then its kube-proxy, then the whole host (every process, link
+// down). After each it reports the requests that failed (new connections,
+// and requests on established keep-alive connections) and how long until
+// traffic was served again, and brings the killed part back.
+func TestFailover(t *testing.T) {
+	if os.Getenv("KH_E2E") != "1" {
+		t.Skip("opt-in: set KH_E2E=1 to run the end-to-end suite (hack/test.sh does)")
+	}
+	c := localcluster.Start(t, localcluster.Options{Scope: localcluster.ScopeCluster, Logf: t.Logf})
+	e := newEnv(t, c, setupCluster)
+	const lbIP = "192.0.2.40"
+	e.service(t, "failover", "web", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeLoadBalancer }, lbIP)
+	url := "http://" + lbIP + "/"
+	servedBy(t, c.Outside, localcluster.OutsideIP, url, names(e.web...)...)
+
+	var report []string
+	for _, kill := range []struct {
+		name    string
+		kill    func(*localcluster.LBHost) error
+		restore func(*localcluster.LBHost) error
+	}{
+		{"HAProxy", c.KillHAProxy, func(*localcluster.LBHost) error { return nil }},
+		{"kube-proxy", func(lb *localcluster.LBHost) error { c.KillKubeProxy(lb); return nil }, c.RestartKubeProxy},
+		{"host", func(lb *localcluster.LBHost) error { c.StopLBHost(lb); return nil }, c.StartLBHost},
+	} {
+		active, err := c.WaitActiveLB(30 * time.Second)
+		require.NoError(t, err)
+		load := startLoad(c.Outside, lbIP)
+		time.Sleep(2 * time.Second)
+		killedAt := time.Now()
+		require.NoError(t, kill.kill(active), "killing %s on %s", kill.name, active.Name)
+		moved := waitMoved(c, active, 8*time.Second)
+		time.Sleep(8 * time.Second)
+		r := load.stop(killedAt)
+		line := fmt.Sprintf("RESULT failover: %s of %s killed: new connections %d failed of %d, established connections %d failed of %d, served again after %s, address %s",
+			kill.name, active.Name, r.newFailed, r.newTotal, r.estFailed, r.estTotal, r.outage.Round(time.Millisecond), moved)
+		t.Log(line)
+		report = append(report, line)
+		assert.Positive(t, r.newTotal-r.newFailed, "%s: nothing was served after the kill", kill.name)
+		assert.Less(t, r.outage, 10*time.Second, "%s: traffic not served again within 10s", kill.name)
+		require.NoError(t, kill.restore(active), "bringing %s back on %s", kill.name, active.Name)
+		for _, lb := range c.LBs {
+			require.NoError(t, waitHealthz(lb, time.Minute), "%s healthy again", lb.Name)
+		}
+	}
+	fmt.Println("\n== failover (scope cluster, keepalived, load from outside to a LoadBalancer IP)")
+	fmt.Println(strings.Join(report, "\n"))
+}
+
+// waitMoved says whether and when the virtual address left from.
+func waitMoved(c *localcluster.Cluster, from *localcluster.LBHost, timeout time.Duration) string {
+	start := time.Now()
+	for time.Since(start) < timeout {
+		if lb := c.ActiveLB(); lb != nil && lb != from {
+			return fmt.Sprintf("moved to %s after %s", lb.Name, time.Since(start).Round(10*time.Millisecond))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return "stayed on " + from.Name
+}
+
+func waitHealthz(lb *localcluster.LBHost, timeout time.Duration) error {
+	client := lb.NS.HTTPClient(time.Second)
+	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", localcluster.HealthzPort)
+	var last string
+	for start := time.Now(); time.Since(start) < timeout; time.Sleep(200 * time.Millisecond) {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+	}
+	return fmt.Errorf("kube-proxy on %s not healthy: %s", lb.Name, last)
+}
+
+// load sends requests from outside without pause: one client opening a
+// new connection per request, and four keeping a connection open and
+// sending a request on it every 50 ms (a failure there is a broken
+// established connection; the client then connects again).
+type load struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	newTotal, newFailed, estTotal, estFailed atomic.Int64
+	mu                                       sync.Mutex
+	failures                                 []time.Time
+	successes                                []time.Time
+}
+
+type loadResult struct {
+	newTotal, newFailed, estTotal, estFailed int64
+	// outage is from the first failure after the kill to the first
+	// success after the last failure (0 when nothing failed).
+	outage time.Duration
+}
+
+func startLoad(ns *netns.Namespace, ip string) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel}
+	addr := net.JoinHostPort(ip, "80")
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		for ctx.Err() == nil {
+			_, err := get(ns, localcluster.OutsideIP, "http://"+addr+"/", time.Second)
+			l.newTotal.Add(1)
+			l.note(err, &l.newFailed)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	for range 4 {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			var conn net.Conn
+			var rd *bufio.Reader
+			for ctx.Err() == nil {
+				if conn == nil {
+					c, err := ns.Dial("tcp", addr, time.Second)
+					if err != nil {
+						time.Sleep(50 * time.Millisecond)
+						continue
+					}
+					conn, rd = c, bufio.NewReader(c)
+				}
+				_ = conn.SetDeadline(time.Now().Add(time.Second))
+				_, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: failover\r\n\r\n")
+				if err == nil {
+					var resp *http.Response
+					if resp, err = http.ReadResponse(rd, nil); err == nil {
+						_, _ = bufio.NewReader(resp.Body).WriteTo(discard{})
+						resp.Body.Close()
+					}
+				}
+				l.estTotal.Add(1)
+				l.note(err, &l.estFailed)
+				if err != nil {
+					conn.Close()
+					conn = nil
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if conn != nil {
+				conn.Close()
+			}
+		}()
+	}
+	return l
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func (l *load) note(err error, failed *atomic.Int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		failed.Add(1)
+		l.failures = append(l.failures, time.Now())
+		return
+	}
+	l.successes = append(l.successes, time.Now())
+}
+
+func (l *load) stop(since time.Time) loadResult {
+	l.cancel()
+	l.wg.Wait()
+	r := loadResult{newTotal: l.newTotal.Load(), newFailed: l.newFailed.Load(), estTotal: l.estTotal.Load(), estFailed: l.estFailed.Load()}
+	var first, last time.Time
+	for _, f := range l.failures {
+		if f.Before(since) {
+			continue
+		}
+		if first.IsZero() {
+			first = f
+		}
+		last = f
+	}
+	if first.IsZero() {
+		return r
+	}
+	for _, s := range l.successes {
+		if s.After(last) {
+			r.outage = s.Sub(first)
+			return r
+		}
+	}
+	r.outage = time.Since(first)
+	return r
+}
