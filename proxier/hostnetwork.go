@@ -14,7 +14,8 @@ import (
 	"kube-haproxy.io/kube-haproxy/proxier/serviceguard"
 )
 
-// hostNetworkApplier prepares the node around each Apply in scope node
+// hostNetworkApplier prepares the host (a node, or a load balancer in
+// scopes cluster and external) around each Apply
 // (package hostnet): before HAProxy is given a model, every Service
 // address of it is made local, guarded, and dispatched to HAProxy's
 // listener by nftables; after HAProxy took it, what only the previous
@@ -34,7 +35,7 @@ var (
 	_ ServiceCIDRObserver = &hostNetworkApplier{}
 )
 
-// withHostNetwork wraps next for scope node.
+// withHostNetwork wraps next with the host networking.
 func withHostNetwork(next Applier) *hostNetworkApplier {
 	return &hostNetworkApplier{
 		next:    next,
