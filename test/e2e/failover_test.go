@@ -65,7 +65,7 @@ func TestFailover(t *testing.T) {
 		assert.Less(t, r.outage, 10*time.Second, "%s: traffic not served again within 10s", kill.name)
 		require.NoError(t, kill.restore(active), "bringing %s back on %s", kill.name, active.Name)
 		for _, lb := range c.LBs {
-			require.NoError(t, waitHealthz(lb, time.Minute), "%s healthy again", lb.Name)
+			require.NoError(t, c.WaitProxyHealthy(lb.Node, time.Minute), "%s healthy again", lb.Name)
 		}
 	}
 	fmt.Println("\n== failover (scope cluster, keepalived, load from outside to a LoadBalancer IP)")
@@ -82,25 +82,6 @@ func waitMoved(c *localcluster.Cluster, from *localcluster.LBHost, timeout time.
 		time.Sleep(20 * time.Millisecond)
 	}
 	return "stayed on " + from.Name
-}
-
-func waitHealthz(lb *localcluster.LBHost, timeout time.Duration) error {
-	client := lb.NS.HTTPClient(time.Second)
-	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", localcluster.HealthzPort)
-	var last string
-	for start := time.Now(); time.Since(start) < timeout; time.Sleep(200 * time.Millisecond) {
-		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
-		}
-	}
-	return fmt.Errorf("kube-proxy on %s not healthy: %s", lb.Name, last)
 }
 
 // load sends requests from outside without pause: one client opening a

@@ -221,7 +221,7 @@ func Start(t kit.T, opts Options) *Cluster {
 		}
 	}
 	for _, n := range proxied {
-		if err := c.waitProxyHealthy(n, 2*time.Minute); err != nil {
+		if err := c.WaitProxyHealthy(n, 2*time.Minute); err != nil {
 			t.Fatalf("localcluster: %v\n%s", err, tail(n.Proxy.Log(), 40))
 		}
 	}

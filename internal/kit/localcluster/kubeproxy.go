@@ -82,9 +82,9 @@ func (c *Cluster) startKubeProxyScoped(bin string, n *Node, mode, scope string) 
 	n.Proxy = n.NS.Start("kube-proxy", bin, "--config="+cfgPath, "--v=2")
 }
 
-// waitProxyHealthy waits until kube-proxy's healthz answers 200: it has
-// synced Services and EndpointSlices into its data plane.
-func (c *Cluster) waitProxyHealthy(n *Node, timeout time.Duration) error {
+// WaitProxyHealthy waits until n's kube-proxy's healthz answers 200: it
+// has synced Services and EndpointSlices into its data plane.
+func (c *Cluster) WaitProxyHealthy(n *Node, timeout time.Duration) error {
 	url := fmt.Sprintf("http://%s:%d/healthz", n.IP, HealthzPort)
 	client := n.NS.HTTPClient(2 * time.Second)
 	deadline := time.Now().Add(timeout)

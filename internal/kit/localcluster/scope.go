@@ -237,7 +237,7 @@ func (c *Cluster) KillKubeProxy(lb *LBHost) {
 // HAProxy, or starts one) and waits until it is healthy.
 func (c *Cluster) RestartKubeProxy(lb *LBHost) error {
 	c.startKubeProxyScoped(c.lbBins.kubeProxy, lb.Node, ModeHAProxy, c.Opts.Scope)
-	return c.waitProxyHealthy(lb.Node, 2*time.Minute)
+	return c.WaitProxyHealthy(lb.Node, 2*time.Minute)
 }
 
 // StopLBHost makes lb disappear as a crashed host does: every process in
