@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"kube-haproxy.io/kube-haproxy/proxier/apply"
+	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
 	"kube-haproxy.io/kube-haproxy/proxier/supervisor"
 )
@@ -23,10 +24,6 @@ const (
 	configFileName = "haproxy.cfg"
 	pidFileName    = "haproxy.pid"
 )
-
-func init() {
-	newApplier = newHAProxyApplier
-}
 
 func (c *Config) configFile() string { return filepath.Join(c.StateDir, configFileName) }
 func (c *Config) pidFile() string    { return filepath.Join(c.StateDir, pidFileName) }
@@ -135,8 +132,8 @@ func cleanupHAProxy(ctx context.Context, cfg Config) error {
 	}
 	for _, e := range entries {
 		n := e.Name()
-		ours := n == configFileName || n == configFileName+".loaded" || n == pidFileName ||
-			strings.HasPrefix(n, "."+configFileName+".") || isMapFile(n) ||
+		ours := n == configFileName || n == configFileName+apply.MarkerSuffix || n == pidFileName ||
+			strings.HasPrefix(n, apply.TempFilePrefix(configFileName)) || isMapFile(n) ||
 			filepath.Join(cfg.StateDir, n) == cfg.MasterSocket || filepath.Join(cfg.StateDir, n) == cfg.RuntimeSocket
 		if ours {
 			if err := os.Remove(filepath.Join(cfg.StateDir, n)); err != nil && !os.IsNotExist(err) {
@@ -151,11 +148,10 @@ func cleanupHAProxy(ctx context.Context, cfg Config) error {
 }
 
 // isMapFile reports whether name is one of the dispatchers' map and ACL
-// files (haproxycfg.Dispatcher), or a temporary file of one.
+// files, or one being written.
 func isMapFile(name string) bool {
-	name = strings.TrimPrefix(name, ".")
-	for _, prefix := range []string{"services-ipv", "endpoints-ipv", "cluster-sources-ipv"} {
-		if strings.HasPrefix(name, prefix) && (strings.Contains(name, ".map") || strings.Contains(name, ".acl")) {
+	for _, base := range haproxycfg.MapFileNames() {
+		if name == base || strings.HasPrefix(name, apply.TempFilePrefix(base)) {
 			return true
 		}
 	}

@@ -13,15 +13,10 @@ import (
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
 )
 
-// errNoApplier is returned while no Applier (the piece that makes HAProxy
-// serve a model: runtime API, reloads, process supervision) is wired into
-// the exported constructors.
-var errNoApplier = errors.New("haproxy proxier: no HAProxy applier is available in this build")
-
-// newApplier builds the Applier shared by the proxiers of one HAProxy.
-// nil means none is available: the exported constructors then fail with
-// errNoApplier rather than run a proxier that changes nothing.
-var newApplier func(ctx context.Context, cfg Config, families []v1.IPFamily) (Applier, error)
+// errNoApplier is returned when a Proxier is built without an Applier
+// (the piece that makes HAProxy serve a model), rather than run one that
+// changes nothing.
+var errNoApplier = errors.New("haproxy proxier: no HAProxy applier")
 
 // prepare defaults and validates cfg and builds the shared Applier. It
 // returns a nil Applier and no error for InitOnly: nothing is started.
@@ -33,10 +28,7 @@ func prepare(ctx context.Context, cfg *Config, families ...v1.IPFamily) (Applier
 	if cfg.InitOnly {
 		return nil, nil
 	}
-	if newApplier == nil {
-		return nil, errNoApplier
-	}
-	applier, err := newApplier(ctx, *cfg, families)
+	applier, err := newHAProxyApplier(ctx, *cfg, families)
 	if err != nil {
 		return nil, fmt.Errorf("haproxy proxier: starting the HAProxy applier: %w", err)
 	}

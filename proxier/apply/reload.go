@@ -162,7 +162,15 @@ func (a *Applier) restoreLastGood() {
 // running HAProxy loaded and a checksum of the file, so a restarted
 // proxier that adopts HAProxy knows whether runtime updates suffice. A
 // file edited by hand (checksum mismatch) forces a reload.
-func (a *Applier) markerFile() string { return a.opts.ConfigFile + ".loaded" }
+func (a *Applier) markerFile() string { return a.opts.ConfigFile + MarkerSuffix }
+
+// MarkerSuffix names the file beside the configuration that records the
+// configuration HAProxy last loaded.
+const MarkerSuffix = ".loaded"
+
+// TempFilePrefix starts the name of a file being written in place of
+// base (written whole, then renamed over it).
+func TempFilePrefix(base string) string { return "." + base + "." }
 
 func (a *Applier) writeLoadedMarker(key string, text []byte) {
 	sum := sha256.Sum256(text)
@@ -240,7 +248,7 @@ func writeTempFile(path string, data []byte, durable bool) (string, error) {
 
 // writeTempFileWith is writeTempFile with the content written by fill.
 func writeTempFileWith(path string, durable bool, fill func(f *os.File) error) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	f, err := os.CreateTemp(filepath.Dir(path), TempFilePrefix(filepath.Base(path))+"*")
 	if err != nil {
 		return "", err
 	}

@@ -53,6 +53,17 @@ func (d *Dispatcher) ClusterSourcesACL() string {
 	return filepath.Join(d.MapDir, "cluster-sources-"+d.familyName()+".acl")
 }
 
+// MapFileNames are the base names of every map and ACL file a Dispatcher
+// of either family writes in its MapDir.
+func MapFileNames() []string {
+	var out []string
+	for _, ipv6 := range []bool{false, true} {
+		d := Dispatcher{IPv6: ipv6}
+		out = append(out, filepath.Base(d.ServicesMap()), filepath.Base(d.EndpointsMap()), filepath.Base(d.ClusterSourcesACL()))
+	}
+	return out
+}
+
 // Names of the proxies of a Dispatcher.
 func (d *Dispatcher) FrontendName() string { return "services-" + d.familyName() }
 func (d *Dispatcher) BackendName() string  { return "endpoints-" + d.familyName() }
