@@ -12,19 +12,16 @@ import (
 // dispatcher on loopback and program nftables and routes, and HAProxy,
 // nft and netlink calls from any goroutine (the supervisor restarts
 // HAProxy from one of its own) must act on that namespace, never on the
-// host's. Without root the tests run in place and those tests fail
-// (CI=true) or skip.
+// host's. Without root the tests run in place and those tests fail,
+// saying why: a missing dependency is never a skip (internal/kit).
 func TestMain(m *testing.M) { os.Exit(netns.RunTestsInNamespace(m, "proxier")) }
 
-// requireTestNamespace fails (CI=true) or skips the test unless it runs as
-// root inside the namespace TestMain made.
+// requireTestNamespace fails the test unless it runs as root inside the
+// namespace TestMain made.
 func requireTestNamespace(t *testing.T) {
 	t.Helper()
 	netns.Require(t)
 	if os.Getenv(netns.EnvNamespace) == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("not running inside the test network namespace (TestMain re-executes the tests in one when `ip netns` works); CI=true, so this is a failure, not a skip")
-		}
-		t.Skip("not running inside the test network namespace (set CI=true to make this a failure)")
+		t.Fatal("not running inside the test network namespace (TestMain re-executes the tests in one when `ip netns` works)")
 	}
 }

@@ -3,22 +3,17 @@ package proxier
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"kube-haproxy.io/kube-haproxy/internal/kit"
 )
 
 func TestCheckHost(t *testing.T) {
-	haproxy, err := exec.LookPath("haproxy")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("haproxy is not installed (hack/install-deps.sh installs it): %v", err)
-		}
-		t.Skipf("haproxy is not installed: %v", err)
-	}
+	haproxy := kit.Command(t, "haproxy")
 	dir := t.TempDir()
 	notADir := filepath.Join(dir, "file")
 	require.NoError(t, os.WriteFile(notADir, nil, 0o644))

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -135,22 +134,6 @@ func observe(ns *netns.Namespace, src netip.Addr, dst netip.AddrPort, n int) str
 	return strings.Join(seen, ", ")
 }
 
-// bridgeNetfilter turns br_netfilter on in ns, as kubeadm requires of a
-// node (bridge-nf-call-iptables=1, per network namespace): IPv4 packets
-// crossing a bridge of ns meet the IPv4 prerouting hooks inside the
-// bridge, where TPROXY cannot hand them to HAProxy.
-func bridgeNetfilter(t *testing.T, ns *netns.Namespace) {
-	t.Helper()
-	const key = "net.bridge.bridge-nf-call-iptables"
-	if _, err := ns.Exec("sysctl", "-w", key+"=1"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%v (is br_netfilter loaded? modprobe br_netfilter); CI=true, so this is a failure, not a skip", err)
-		}
-		t.Skipf("needs br_netfilter (modprobe br_netfilter): %v", err)
-	}
-	require.Equal(t, "1", strings.TrimSpace(ns.MustExec("sysctl", "-n", key)))
-}
-
 // tracerNet is the addressing of one IP family in TestTracerAgreesWithHAProxy.
 type tracerNet struct {
 	family  v1.IPFamily
@@ -229,7 +212,7 @@ func testTracerAgreesWithHAProxy(t *testing.T, n tracerNet) {
 	clusterCIDRs := []string{pfx(n.pod, hostBits).String()}
 	var pod *netns.Namespace
 	if n.bridge != "" {
-		bridgeNetfilter(t, node)
+		node.BridgeNetfilter()
 		k.Bridge(node, "cbr0", pfx(n.bridge, 24))
 		t.Cleanup(func() { _, _ = node.Exec("ip", "link", "del", "cbr0") })
 		pod = k.Namespace("pod")

@@ -52,19 +52,15 @@ var routeOnce sync.Once
 
 // requireNode makes this namespace a node for the tests: the Service CIDR
 // is local and nftables dispatches it to HAProxy's listener at port. It
-// fails the test under CI=true, and skips it otherwise, when root, ip
-// netns, nft or haproxy are missing.
+// fails the test, saying why, when root, ip netns, nft or haproxy are
+// missing.
 func requireNode(t *testing.T, port uint16) {
 	t.Helper()
 	netns.Require(t)
 	haproxytest.Binary(t)
 	netns.RequireBinary(t, "nft")
 	if os.Getenv(netns.EnvNamespace) == "" {
-		msg := "the test binary must run in its own network namespace (TestMain: netns.RunTestsInNamespace)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		t.Fatal("the test binary must run in its own network namespace (TestMain: netns.RunTestsInNamespace)")
 	}
 	routeOnce.Do(func() {
 		out, err := exec.Command("ip", "route", "replace", "local", testServiceCIDR, "dev", "lo", "table", "local").CombinedOutput()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -134,29 +133,12 @@ func seenWithin(ns *netns.Namespace, source netip.Addr, addr netip.AddrPort, tim
 	return string(buf[:n]), err
 }
 
-// bridgeNetfilter turns br_netfilter on in ns, as kubeadm requires of a
-// node (bridge-nf-call-iptables=1; per network namespace since Linux
-// 5.3): IPv4 packets that cross a bridge of ns then meet the IPv4
-// prerouting hooks inside the bridge, before ip_rcv(), which orphans a
-// socket TPROXY assigned there.
-func bridgeNetfilter(t *testing.T, ns *netns.Namespace) {
-	t.Helper()
-	const key = "net.bridge.bridge-nf-call-iptables"
-	if _, err := ns.Exec("sysctl", "-w", key+"=1"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%v (is br_netfilter loaded? modprobe br_netfilter); CI=true, so this is a failure, not a skip", err)
-		}
-		t.Skipf("needs br_netfilter (modprobe br_netfilter): %v", err)
-	}
-	require.Equal(t, "1", strings.TrimSpace(ns.MustExec("sysctl", "-n", key)))
-}
-
 // bridgedPod creates a pod namespace plugged into a new bridge cbr0 of
 // node, with br_netfilter on in node: the bridge has bridgeAddr, the pod
 // podAddr and its default route via the bridge, like a bridge CNI's pod.
 func bridgedPod(t *testing.T, k *netns.Kit, node *netns.Namespace, bridgeAddr, podAddr netip.Prefix) *netns.Namespace {
 	t.Helper()
-	bridgeNetfilter(t, node)
+	node.BridgeNetfilter()
 	k.Bridge(node, "cbr0", bridgeAddr)
 	pod := k.Namespace("pod")
 	k.Plug(node, "cbr0", pod, "eth0", podAddr)
