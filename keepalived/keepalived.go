@@ -4,7 +4,8 @@
 // hop that the nodes and routers send Service and ingress ranges to. The
 // host holding it serves; a health check of its HAProxy and kube-proxy
 // (check.sh, shipped beside this package) hands it to the other when
-// either fails, and VRRP does when the host itself is gone.
+// HAProxy fails or kube-proxy stays down past a grace, and VRRP does when
+// the host itself is gone.
 //
 // Both hosts run the same kube-proxy and HAProxy configuration, so the
 // backup is ready the moment it takes the address over; only connections
@@ -38,6 +39,11 @@ const (
 	DefaultHealthz        = "127.0.0.1:10256"
 	DefaultAdvertInterval = 500 * time.Millisecond
 	DefaultPriority       = 100
+	// DefaultKubeProxyGrace is how long kube-proxy may be down before the
+	// address moves: long enough for a supervisor to restart it (kubelet's
+	// first restarts come within seconds), short enough that a kube-proxy
+	// that stays down does not leave the cluster on a stale state for long.
+	DefaultKubeProxyGrace = 30 * time.Second
 )
 
 // Config is one host's half of the pair.
@@ -71,6 +77,11 @@ type Config struct {
 	CheckScript  string
 	DispatchPort int
 	Healthz      string
+	// KubeProxyGrace is how long kube-proxy's healthz may fail, while
+	// HAProxy serves, before the host gives the address up: a kube-proxy
+	// restarted within it adopts its HAProxy and no connection is cut.
+	// Default DefaultKubeProxyGrace; negative: none.
+	KubeProxyGrace time.Duration
 }
 
 // SetDefaults fills empty fields.
@@ -89,6 +100,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Healthz == "" {
 		c.Healthz = DefaultHealthz
+	}
+	if c.KubeProxyGrace == 0 {
+		c.KubeProxyGrace = DefaultKubeProxyGrace
 	}
 }
 
@@ -170,9 +184,12 @@ func Render(c Config) ([]byte, error) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# keepalived.conf of the kube-haproxy load balancer %s: generated, do not edit.\n", c.Name)
 	fmt.Fprintf(&b, "global_defs {\n  router_id %s\n  vrrp_version 3\n  enable_script_security\n  script_user root\n}\n\n", c.Name)
-	// fall 2 at one-second intervals: a failed HAProxy or kube-proxy hands
-	// the address over within about two seconds, one slow answer does not.
-	fmt.Fprintf(&b, "vrrp_script kube_haproxy_check {\n  script \"%s %d %s\"\n  interval 1\n  timeout 1\n  fall 2\n  rise 2\n}\n\n", c.CheckScript, c.DispatchPort, c.Healthz)
+	// fall 2 at one-second intervals: a failed HAProxy (or a kube-proxy
+	// down for longer than the grace) hands the address over within about
+	// two seconds, one slow answer does not. The script may take two
+	// one-second probes.
+	grace := max(int(c.KubeProxyGrace.Seconds()), 0)
+	fmt.Fprintf(&b, "vrrp_script kube_haproxy_check {\n  script \"%s %d %s %d\"\n  interval 1\n  timeout 2\n  fall 2\n  rise 2\n}\n\n", c.CheckScript, c.DispatchPort, c.Healthz, grace)
 	b.WriteString("vrrp_instance kube_haproxy {\n")
 	// Both hosts start as backup; without preemption the first to win
 	// keeps the address until it fails.

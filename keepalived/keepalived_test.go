@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -38,9 +39,9 @@ global_defs {
 }
 
 vrrp_script kube_haproxy_check {
-  script "/etc/keepalived/check-kube-haproxy.sh 10400 127.0.0.1:10256"
+  script "/etc/keepalived/check-kube-haproxy.sh 10400 127.0.0.1:10256 30"
   interval 1
-  timeout 1
+  timeout 2
   fall 2
   rise 2
 }
@@ -156,8 +157,8 @@ func TestCheckScript(t *testing.T) {
 	defer srv.Close()
 
 	port := strconv.Itoa(dispatch.Addr().(*net.TCPAddr).Port)
-	run := func(port string) (bool, string) {
-		out, err := exec.Command(script, port, healthz.Addr().String()).CombinedOutput()
+	run := func(port string, grace ...string) (bool, string) {
+		out, err := exec.Command(script, append([]string{port, healthz.Addr().String()}, grace...)...).CombinedOutput()
 		return err == nil, strings.TrimSpace(string(out))
 	}
 	ok, out := run(port)
@@ -168,6 +169,21 @@ func TestCheckScript(t *testing.T) {
 	assert.False(t, ok)
 	assert.Contains(t, out, "/healthz")
 	assert.Contains(t, out, "503")
+
+	// Within the grace a failing kube-proxy keeps the address here (its
+	// HAProxy serves); past it, it does not; answering again resets it.
+	ok, out = run(port, "2")
+	assert.True(t, ok, "within the grace: %s", out)
+	assert.Contains(t, out, "within the grace of 2s")
+	time.Sleep(2100 * time.Millisecond)
+	ok, out = run(port, "2")
+	assert.False(t, ok, "past the grace: %s", out)
+	healthy = true
+	ok, out = run(port, "2")
+	assert.True(t, ok, out)
+	healthy = false
+	ok, out = run(port, "2")
+	assert.True(t, ok, "a new failure starts a new grace: %s", out)
 
 	healthy = true
 	closed, err := net.Listen("tcp", "127.0.0.1:0")

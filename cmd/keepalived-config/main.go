@@ -37,6 +37,7 @@ func main() {
 	flag.StringVar(&c.CheckScript, "check-script-path", keepalived.DefaultCheckScript, "where the health check is installed")
 	flag.IntVar(&c.DispatchPort, "dispatch-port", keepalived.DefaultDispatchPort, "kube-proxy's haproxy.dispatchPort")
 	flag.StringVar(&c.Healthz, "healthz", keepalived.DefaultHealthz, "kube-proxy's healthzBindAddress, host:port")
+	flag.DurationVar(&c.KubeProxyGrace, "kube-proxy-grace", keepalived.DefaultKubeProxyGrace, "how long kube-proxy may be down, while HAProxy serves, before the address moves (negative: no grace)")
 	flag.StringVar(&checkOut, "check-script", "", "write the health check script to this path and exit")
 	flag.Parse()
 	if err := run(c, vips, peers, source, checkOut); err != nil {

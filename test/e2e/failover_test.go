@@ -23,10 +23,11 @@ import (
 
 // TestFailover runs scope cluster with its two load balancers and
 // keepalived, and under a steady load from outside kills the active one's
-// HAProxy, then its kube-proxy, then the whole host (every process, link
-// down). After each it reports the requests that failed (new connections,
-// and requests on established keep-alive connections) and how long until
-// traffic was served again, and brings the killed part back.
+// HAProxy, then its kube-proxy (started again within keepalived's grace,
+// then for good), then the whole host (every process, link down). After
+// each it reports the requests that failed (new connections, and requests
+// on established keep-alive connections) and how long until traffic was
+// served again, and brings the killed part back.
 func TestFailover(t *testing.T) {
 	if os.Getenv("KH_E2E") != "1" {
 		t.Skip("opt-in: set KH_E2E=1 to run the end-to-end suite (hack/test.sh does)")
@@ -40,13 +41,23 @@ func TestFailover(t *testing.T) {
 
 	var report []string
 	for _, kill := range []struct {
-		name    string
-		kill    func(*localcluster.LBHost) error
+		name string
+		kill func(*localcluster.LBHost) error
+		// during runs while the load goes on (a restart within the grace)
+		during  func(*localcluster.LBHost) error
+		observe time.Duration
 		restore func(*localcluster.LBHost) error
 	}{
-		{"HAProxy", c.KillHAProxy, func(*localcluster.LBHost) error { return nil }},
-		{"kube-proxy", func(lb *localcluster.LBHost) error { c.KillKubeProxy(lb); return nil }, c.RestartKubeProxy},
-		{"host", func(lb *localcluster.LBHost) error { c.StopLBHost(lb); return nil }, c.StartLBHost},
+		{name: "HAProxy", kill: c.KillHAProxy, observe: 8 * time.Second},
+		// Started again after a second, within keepalived's grace: its
+		// HAProxy served throughout, and the address stays.
+		{name: "kube-proxy, restarted after 1s", kill: killKubeProxy(c), observe: 8 * time.Second,
+			during: func(lb *localcluster.LBHost) error { time.Sleep(time.Second); return c.RestartKubeProxy(lb) }},
+		// Gone for good: the address moves once the grace is over.
+		{name: "kube-proxy, not restarted", kill: killKubeProxy(c), observe: localcluster.KubeProxyGrace + 8*time.Second,
+			restore: c.RestartKubeProxy},
+		{name: "host", kill: func(lb *localcluster.LBHost) error { c.StopLBHost(lb); return nil }, observe: 8 * time.Second,
+			restore: c.StartLBHost},
 	} {
 		active, err := c.WaitActiveLB(30 * time.Second)
 		require.NoError(t, err)
@@ -54,22 +65,36 @@ func TestFailover(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		killedAt := time.Now()
 		require.NoError(t, kill.kill(active), "killing %s on %s", kill.name, active.Name)
-		moved := waitMoved(c, active, 8*time.Second)
-		time.Sleep(8 * time.Second)
+		if kill.during != nil {
+			require.NoError(t, kill.during(active), "%s on %s", kill.name, active.Name)
+		}
+		moved := waitMoved(c, active, kill.observe)
+		time.Sleep(kill.observe - time.Since(killedAt))
 		r := load.stop(killedAt)
-		line := fmt.Sprintf("RESULT failover: %s of %s killed: new connections %d failed of %d, established connections %d failed of %d, served again after %s, address %s",
+		line := fmt.Sprintf("RESULT failover: %s (%s): new connections %d failed of %d, established connections %d failed of %d, served again after %s, address %s",
 			kill.name, active.Name, r.newFailed, r.newTotal, r.estFailed, r.estTotal, r.outage.Round(time.Millisecond), moved)
 		t.Log(line)
 		report = append(report, line)
 		assert.Positive(t, r.newTotal-r.newFailed, "%s: nothing was served after the kill", kill.name)
 		assert.Less(t, r.outage, 10*time.Second, "%s: traffic not served again within 10s", kill.name)
-		require.NoError(t, kill.restore(active), "bringing %s back on %s", kill.name, active.Name)
+		if kill.during != nil {
+			// HAProxy never stopped and the address stayed: nothing may fail.
+			assert.Zero(t, r.newFailed+r.estFailed, "%s: requests failed although HAProxy served throughout", kill.name)
+			assert.Equal(t, "stayed on "+active.Name, moved)
+		}
+		if kill.restore != nil {
+			require.NoError(t, kill.restore(active), "bringing %s back on %s", kill.name, active.Name)
+		}
 		for _, lb := range c.LBs {
 			require.NoError(t, c.WaitProxyHealthy(lb.Node, time.Minute), "%s healthy again", lb.Name)
 		}
 	}
 	fmt.Println("\n== failover (scope cluster, keepalived, load from outside to a LoadBalancer IP)")
 	fmt.Println(strings.Join(report, "\n"))
+}
+
+func killKubeProxy(c *localcluster.Cluster) func(*localcluster.LBHost) error {
+	return func(lb *localcluster.LBHost) error { c.KillKubeProxy(lb); return nil }
 }
 
 // waitMoved says whether and when the virtual address left from.

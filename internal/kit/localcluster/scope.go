@@ -58,6 +58,9 @@ const (
 	PoolLabel = "haproxy.kube-haproxy.io/pool"
 	// LoadBalancerRole labels and taints the load-balancer hosts' Nodes.
 	LoadBalancerRole = "node-role.kubernetes.io/load-balancer"
+	// KubeProxyGrace is the load balancers' keepalived grace for a
+	// kube-proxy that is down (shorter than the default, for tests).
+	KubeProxyGrace = 5 * time.Second
 	// vrrpRouterID is the VRRP router id of the pair.
 	vrrpRouterID = 51
 )
@@ -189,6 +192,9 @@ func (c *Cluster) startKeepalived(lb *LBHost) {
 		RouterID:    vrrpRouterID,
 		VIPs:        []netip.Prefix{netip.PrefixFrom(LBVIP, LANPrefix.Bits())},
 		CheckScript: check,
+		// A kube-proxy killed by a test and started again within this
+		// keeps the address; one that stays down gives it up soon after.
+		KubeProxyGrace: KubeProxyGrace,
 	})
 	if err != nil {
 		c.t.Fatalf("localcluster: %v", err)
