@@ -269,6 +269,13 @@ func (c *Cluster) buildNetwork() {
 	c.Outside = k.Namespace("outside")
 	k.Plug(c.LAN, "br0", c.Outside, "eth0", netip.PrefixFrom(OutsideIP, LANPrefix.Bits()))
 	c.Outside.AddAddr("eth0", netip.PrefixFrom(OutsideIP2, LANPrefix.Bits()))
+	// The outside client's routes are its own: a node that forwards a
+	// packet for a Service IP back out to the LAN before kube-proxy has
+	// programmed that IP sends an ICMP redirect to the LAN gateway, and a
+	// client that took it would route the IP past the node for minutes.
+	for _, conf := range []string{"all", "eth0"} {
+		c.Outside.MustExec("sysctl", "-qw", "net.ipv4.conf."+conf+".accept_redirects=0")
+	}
 	// The "cloud" routes LB and external IPs to node1; pods are reachable
 	// through the LAN gateway, as from a router outside the cluster.
 	c.Outside.Route(LBPrefix, c.Nodes[0].IP)
