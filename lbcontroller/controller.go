@@ -245,12 +245,18 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 		return err
 	}
 	if !c.ours(svc) {
-		c.release(key)
+		held := c.release(key)
 		if len(c.ingressInPools(svc)) == 0 {
 			return nil
 		}
 		// It left the class or type LoadBalancer: the addresses are no
-		// longer served, so the status must not promise them.
+		// longer served, so the status must not promise them. A
+		// LoadBalancer of another class whose status we never wrote is
+		// that class's controller's business, even with addresses in
+		// our pools.
+		if svc.Spec.Type == v1.ServiceTypeLoadBalancer && !held {
+			return nil
+		}
 		return c.writeIngress(ctx, svc, nil, ReasonReleased, "ingress IPs released: the Service is no longer of type LoadBalancer with class "+c.cfg.Class)
 	}
 
@@ -375,15 +381,18 @@ func (c *Controller) free(is4 bool) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// release frees every address key holds.
-func (c *Controller) release(key string) {
+// release frees every address key holds, and reports whether it held any.
+func (c *Controller) release(key string) bool {
 	delete(c.waiting, key)
+	held := false
 	for a, owner := range c.assigned {
 		if owner == key {
+			held = true
 			c.free1(a)
 			c.logger.V(2).Info("Released ingress IP", "service", key, "ip", a)
 		}
 	}
+	return held
 }
 
 // free1 frees one address, and has the Services waiting for one tried

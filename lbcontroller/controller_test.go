@@ -215,6 +215,17 @@ func TestLoadBalancerIPRequest(t *testing.T) {
 	h.ingress(t, "taken", "203.0.113.2")
 }
 
+// A LoadBalancer of another class keeps what its own controller wrote,
+// even an address inside our pools.
+func TestLeavesOtherClassesAlone(t *testing.T) {
+	h := start(t, Config{Class: class, Pools: pools("203.0.113.0/24")},
+		lbService("other", 1, withIngress("203.0.113.5"), func(s *v1.Service) { s.Spec.LoadBalancerClass = ptr.To("example.com/other") }),
+		lbService("ours", 2))
+	h.ingress(t, "ours", "203.0.113.1")
+	time.Sleep(200 * time.Millisecond)
+	h.ingress(t, "other", "203.0.113.5")
+}
+
 func TestNoPoolOfTheFamily(t *testing.T) {
 	h := start(t, Config{Class: class, Pools: pools("203.0.113.0/24")},
 		lbService("v6", 1, func(s *v1.Service) { s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol} }))
