@@ -143,7 +143,7 @@ func TestCheckScript(t *testing.T) {
 			c.Close()
 		}
 	}()
-	healthy := true
+	var healthy bool
 	healthz, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -157,6 +157,12 @@ func TestCheckScript(t *testing.T) {
 	defer srv.Close()
 
 	port := strconv.Itoa(dispatch.Addr().(*net.TCPAddr).Port)
+	// A kube-proxy never seen healthy gets no grace.
+	healthy = false
+	out0, err := exec.Command(script, port, healthz.Addr().String(), "30").CombinedOutput()
+	assert.Error(t, err, "no grace before kube-proxy was ever healthy: %s", out0)
+	assert.Contains(t, string(out0), "never healthy yet")
+	healthy = true
 	run := func(port string, grace ...string) (bool, string) {
 		out, err := exec.Command(script, append([]string{port, healthz.Addr().String()}, grace...)...).CombinedOutput()
 		return err == nil, strings.TrimSpace(string(out))

@@ -281,6 +281,15 @@ type problem struct{ reason, message string }
 func (c *Controller) assign(svc *v1.Service, key string) ([]netip.Addr, []problem) {
 	var problems []problem
 	held := map[bool]netip.Addr{} // by "is IPv4"
+	// What the table gives svc first: the cache may not show the status
+	// this controller just wrote.
+	for a, owner := range c.assigned {
+		if owner == key && c.wantsFamily(svc, a.Is4()) {
+			if old, dup := held[a.Is4()]; !dup || a.Less(old) {
+				held[a.Is4()] = a
+			}
+		}
+	}
 	for _, a := range c.ingressInPools(svc) {
 		if owner, taken := c.assigned[a]; taken && owner != key {
 			continue // another Service's, since before this one claimed it

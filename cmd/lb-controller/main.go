@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -128,7 +129,9 @@ func run(o options) error {
 		return err
 	}
 	errs := make(chan error, 1)
-	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+	electCtx, endElection := context.WithCancel(ctx)
+	defer endElection()
+	leaderelection.RunOrDie(electCtx, leaderelection.LeaderElectionConfig{
 		Lock:            lock,
 		LeaseDuration:   15 * time.Second,
 		RenewDeadline:   10 * time.Second,
@@ -136,21 +139,27 @@ func run(o options) error {
 		ReleaseOnCancel: true,
 		Name:            o.leaseName,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) { errs <- assign(ctx) },
+			OnStartedLeading: func(ctx context.Context) {
+				errs <- assign(ctx)
+				// Assigning ended while the Lease is held: give it up so
+				// that another replica takes over, and exit.
+				endElection()
+			},
 			// A replica that lost the Lease must not go on assigning:
 			// exit, and let the supervisor start it again as a follower.
 			OnStoppedLeading: func() { klog.Info("Leadership lost") },
 		},
 	})
+	if ctx.Err() != nil {
+		return nil // stopped by a signal
+	}
 	select {
 	case err := <-errs:
-		if err != nil {
-			return err
+		if err == nil {
+			err = errors.New("assigning ingress IPs ended")
 		}
+		return err
 	default:
-	}
-	if ctx.Err() == nil {
 		return fmt.Errorf("lost the Lease %s/%s", o.leaseNamespace, o.leaseName)
 	}
-	return nil
 }

@@ -47,6 +47,8 @@ func TestFailover(t *testing.T) {
 		during  func(*localcluster.LBHost) error
 		observe time.Duration
 		restore func(*localcluster.LBHost) error
+		// moves: the virtual address must go to the other host.
+		moves bool
 	}{
 		{name: "HAProxy", kill: c.KillHAProxy, observe: 8 * time.Second},
 		// Started again after a second, within keepalived's grace: its
@@ -55,9 +57,9 @@ func TestFailover(t *testing.T) {
 			during: func(lb *localcluster.LBHost) error { time.Sleep(time.Second); return c.RestartKubeProxy(lb) }},
 		// Gone for good: the address moves once the grace is over.
 		{name: "kube-proxy, not restarted", kill: killKubeProxy(c), observe: localcluster.KubeProxyGrace + 8*time.Second,
-			restore: c.RestartKubeProxy},
+			restore: c.RestartKubeProxy, moves: true},
 		{name: "host", kill: func(lb *localcluster.LBHost) error { c.StopLBHost(lb); return nil }, observe: 8 * time.Second,
-			restore: c.StartLBHost},
+			restore: c.StartLBHost, moves: true},
 	} {
 		active, err := c.WaitActiveLB(30 * time.Second)
 		require.NoError(t, err)
@@ -75,8 +77,11 @@ func TestFailover(t *testing.T) {
 			kill.name, active.Name, r.newFailed, r.newTotal, r.estFailed, r.estTotal, r.outage.Round(time.Millisecond), moved)
 		t.Log(line)
 		report = append(report, line)
-		assert.Positive(t, r.newTotal-r.newFailed, "%s: nothing was served after the kill", kill.name)
+		assert.True(t, r.servedAfter, "%s: no request was served after the kill and its last failure", kill.name)
 		assert.Less(t, r.outage, 10*time.Second, "%s: traffic not served again within 10s", kill.name)
+		if kill.moves {
+			assert.True(t, strings.HasPrefix(moved, "moved to "), "%s: the address must move, %s", kill.name, moved)
+		}
 		if kill.during != nil {
 			// HAProxy never stopped and the address stayed: nothing may fail.
 			assert.Zero(t, r.newFailed+r.estFailed, "%s: requests failed although HAProxy served throughout", kill.name)
@@ -125,6 +130,9 @@ type load struct {
 
 type loadResult struct {
 	newTotal, newFailed, estTotal, estFailed int64
+	// servedAfter: a request succeeded after the kill and after the last
+	// failure.
+	servedAfter bool
 	// outage is from the first failure after the kill to the first
 	// success after the last failure (0 when nothing failed).
 	outage time.Duration
@@ -204,6 +212,7 @@ func (l *load) stop(since time.Time) loadResult {
 	l.wg.Wait()
 	r := loadResult{newTotal: l.newTotal.Load(), newFailed: l.newFailed.Load(), estTotal: l.estTotal.Load(), estFailed: l.estFailed.Load()}
 	var first, last time.Time
+	last = since
 	for _, f := range l.failures {
 		if f.Before(since) {
 			continue
@@ -213,15 +222,17 @@ func (l *load) stop(since time.Time) loadResult {
 		}
 		last = f
 	}
-	if first.IsZero() {
-		return r
-	}
 	for _, s := range l.successes {
 		if s.After(last) {
-			r.outage = s.Sub(first)
+			r.servedAfter = true
+			if !first.IsZero() {
+				r.outage = s.Sub(first)
+			}
 			return r
 		}
 	}
-	r.outage = time.Since(first)
+	if !first.IsZero() {
+		r.outage = time.Since(first)
+	}
 	return r
 }
