@@ -195,7 +195,7 @@ func Start(t kit.T, opts Options) *Cluster {
 		}
 	}
 	for _, lb := range c.LBs {
-		if err := c.createLBNodeObject(ctx, lb.Node); err != nil {
+		if err := c.createNodeObject(ctx, lb.Node); err != nil {
 			t.Fatalf("localcluster: %v", err)
 		}
 	}
@@ -345,12 +345,20 @@ func (c *Cluster) writeNodeKubeconfig() {
 	}
 }
 
+// createNodeObject registers n as a Ready Node: a node with its pod CIDR,
+// or a load-balancer host (no pod CIDR) labelled and tainted as one that
+// runs no workloads, as docs/scopes.md sets them up.
 func (c *Cluster) createNodeObject(ctx context.Context, n *Node) error {
 	node := &v1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
 			v1.LabelHostname: n.Name, v1.LabelOSStable: "linux",
 		}},
-		Spec: v1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
+	}
+	if n.PodCIDR.IsValid() {
+		node.Spec = v1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}}
+	} else {
+		node.Labels[LoadBalancerRole] = ""
+		node.Spec.Taints = []v1.Taint{{Key: LoadBalancerRole, Effect: v1.TaintEffectNoSchedule}}
 	}
 	created, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil {

@@ -80,11 +80,7 @@ func (c *Cluster) buildLoadBalancers() {
 	for i, ip := range LBHostIPs {
 		n := &Node{Name: fmt.Sprintf("lb%d", i+1), NS: k.Namespace(fmt.Sprintf("lb%d", i+1)), IP: ip}
 		k.Plug(c.LAN, "br0", n.NS, "eth0", netip.PrefixFrom(ip, LANPrefix.Bits()))
-		n.NS.DefaultRoute(LANGateway)
-		// HAProxy connects to pods directly, through their node.
-		for _, node := range c.Nodes {
-			n.NS.Route(node.PodCIDR, node.IP)
-		}
+		c.routeLB(n)
 		// UDP in scope cluster is NATed by the nftables proxier here.
 		n.NS.MustExec("sysctl", "-qw", "net.ipv4.ip_forward=1")
 		c.LBs = append(c.LBs, &LBHost{Node: n})
@@ -114,27 +110,14 @@ func (c *Cluster) buildLoadBalancers() {
 	}
 }
 
-// createLBNodeObject registers a load-balancer host as a Node that runs no
-// workloads, as docs/scopes.md sets them up.
-func (c *Cluster) createLBNodeObject(ctx context.Context, n *Node) error {
-	node := &v1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
-			v1.LabelHostname: n.Name, v1.LabelOSStable: "linux", LoadBalancerRole: "",
-		}},
-		Spec: v1.NodeSpec{Taints: []v1.Taint{{Key: LoadBalancerRole, Effect: v1.TaintEffectNoSchedule}}},
+// routeLB gives a load-balancer host its routes: the LAN gateway by
+// default, and each node's pods through that node (HAProxy connects to
+// pods directly).
+func (c *Cluster) routeLB(n *Node) {
+	n.NS.DefaultRoute(LANGateway)
+	for _, node := range c.Nodes {
+		n.NS.Route(node.PodCIDR, node.IP)
 	}
-	created, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
-	if err != nil {
-		return fmt.Errorf("creating Node %s: %w", n.Name, err)
-	}
-	created.Status = v1.NodeStatus{
-		Addresses:  []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: n.IP.String()}, {Type: v1.NodeHostName, Address: n.Name}},
-		Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue, Reason: "LocalCluster", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
-	}
-	if _, err := c.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("setting the status of Node %s: %w", n.Name, err)
-	}
-	return nil
 }
 
 // createPool creates the ClusterIP pool of scope external.
@@ -263,10 +246,7 @@ func (c *Cluster) StopLBHost(lb *LBHost) {
 func (c *Cluster) StartLBHost(lb *LBHost) error {
 	lb.NS.MustExec("ip", "link", "set", "eth0", "up")
 	// The link's routes went with it.
-	lb.NS.DefaultRoute(LANGateway)
-	for _, node := range c.Nodes {
-		lb.NS.Route(node.PodCIDR, node.IP)
-	}
+	c.routeLB(lb.Node)
 	if err := c.RestartKubeProxy(lb); err != nil {
 		return err
 	}
