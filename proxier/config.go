@@ -47,7 +47,7 @@ const (
 	// usual hard limit (a million) would cost every HAProxy process tens
 	// of megabytes for connections it never holds.
 	MaxDefaultFileLimit   = 65536
-	DefaultTimeoutConnect = 5 * time.Second
+	DefaultTimeoutConnect = 2 * time.Second
 	// Service traffic is often long-lived (databases, streams); kube-proxy's
 	// other modes impose no idle timeout, so the default is generous.
 	DefaultTimeoutClient = time.Hour

@@ -133,7 +133,7 @@ func cleanupHAProxy(ctx context.Context, cfg Config) error {
 	for _, e := range entries {
 		n := e.Name()
 		ours := n == configFileName || n == configFileName+apply.MarkerSuffix || n == pidFileName ||
-			strings.HasPrefix(n, apply.TempFilePrefix(configFileName)) || isMapFile(n) ||
+			strings.HasPrefix(n, apply.TempFilePrefix(configFileName)) || isDispatcherFile(n) ||
 			filepath.Join(cfg.StateDir, n) == cfg.MasterSocket || filepath.Join(cfg.StateDir, n) == cfg.RuntimeSocket
 		if ours {
 			if err := os.Remove(filepath.Join(cfg.StateDir, n)); err != nil && !os.IsNotExist(err) {
@@ -147,10 +147,10 @@ func cleanupHAProxy(ctx context.Context, cfg Config) error {
 	return errors.Join(errs...)
 }
 
-// isMapFile reports whether name is one of the dispatchers' map and ACL
-// files, or one being written.
-func isMapFile(name string) bool {
-	for _, base := range haproxycfg.MapFileNames() {
+// isDispatcherFile reports whether name is one of the dispatchers' map and
+// ACL files (or one being written) or retry sockets.
+func isDispatcherFile(name string) bool {
+	for _, base := range haproxycfg.FileNames() {
 		if name == base || strings.HasPrefix(name, apply.TempFilePrefix(base)) {
 			return true
 		}

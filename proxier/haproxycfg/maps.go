@@ -53,13 +53,20 @@ func (d *Dispatcher) ClusterSourcesACL() string {
 	return filepath.Join(d.MapDir, "cluster-sources-"+d.familyName()+".acl")
 }
 
-// MapFileNames are the base names of every map and ACL file a Dispatcher
-// of either family writes in its MapDir.
-func MapFileNames() []string {
+// RetrySocket is the path of the unix socket of the retry frontend.
+func (d *Dispatcher) RetrySocket() string {
+	return filepath.Join(d.MapDir, "retry-"+d.familyName()+".sock")
+}
+
+// FileNames are the base names of every file a Dispatcher of either
+// family keeps in its MapDir: the map and ACL files the applier writes,
+// and the retry socket HAProxy binds.
+func FileNames() []string {
 	var out []string
 	for _, ipv6 := range []bool{false, true} {
 		d := Dispatcher{IPv6: ipv6}
-		out = append(out, filepath.Base(d.ServicesMap()), filepath.Base(d.EndpointsMap()), filepath.Base(d.ClusterSourcesACL()))
+		out = append(out, filepath.Base(d.ServicesMap()), filepath.Base(d.EndpointsMap()), filepath.Base(d.ClusterSourcesACL()),
+			filepath.Base(d.RetrySocket()))
 	}
 	return out
 }
@@ -68,6 +75,9 @@ func MapFileNames() []string {
 func (d *Dispatcher) FrontendName() string { return "services-" + d.familyName() }
 func (d *Dispatcher) BackendName() string  { return "endpoints-" + d.familyName() }
 func (d *Dispatcher) TableName() string    { return "affinity-" + d.familyName() }
+func (d *Dispatcher) RetryFrontendName() string {
+	return "retry-" + d.familyName()
+}
 
 // MapEntry is one key and value of a map.
 type MapEntry struct {

@@ -116,11 +116,26 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	// 6. Connect to it.
 	rule("content", "set-dst", "var(sess.ep),field(1,"+FieldSeparator+")")
 	rule("content", "set-dst-port", "var(sess.ep),field(2,"+FieldSeparator+")")
+	// The retry frontend reads the set, the endpoints tried and the
+	// affinity timeout from this id, sent in the PROXY header.
+	line(b, "unique-id-format", "%[var(sess.set)]"+FieldSeparator+"1"+FieldSeparator+"%[var(sess.svc),field(4,"+FieldSeparator+")]")
 	line(b, "default_backend", be)
 
-	b.WriteString("\n# Connects to the endpoint the frontend chose (set-dst).\n")
+	renderRetry(b, d)
+
+	b.WriteString("\n# Connects to the endpoint a frontend chose (set-dst). When the endpoint\n")
+	b.WriteString("# refuses the connection or does not answer within timeout connect, the\n")
+	b.WriteString("# connection is redispatched to " + d.RetryFrontendName() + ", which picks another endpoint\n")
+	b.WriteString("# of the same set: one retry server would wait a second before the retry.\n")
 	b.WriteString("backend " + be + "\n")
-	line(b, "server", "endpoint", "0.0.0.0:0")
+	line(b, "balance", "roundrobin")
+	line(b, "retries", "1")
+	line(b, "option", "redispatch", "1")
+	line(b, "use-server", "endpoint", "if", "TRUE")
+	line(b, "server", "endpoint", "0.0.0.0:0", "weight", "0")
+	for _, name := range []string{"retry-a", "retry-b"} {
+		line(b, "server", name, "unix@"+d.RetrySocket(), "send-proxy-v2", "proxy-v2-options", "unique-id")
+	}
 
 	b.WriteString("\n# sessionAffinity ClientIP: per endpoint set and client, the endpoint id (gpt0)\n")
 	b.WriteString("# and the time of the last connection (gpt1); the timeout is per Service port.\n")
@@ -130,6 +145,54 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 		words = append(words, "peers", PeersSection)
 	}
 	line(b, words...)
+}
+
+// MaxConnectAttempts is how many endpoints a connection may try: the one
+// the dispatcher picked, then others through the retry frontend.
+const MaxConnectAttempts = 3
+
+// renderRetry writes the frontend that takes a connection whose endpoint
+// failed to connect. It receives it over a unix socket with the PROXY
+// protocol, so its source is still the client and its destination is
+// the endpoint that failed; the PROXY header's unique id carries the
+// endpoint set, how many endpoints were tried and the affinity timeout.
+// It picks another endpoint of the set (a random one, the next if that
+// is the one that failed), moves the client's affinity to it, and hands
+// the connection to the same backend, which may redispatch it here again
+// up to MaxConnectAttempts endpoints in all.
+func renderRetry(b *bytes.Buffer, d *Dispatcher) {
+	endpoints, table := d.EndpointsMap(), d.TableName()
+	sep := FieldSeparator
+	b.WriteString("\n# A connection whose endpoint failed, with its client address (PROXY protocol):\n")
+	b.WriteString("# another endpoint of the same set.\n")
+	b.WriteString("frontend " + d.RetryFrontendName() + "\n")
+	line(b, "bind", "unix@"+d.RetrySocket(), "mode", "600", "accept-proxy", "name", "retry")
+	line(b, "unique-id-format", "%[var(sess.set)]"+sep+"%[var(sess.tried)]"+sep+"%[var(sess.timeout)]")
+	line(b, "acl", "sticky", "var(sess.timeout)", "-m", "int", "gt", "0")
+	rule := func(words ...string) { line(b, append([]string{"tcp-request", "content"}, words...)...) }
+	rule("set-var(sess.set)", "fc_pp_unique_id,field(1,"+sep+")")
+	rule("set-var(sess.tried)", "fc_pp_unique_id,field(2,"+sep+"),add(1)")
+	rule("set-var(sess.timeout)", "fc_pp_unique_id,field(3,"+sep+")")
+	rule("reject", "if", "{", "var(sess.tried)", "-m", "int", "gt", strconv.Itoa(MaxConnectAttempts), "}")
+	rule("set-var(sess.n)", "var(sess.set),map_str("+endpoints+",0)")
+	rule("reject", "if", "{", "var(sess.n)", "-m", "int", "0", "}")
+	// The endpoint that failed is the destination, as address|port.
+	rule("set-var(sess.dport)", "dst_port")
+	rule("set-var(sess.failed)", "dst,concat("+sep+",sess.dport)")
+	rule("set-var(sess.idx)", "rand,mod(sess.n)")
+	rule("set-var(sess.ep)", "var(sess.set),concat(/,sess.idx),map_str("+endpoints+")")
+	rule("set-var(sess.port)", "var(sess.ep),field(2,"+sep+")")
+	rule("set-var(sess.idx)", "var(sess.idx),add(1),mod(sess.n)",
+		"if", "{", "var(sess.ep),field(1,"+sep+"),concat("+sep+",sess.port),strcmp(sess.failed)", "-m", "int", "eq", "0", "}")
+	rule("set-var(sess.ep)", "var(sess.set),concat(/,sess.idx),map_str("+endpoints+")")
+	rule("reject", "unless", "{", "var(sess.ep)", "-m", "found", "}")
+	rule("set-var(sess.src)", "src", "if", "sticky")
+	rule("track-sc0", "var(sess.set),concat("+sep+",sess.src)", "table", table, "if", "sticky")
+	rule("sc-set-gpt(0,0)", "var(sess.ep),field(3,"+sep+")", "if", "sticky")
+	rule("sc-set-gpt(1,0)", "date", "if", "sticky")
+	rule("set-dst", "var(sess.ep),field(1,"+sep+")")
+	rule("set-dst-port", "var(sess.ep),field(2,"+sep+")")
+	line(b, "default_backend", d.BackendName())
 }
 
 // MaxAffinity is the longest affinity timeout (Kubernetes allows 86400

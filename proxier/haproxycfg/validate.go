@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -38,6 +39,10 @@ func Validate(c *Config) error {
 	return nil
 }
 
+// maxUnixPath is the longest unix socket path Linux takes (sun_path
+// holds 108 bytes with the terminating NUL).
+const maxUnixPath = 107
+
 // ValidateDispatcher validates d alone.
 func ValidateDispatcher(d *Dispatcher) error {
 	listen := d.Listen.Addr()
@@ -46,6 +51,9 @@ func ValidateDispatcher(d *Dispatcher) error {
 	}
 	if !validPath(d.MapDir) {
 		return fmt.Errorf("map directory %q: must be an absolute path of [A-Za-z0-9._:/+@-]", d.MapDir)
+	}
+	if len(d.RetrySocket()) > maxUnixPath {
+		return fmt.Errorf("map directory %q: too long for the unix socket %s (at most %d bytes)", d.MapDir, filepath.Base(d.RetrySocket()), maxUnixPath)
 	}
 	for _, p := range d.ClusterSources {
 		if !p.IsValid() || d.familyOK(p.Addr()) != nil {
