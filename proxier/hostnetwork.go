@@ -113,6 +113,7 @@ func hostDesired(cidrs []netip.Prefix, c *haproxycfg.Config) hostnet.Desired {
 			d.Dispatch = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), d.Dispatch.Port())
 		}
 		d.NodePortAddresses = slices.Clone(disp.NodePortAddresses)
+		d.KeepClientSource = disp.KeepClientSource
 		for _, sp := range disp.ServicePorts {
 			for _, l := range sp.Listeners {
 				if l.Kind == haproxycfg.NodePort {

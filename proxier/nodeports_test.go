@@ -245,9 +245,9 @@ func TestClusterSources(t *testing.T) {
 		// external client gets
 		fromOwnIP, external string
 	}{
-		{ScopeNode, []string{"10.0.0.0/8", testNodeIP + "/32", "1.2.3.4/32", "192.168.99.11/32"}, both, local},
+		{ScopeNode, []string{"10.0.0.0/8", testNodeIP + "/32", "127.0.0.0/8", "1.2.3.4/32", "192.168.99.11/32"}, both, local},
 		// Not local there: an LB or external IP is a client like any other.
-		{ScopeExternal, []string{"10.0.0.0/8", testNodeIP + "/32"}, both, both},
+		{ScopeExternal, []string{"10.0.0.0/8", testNodeIP + "/32", "127.0.0.0/8"}, both, both},
 	} {
 		t.Run(string(tc.scope), func(t *testing.T) {
 			p, applier, _ := newFakeProxier(t, v1.IPv4Protocol, func(c *Config) {
@@ -272,7 +272,7 @@ func TestClusterSources(t *testing.T) {
 		})
 	}
 
-	// IPv6: the family's pod CIDR and node address only.
+	// IPv6: the family's pod CIDR, node address and loopback only.
 	p, applier, _ := newFakeProxier(t, v1.IPv6Protocol, func(c *Config) { c.ClusterCIDRs = []string{"10.0.0.0/8", "fd00:10::/48"} })
 	makeServiceMap(p, makeTestService("ns1", "svc6", func(svc *v1.Service) {
 		svc.Spec.Type = v1.ServiceTypeLoadBalancer
@@ -287,5 +287,5 @@ func TestClusterSources(t *testing.T) {
 	for _, s := range applier.model(v1.IPv6Protocol).Dispatchers[0].ClusterSources {
 		got = append(got, s.String())
 	}
-	assert.Equal(t, []string{"fd00:10::/48", testNodeIPv6 + "/128", "2001:db8:1b::4/128"}, got)
+	assert.Equal(t, []string{"fd00:10::/48", testNodeIPv6 + "/128", "::1/128", "2001:db8:1b::4/128"}, got)
 }

@@ -468,6 +468,7 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 			Listen:            p.dispatchAddr(),
 			MapDir:            p.cfg.StateDir,
 			ClusterSources:    p.clusterSources(opts.NodeIP, nodePortAddresses, ports),
+			KeepClientSource:  p.keepClientSource(),
 			NodePortAddresses: nodePortAddresses,
 			ServicePorts:      ports,
 		}},
@@ -548,8 +549,9 @@ func (p *Proxier) withoutNodePorts(ports []*haproxycfg.ServicePort) []*haproxycf
 
 // clusterSources are the clients whose connections to external Service
 // addresses count as cluster traffic: the pod CIDRs of this family, the
-// node's addresses, and, in scope node, the LoadBalancer and external IPs
-// made local here (the node reaching such an address connects from it).
+// node's addresses and loopback, and, in scope node, the LoadBalancer and
+// external IPs made local here (the node reaching such an address
+// connects from it).
 func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr, ports []*haproxycfg.ServicePort) []netip.Prefix {
 	var out []netip.Prefix
 	seen := map[netip.Prefix]bool{}
@@ -569,6 +571,8 @@ func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr, port
 			add(netip.PrefixFrom(a, a.BitLen()))
 		}
 	}
+	add(netip.MustParsePrefix("127.0.0.0/8"))
+	add(netip.PrefixFrom(netip.IPv6Loopback(), 128))
 	if p.cfg.Scope == ScopeNode {
 		for _, sp := range ports {
 			for _, l := range sp.Listeners {
@@ -579,6 +583,24 @@ func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr, port
 		}
 	}
 	return out
+}
+
+// keepClientSource reports whether endpoints on this node see an outside
+// client's own address (haproxycfg.Dispatcher.KeepClientSource). Only in
+// scope node, where the endpoints' replies pass through this host, and
+// only with the cluster's pod CIDRs known: without them a pod would count
+// as an outside client, and one on the endpoint's own bridge would get
+// the reply straight from the endpoint.
+func (p *Proxier) keepClientSource() bool {
+	if p.cfg.Scope != ScopeNode {
+		return false
+	}
+	for _, c := range p.cfg.ClusterCIDRs {
+		if prefix, err := netip.ParsePrefix(c); err == nil && prefix.Addr().Is4() == (p.ipFamily == v1.IPv4Protocol) {
+			return true
+		}
+	}
+	return false
 }
 
 // dispatchAddr is the address and port of this family's HAProxy

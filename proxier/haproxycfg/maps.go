@@ -16,7 +16,10 @@ import (
 //
 // services-<family>.map: one entry per listener of every Service port:
 //
-//	<listener key> <set>|<set for cluster sources>|<reject or drop>|<affinity seconds>
+//	<listener key> <set>|<set for cluster sources>|<reject or drop>|<affinity seconds>|<on node>
+//
+// where <on node> is 1 when the first set's endpoints all run on this
+// node (EndpointSet.OnNode), else 0.
 //
 // endpoints-<family>.map: per endpoint set with n endpoints,
 //
@@ -102,7 +105,12 @@ func (sp *ServicePort) DispatchValue(l Listener) string {
 	if sp.Affinity > 0 {
 		secs = int64((sp.Affinity + time.Second - 1) / time.Second)
 	}
-	return others.Name + FieldSeparator + fromCluster.Name + FieldSeparator + sp.WhenEmpty.mapWord() + FieldSeparator + strconv.FormatInt(secs, 10)
+	onNode := "0"
+	if others.OnNode {
+		onNode = "1"
+	}
+	return others.Name + FieldSeparator + fromCluster.Name + FieldSeparator + sp.WhenEmpty.mapWord() + FieldSeparator + strconv.FormatInt(secs, 10) +
+		FieldSeparator + onNode
 }
 
 // AppendDispatchEntries appends the services map entries of sp.

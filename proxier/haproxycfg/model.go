@@ -78,6 +78,15 @@ type Dispatcher struct {
 	// NodePortAddresses are the addresses NodePorts are served on; empty
 	// means every local address of the family that is no Service IP.
 	NodePortAddresses []netip.Addr
+	// KeepClientSource: a connection from outside ClusterSources to a set
+	// whose endpoints all run on this node (EndpointSet.OnNode) reaches
+	// the endpoint from the client's own address (HAProxy's "usesrc
+	// clientip"), as kube-proxy's other modes do for externalTrafficPolicy
+	// Local. The host must route the endpoints' replies back to HAProxy
+	// (package serviceguard). Clients in ClusterSources keep HAProxy's
+	// address: a pod on the endpoint's own bridge would get the reply
+	// straight from the endpoint and drop it.
+	KeepClientSource bool
 	// ServicePorts are sorted by Name by the renderer's callers; the
 	// renderer does not depend on their order.
 	ServicePorts []*ServicePort
@@ -195,6 +204,9 @@ type EndpointSet struct {
 	// Comment is free text (escaped).
 	Comment   string
 	Endpoints []netip.AddrPort
+	// OnNode: every endpoint runs on this node (the Local set in scope
+	// node), so its replies pass through this node's routing.
+	OnNode bool
 }
 
 // internalSet and externalSet are the sets a listener's connections use:

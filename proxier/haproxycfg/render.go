@@ -63,7 +63,9 @@ func Render(c *Config) ([]byte, error) {
 //     endpoint still exists and the client came back within the timeout;
 //  5. otherwise a random index in [0, n) picks the endpoint;
 //  6. the connection goes to the endpoint's address and port (set-dst on
-//     a server of address 0.0.0.0:0).
+//     a server of address 0.0.0.0:0);
+//  7. with KeepClientSource, from the client's address when the set's
+//     endpoints are on this node and the client is not a cluster source.
 func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	services, endpoints := d.ServicesMap(), d.EndpointsMap()
 	fe, be, table := d.FrontendName(), d.BackendName(), d.TableName()
@@ -116,9 +118,14 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	// 6. Connect to it.
 	rule("content", "set-dst", "var(sess.ep),field(1,"+FieldSeparator+")")
 	rule("content", "set-dst-port", "var(sess.ep),field(2,"+FieldSeparator+")")
-	// The retry frontend reads the set, the endpoints tried and the
-	// affinity timeout from this id, sent in the PROXY header.
-	line(b, "unique-id-format", "%[var(sess.set)]"+FieldSeparator+"1"+FieldSeparator+"%[var(sess.svc),field(4,"+FieldSeparator+")]")
+	// 7. The client's own address towards an endpoint on this node.
+	if d.KeepClientSource {
+		rule("content", "set-var(sess.keep)", "var(sess.svc),field(5,"+FieldSeparator+")", "unless", "from-cluster")
+	}
+	// The retry frontend reads the set, the endpoints tried, the affinity
+	// timeout and whether to keep the client's address from this id, sent
+	// in the PROXY header.
+	line(b, "unique-id-format", "%[var(sess.set)]"+FieldSeparator+"1"+FieldSeparator+"%[var(sess.svc),field(4,"+FieldSeparator+")]"+FieldSeparator+"%[var(sess.keep)]")
 	line(b, "default_backend", be)
 
 	renderRetry(b, d)
@@ -131,8 +138,18 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	line(b, "balance", "roundrobin")
 	line(b, "retries", "1")
 	line(b, "option", "redispatch", "1")
+	if d.KeepClientSource {
+		line(b, "use-server", "endpoint-client-source", "if", "{", "var(sess.keep)", "-m", "int", "1", "}")
+	}
 	line(b, "use-server", "endpoint", "if", "TRUE")
 	line(b, "server", "endpoint", "0.0.0.0:0", "weight", "0")
+	if d.KeepClientSource {
+		unspecified := "0.0.0.0"
+		if d.IPv6 {
+			unspecified = "[::]"
+		}
+		line(b, "server", "endpoint-client-source", "0.0.0.0:0", "weight", "0", "source", unspecified, "usesrc", "clientip")
+	}
 	for _, name := range []string{"retry-a", "retry-b"} {
 		line(b, "server", name, "unix@"+d.RetrySocket(), "send-proxy-v2", "proxy-v2-options", "unique-id")
 	}
@@ -167,12 +184,13 @@ func renderRetry(b *bytes.Buffer, d *Dispatcher) {
 	b.WriteString("# another endpoint of the same set.\n")
 	b.WriteString("frontend " + d.RetryFrontendName() + "\n")
 	line(b, "bind", "unix@"+d.RetrySocket(), "mode", "600", "accept-proxy", "name", "retry")
-	line(b, "unique-id-format", "%[var(sess.set)]"+sep+"%[var(sess.tried)]"+sep+"%[var(sess.timeout)]")
+	line(b, "unique-id-format", "%[var(sess.set)]"+sep+"%[var(sess.tried)]"+sep+"%[var(sess.timeout)]"+sep+"%[var(sess.keep)]")
 	line(b, "acl", "sticky", "var(sess.timeout)", "-m", "int", "gt", "0")
 	rule := func(words ...string) { line(b, append([]string{"tcp-request", "content"}, words...)...) }
 	rule("set-var(sess.set)", "fc_pp_unique_id,field(1,"+sep+")")
 	rule("set-var(sess.tried)", "fc_pp_unique_id,field(2,"+sep+"),add(1)")
 	rule("set-var(sess.timeout)", "fc_pp_unique_id,field(3,"+sep+")")
+	rule("set-var(sess.keep)", "fc_pp_unique_id,field(4,"+sep+")")
 	rule("reject", "if", "{", "var(sess.tried)", "-m", "int", "gt", strconv.Itoa(MaxConnectAttempts), "}")
 	rule("set-var(sess.n)", "var(sess.set),map_str("+endpoints+",0)")
 	rule("reject", "if", "{", "var(sess.n)", "-m", "int", "0", "}")

@@ -51,6 +51,11 @@ type Desired struct {
 	NodePortAddresses []netip.Addr
 	// Firewall are the LoadBalancer IP:ports with source ranges.
 	Firewall []serviceguard.FirewallEntry
+	// KeepClientSource: HAProxy connects to endpoints on this node from
+	// outside clients' addresses; the guard marks those connections and
+	// a policy routing rule brings the endpoints' replies back to HAProxy
+	// (clientsource.go).
+	KeepClientSource bool
 }
 
 func (d Desired) addrs() localaddr.Desired {
@@ -73,6 +78,9 @@ func union(a, b Desired) Desired {
 		// HAProxy's maps. An IP:port that only a still has keeps its
 		// ranges, since it is still served.
 		Firewall: slices.Clone(b.Firewall),
+		// Connections made from a client's address before the change still
+		// need their replies: keep the return path while either side does.
+		KeepClientSource: a.KeepClientSource || b.KeepClientSource,
 	}
 	if !u.Dispatch.IsValid() {
 		u.Dispatch = a.Dispatch
@@ -100,6 +108,12 @@ func union(a, b Desired) Desired {
 type Host struct {
 	addrs *localaddr.Manager
 	guard *serviceguard.Guard
+	// family and routeReplies: the Host manages the policy routing of
+	// KeepClientSource on the calling process's network namespace (not
+	// with the fakes of NewWith); repliesRouted is what it last did.
+	family        v1.IPFamily
+	routeReplies  bool
+	repliesRouted bool
 	// last is the Desired of the maps HAProxy serves (as of the last
 	// successful Finish).
 	last Desired
@@ -116,7 +130,9 @@ func New(family v1.IPFamily) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewWith(addrs, guard), nil
+	h := NewWith(addrs, guard)
+	h.family, h.routeReplies = family, true
+	return h, nil
 }
 
 // NewWith returns a Host using the given managers (fakes in unit tests).
@@ -133,6 +149,7 @@ func guardFor(d Desired, routed []netip.Prefix) serviceguard.Desired {
 		NodePorts:         d.NodePorts,
 		NodePortAddresses: d.NodePortAddresses,
 		Firewall:          d.Firewall,
+		KeepClientSource:  d.KeepClientSource,
 	}
 }
 
@@ -156,6 +173,14 @@ func (h *Host) Prepare(ctx context.Context, want Desired) error {
 	if _, err := h.addrs.Reconcile(both.addrs()); err != nil {
 		return fmt.Errorf("make Service IPs local: %w", err)
 	}
+	// Checked at every Prepare (three netlink calls), so a rule someone
+	// removed comes back.
+	if both.KeepClientSource && h.routeReplies {
+		if err := routeClientSourceReplies(h.family); err != nil {
+			return err
+		}
+		h.repliesRouted = true
+	}
 	return nil
 }
 
@@ -174,6 +199,13 @@ func (h *Host) Finish(ctx context.Context, want Desired) error {
 	}
 	if err := h.guard.Sync(ctx, guardFor(want, routed)); err != nil {
 		errs = append(errs, err)
+	}
+	if !want.KeepClientSource && h.repliesRouted {
+		if err := unrouteClientSourceReplies(h.family); err != nil {
+			errs = append(errs, err)
+		} else {
+			h.repliesRouted = false
+		}
 	}
 	if len(errs) == 0 {
 		h.last = want
@@ -194,7 +226,12 @@ func (h *Host) Sync(ctx context.Context, want Desired) error {
 // go first, so no Service IP is ever local without the guard.
 func (h *Host) Cleanup(ctx context.Context) error {
 	h.last = Desired{}
-	return errors.Join(h.addrs.Cleanup(), h.guard.Cleanup(ctx))
+	var replies error
+	if h.routeReplies {
+		replies = unrouteClientSourceReplies(h.family)
+		h.repliesRouted = false
+	}
+	return errors.Join(h.addrs.Cleanup(), h.guard.Cleanup(ctx), replies)
 }
 
 // Cleanup removes the routes and guards of both families from the calling
@@ -206,6 +243,9 @@ func Cleanup(ctx context.Context) error {
 		if addrs, err := localaddr.NewHost(family); err != nil {
 			errs = append(errs, err)
 		} else if err := addrs.Cleanup(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := unrouteClientSourceReplies(family); err != nil {
 			errs = append(errs, err)
 		}
 		if _, err := exec.LookPath("nft"); err != nil {

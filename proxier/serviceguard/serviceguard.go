@@ -57,6 +57,19 @@
 // entries; only connections whose both ends are on the node lose them
 // (`conntrack -L` does not list them).
 //
+// With Desired.KeepClientSource, HAProxy connects to endpoints on this
+// node from an outside client's own address (a transparent socket), and
+// the endpoint's replies, addressed to that client, must come back to
+// HAProxy instead of being forwarded. A chain on the output hook marks
+// the conntrack entry of every new TCP connection leaving with a
+// source address that is not local (only a transparent socket can send
+// one) with ClientSourceMark. The replies of those connections get the
+// same packet mark: on the prerouting hook from a pod, on the output hook
+// (a route chain, so the packet is routed again) from an endpoint on the
+// node's own address (hostNetwork). Package hostnet's policy routing rule
+// sends marked packets to a table whose only route makes every address
+// local, so they are delivered to HAProxy's socket.
+//
 // Everything that changes with Services is a set element; the rules only
 // change with the dispatch address and the NodePort address mode, which
 // are fixed for a proxier's life. Sync applies a new desired state in one
@@ -89,7 +102,11 @@ const (
 	DispatchChain = "service-dispatch"
 	// BridgedChain redirects (NAT) the IPv4 Service connections that
 	// arrive through a Linux bridge; see declareBridged.
-	BridgedChain      = "service-dispatch-bridged"
+	BridgedChain = "service-dispatch-bridged"
+	// ClientSourceChain and ClientSourceReturnChain bring the replies to
+	// connections made from a client's address back to HAProxy.
+	ClientSourceChain       = "client-source"
+	ClientSourceReturnChain = "client-source-return"
 	ServiceIPsSet     = "service-ips"
 	ServedPortsSet    = "served-ports"
 	NodePortsSet      = "node-ports"
@@ -104,6 +121,12 @@ const (
 	firewallNote      = "LoadBalancer IP . port with loadBalancerSourceRanges"
 	firewallAllowNote = "LoadBalancer IP . port . allowed source range"
 )
+
+// ClientSourceMark is the conntrack and packet mark bit of connections
+// HAProxy makes from a client's address (Desired.KeepClientSource). It
+// stays clear of the bits upstream kube-proxy (0x4000, 0x8000), Calico
+// (0xffff0000) and Cilium (0x0f00) use.
+const ClientSourceMark = 0x2000
 
 // Recheck makes the next Sync check that the table is intact, whenever
 // the last check was.
@@ -165,6 +188,9 @@ type Desired struct {
 	NodePortAddresses []netip.Addr
 	// Firewall are the LoadBalancer IP:ports with source ranges.
 	Firewall []FirewallEntry
+	// KeepClientSource marks the connections HAProxy makes from a
+	// client's address and their replies (ClientSourceMark).
+	KeepClientSource bool
 }
 
 // Guard owns the nftables table of one IP family.
@@ -231,6 +257,7 @@ type normalized struct {
 	nodePorts       []uint16
 	firewall        []netip.AddrPort
 	allowed         []allowKey
+	keepSource      bool
 }
 
 func (g *Guard) inFamily(a netip.Addr) bool {
@@ -282,7 +309,7 @@ func collapse(ps []netip.Prefix) []netip.Prefix {
 }
 
 func (g *Guard) normalize(d Desired) (*normalized, error) {
-	n := &normalized{}
+	n := &normalized{keepSource: d.KeepClientSource}
 	var ranges []netip.Prefix
 	for _, p := range d.ServiceIPs {
 		if p, ok := g.prefixInFamily(p); ok {
@@ -362,7 +389,7 @@ func (n *normalized) equal(o *normalized) bool {
 // sameRules reports whether n and o need the same rules: everything else
 // is in set elements.
 func (n *normalized) sameRules(o *normalized) bool {
-	return o != nil && n.dispatch == o.dispatch && n.nodePortsListed == o.nodePortsListed
+	return o != nil && n.dispatch == o.dispatch && n.nodePortsListed == o.nodePortsListed && n.keepSource == o.keepSource
 }
 
 // elements returns the keys of every set's elements, each set's sorted.
@@ -534,7 +561,10 @@ func ruleCounts(family v1.IPFamily, n *normalized) map[string]int {
 			dispatch++ // the bridge's return
 		}
 	}
-	counts := map[string]int{InputChain: 6, OutputChain: 2, DispatchChain: dispatch}
+	counts := map[string]int{InputChain: 6, OutputChain: 2, DispatchChain: dispatch, ClientSourceChain: 0, ClientSourceReturnChain: 0}
+	if n.keepSource {
+		counts[ClientSourceChain], counts[ClientSourceReturnChain] = 2, 1
+	}
 	if family == v1.IPv4Protocol {
 		counts[BridgedChain] = bridged
 	}
@@ -585,6 +615,7 @@ func (g *Guard) declare(tx *knftables.Transaction, n *normalized) {
 	g.declareInput(tx, ipX)
 	g.declareOutput(tx, ipX)
 	g.declareDispatch(tx, ipX, n)
+	g.declareClientSource(tx, n)
 	if g.family == v1.IPv4Protocol {
 		g.declareBridged(tx, n)
 	}
@@ -776,6 +807,40 @@ func (g *Guard) declareDispatch(tx *knftables.Transaction, ipX string, n *normal
 			ipX, "daddr", "!=", "@"+ServiceIPsSet, "fib daddr type local", "tcp dport", "@"+NodePortsSet, tproxy),
 		Comment: knftables.PtrTo("NodePort on a local address"),
 	})
+}
+
+// declareClientSource marks the connections HAProxy makes from a client's
+// address, and their replies (see the package comment). The chains are
+// always there, empty without KeepClientSource, so turning it off
+// flushes them.
+func (g *Guard) declareClientSource(tx *knftables.Transaction, n *normalized) {
+	mark := fmt.Sprintf("0x%x", ClientSourceMark)
+	tx.Add(&knftables.Chain{
+		Name:     ClientSourceChain,
+		Type:     knftables.PtrTo(knftables.RouteType),
+		Hook:     knftables.PtrTo(knftables.OutputHook),
+		Priority: knftables.PtrTo(knftables.ManglePriority),
+		Comment:  knftables.PtrTo("connections HAProxy makes from a client's address, and replies of hostNetwork endpoints to them"),
+	})
+	tx.Flush(&knftables.Chain{Name: ClientSourceChain})
+	tx.Add(&knftables.Chain{
+		Name:     ClientSourceReturnChain,
+		Type:     knftables.PtrTo(knftables.FilterType),
+		Hook:     knftables.PtrTo(knftables.PreroutingHook),
+		Priority: knftables.PtrTo(knftables.ManglePriority),
+		Comment:  knftables.PtrTo("their replies: routed to HAProxy by the policy rule of mark " + mark),
+	})
+	tx.Flush(&knftables.Chain{Name: ClientSourceReturnChain})
+	if !n.keepSource {
+		return
+	}
+	tx.Add(&knftables.Rule{
+		Chain: ClientSourceChain,
+		Rule:  "meta l4proto tcp ct state new fib saddr type != local ct mark set ct mark or " + mark,
+	})
+	reply := "ct direction reply ct mark and " + mark + " == " + mark + " meta mark set meta mark or " + mark
+	tx.Add(&knftables.Rule{Chain: ClientSourceChain, Rule: reply})
+	tx.Add(&knftables.Rule{Chain: ClientSourceReturnChain, Rule: reply})
 }
 
 // Cleanup deletes the table. It succeeds when there is no table.

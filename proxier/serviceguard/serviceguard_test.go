@@ -62,6 +62,8 @@ func TestSyncWritesTheWholeTable(t *testing.T) {
 	require.NoError(t, err)
 	want := `
 add table ip kube-haproxy { comment "kube-haproxy: only served Service IP:port pairs accept" ; }
+add chain ip kube-haproxy client-source { type route hook output priority -150 ; comment "connections HAProxy makes from a client's address, and replies of hostNetwork endpoints to them" ; }
+add chain ip kube-haproxy client-source-return { type filter hook prerouting priority -150 ; comment "their replies: routed to HAProxy by the policy rule of mark 0x2000" ; }
 add chain ip kube-haproxy service-dispatch { type filter hook prerouting priority -150 ; comment "TCP to HAProxy's dispatch listener, after the LoadBalancer source ranges" ; }
 add chain ip kube-haproxy service-dispatch-bridged { type nat hook prerouting priority dstnat - 5 ; comment "TCP arriving through a bridge to HAProxy's dispatch listener, by NAT" ; }
 add chain ip kube-haproxy service-ip-input { type filter hook input priority 0 ; comment "packets delivered locally to a Service IP" ; }

@@ -317,6 +317,7 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 			Name:      local,
 			Comment:   portDesc + ": endpoints on node " + opts.NodeName + ", for traffic policy Local",
 			Endpoints: endpointAddrs(&opts, localEps, res),
+			OnNode:    true,
 		}
 	}
 	sp.InternalLocal = internalLocal
@@ -328,7 +329,7 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 	// Not reachable with upstream's ServicePort, but never hand the
 	// renderer a reference to a missing set.
 	if (sp.InternalLocal || sp.ExternalLocal) && sp.Local == nil {
-		sp.Local = &haproxycfg.EndpointSet{Name: local}
+		sp.Local = &haproxycfg.EndpointSet{Name: local, OnNode: true}
 	}
 	if (!sp.InternalLocal || hasExternal && !sp.ExternalLocal) && sp.Cluster == nil {
 		sp.Cluster = &haproxycfg.EndpointSet{Name: base}

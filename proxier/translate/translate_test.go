@@ -181,8 +181,10 @@ func checkMapFiles(t testing.TB, d *haproxycfg.Dispatcher) {
 		keys[e.Key] = true
 		require.NotContains(t, e.Key, haproxycfg.FieldSeparator)
 		f := strings.Split(e.Value, haproxycfg.FieldSeparator)
-		require.Len(t, f, 4, "services map value %q", e.Value)
+		require.Len(t, f, 5, "services map value %q", e.Value)
 		require.Contains(t, []string{"reject", "drop"}, f[2], "services map value %q", e.Value)
+		// On node: the first set is a Local set, whose endpoints are all here.
+		require.Equal(t, map[bool]string{true: "1", false: "0"}[strings.HasSuffix(f[0], LocalSuffix)], f[4], "services map value %q", e.Value)
 		_, err := strconv.ParseUint(f[3], 10, 32)
 		require.NoError(t, err, "services map value %q", e.Value)
 		sets[f[0]], sets[f[1]] = true, true
@@ -518,7 +520,7 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 	assert.True(t, sp.ShortCircuit)
 	assert.False(t, sp.InternalLocal)
 	require.NotNil(t, sp.Local)
-	assert.Equal(t, &haproxycfg.EndpointSet{Name: "ns.web:http:tcp:local", Comment: sp.Local.Comment, Endpoints: addrPorts("10.244.1.1:8080")}, sp.Local)
+	assert.Equal(t, &haproxycfg.EndpointSet{Name: "ns.web:http:tcp:local", Comment: sp.Local.Comment, Endpoints: addrPorts("10.244.1.1:8080"), OnNode: true}, sp.Local)
 	assert.Contains(t, sp.Local.Comment, "on node "+nodeName)
 	assert.Equal(t, addrPorts(all...), sp.Cluster.Endpoints)
 	assert.Equal(t, haproxycfg.Dropped, sp.WhenEmpty)
@@ -739,7 +741,7 @@ func TestSessionAffinity(t *testing.T) {
 		r := trace(d, podClient, "172.30.0.10:80")
 		requireServed(t, r, "10.244.1.1:8080", "10.244.2.1:8080")
 		assert.True(t, r.Sticky)
-		assert.True(t, strings.HasSuffix(sp.DispatchValue(sp.Listeners[0]), "|"+strconv.Itoa(int(tc.want/time.Second))))
+		assert.True(t, strings.Contains(sp.DispatchValue(sp.Listeners[0]), "|"+strconv.Itoa(int(tc.want/time.Second))+"|"))
 	}
 
 	res, d := translate(t, opts, []*v1.Service{service("ns", "web", "172.30.0.10", tcp("http", 80))}, eps)

@@ -2,6 +2,7 @@ package proxier
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -73,5 +74,63 @@ func TestDeadEndpointIsRedispatched(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, first.Name, r.Name, "client %s moved", client.Short)
 		}
+	}
+}
+
+// TestExternalClientAddressKeptForLocalEndpoints: with
+// externalTrafficPolicy Local, a pod sees the outside client's own
+// address, as in kube-proxy's other modes (HAProxy connects from it, and
+// the guard's marks and the policy rule bring the pod's replies back to
+// HAProxy), also after its first endpoint refused and the connection
+// was retried. A pod of the node, a cluster source, keeps reaching the
+// Service through HAProxy's address: it may share the endpoint's bridge,
+// where the reply would bypass the node. With traffic policy Cluster the
+// outside client is seen as the node, as upstream masquerades it.
+func TestExternalClientAddressKeptForLocalEndpoints(t *testing.T) {
+	tp := newTopology(t, netns.NodeOptions{})
+	pod1, pod2 := tp.Pod("pod1", 10), tp.Pod("pod2", 11)
+	cpod := tp.Pod("cpod", 20)
+
+	local := webService()
+	local.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	local.Spec.HealthCheckNodePort = 30999
+	cluster := service("plain", "10.96.0.12", "1", servicePort("http", v1.ProtocolTCP, 80, 8080, 30081))
+
+	cfg := tp.nodeConfig(t)
+	cfg.ClusterCIDRs = []string{"10.244.0.0/16"}
+	p, _ := startProxier(t, cfg, false, serviceCIDR)
+	p.OnServiceAdd(local)
+	p.OnServiceAdd(cluster)
+	p.OnServiceSynced()
+	p.OnEndpointSliceAdd(slice(local, "1", pod1, pod2))
+	p.OnEndpointSliceAdd(slice(cluster, "1", pod1, pod2))
+	p.OnEndpointSlicesSynced()
+
+	localURL := fmt.Sprintf("http://%s:%d/", nodeIP, nodePort)
+	servedBy(t, tp.Client, localURL, "pod1", "pod2")
+	get := func(ns *netns.Namespace, url string) netns.Reply {
+		t.Helper()
+		r, err := ns.HTTPGetWith(url, netns.HTTPOptions{Timeout: 5 * time.Second})
+		require.NoError(t, err, "%s from %s", url, ns.Short)
+		return r
+	}
+	clientAddr := func(r netns.Reply) string {
+		host, _, err := net.SplitHostPort(r.Client)
+		require.NoError(t, err)
+		return host
+	}
+	for range 10 {
+		assert.Equal(t, netns.ClientIP.String(), clientAddr(get(tp.Client, localURL)), "Local: the pod sees the client")
+		assert.Equal(t, podGW, clientAddr(get(cpod.Namespace, localURL)), "a pod of the node is a cluster source")
+		assert.Equal(t, podGW, clientAddr(get(tp.Client, fmt.Sprintf("http://%s:30081/", nodeIP))), "Cluster: the pod sees the node")
+	}
+
+	// pod1 dies unnoticed: connections it refuses are retried on pod2,
+	// still from the client's address.
+	pod1.Proc.Stop()
+	for range 20 {
+		r := get(tp.Client, localURL)
+		assert.Equal(t, "pod2", r.Name)
+		assert.Equal(t, netns.ClientIP.String(), clientAddr(r))
 	}
 }
