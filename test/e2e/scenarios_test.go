@@ -45,6 +45,7 @@ var scenarios = []scenario{
 	{"internal-traffic-policy-local", internalTrafficPolicyLocal},
 	{"external-traffic-policy-local", externalTrafficPolicyLocal},
 	{"client-source-ip-etp-local", clientSourceIP},
+	{"dead-endpoint-still-ready", deadEndpointStillReady},
 	{"terminating-endpoint-fallback", terminatingFallback},
 	{"headless-ignored", headlessIgnored},
 	{"service-deleted", serviceDeleted},
@@ -263,8 +264,10 @@ func externalTrafficPolicyLocal(t *testing.T, e *env) string {
 }
 
 func clientSourceIP(t *testing.T, e *env) string {
-	byDesign["client-source-ip-etp-local"] = "nftables DNATs and keeps the client's address for externalTrafficPolicy Local; " +
-		"HAProxy opens its own connection, so the pod sees the node (client-IP preservation is an opt-in to come)"
+	if e.mode == setupCluster {
+		byDesign["client-source-ip-etp-local"] = "nftables DNATs on the node and keeps the client's address for externalTrafficPolicy Local; " +
+			"the central HAProxy is not on the pod's node (its replies would bypass it), so the pod sees the load balancer"
+	}
 	_, _ = etpLocalService(t, e, "srcip", "192.0.2.31")
 	var r struct{ Client string }
 	deadline := time.Now().Add(30 * time.Second)
@@ -279,12 +282,41 @@ func clientSourceIP(t *testing.T, e *env) string {
 	require.NotEmpty(t, r.Client, "the LB IP never answered")
 	host := r.Client[:strings.LastIndex(r.Client, ":")]
 	switch e.mode {
-	case localcluster.ModeNFTables:
-		assert.Equal(t, localcluster.OutsideIP.String(), host, "upstream keeps the client address")
-	case localcluster.ModeHAProxy, setupCluster:
-		assert.NotEqual(t, localcluster.OutsideIP.String(), host, "HAProxy connects from its own host")
+	case localcluster.ModeNFTables, localcluster.ModeHAProxy:
+		assert.Equal(t, localcluster.OutsideIP.String(), host, "the pod sees the outside client's address")
+	case setupCluster:
+		assert.NotEqual(t, localcluster.OutsideIP.String(), host, "HAProxy connects from the load balancer host")
 	}
 	return "pod sees " + host
+}
+
+// deadEndpointStillReady stops the server of one of four pods while its
+// EndpointSlice still says ready (the seconds before a readiness probe
+// notices), then makes 200 new connections to the ClusterIP, counting the
+// failed ones. HAProxy retries a refused connect on another endpoint of
+// the Service (goal: 0 failed); the kernel data plane keeps sending every
+// fourth connection to the dead pod.
+func deadEndpointStillReady(t *testing.T, e *env) string {
+	var pods []*localcluster.Pod
+	for i := range 4 {
+		p, err := e.c.AddPod(e.ctx, e.c.Nodes[i%2], fmt.Sprintf("dead-%d", i), map[string]string{"app": "dead"})
+		require.NoError(t, err)
+		pods = append(pods, p)
+	}
+	svc := e.service(t, "dead", "dead", nil)
+	url := "http://" + hostPort(svc.Spec.ClusterIP, 80) + "/"
+	servedBy(t, e.client.NS.Namespace, netip.Addr{}, url, names(pods...)...)
+	pods[0].NS.Proc.Stop()
+	failed := 0
+	for range 200 {
+		if _, err := get(e.client.NS.Namespace, netip.Addr{}, url, 5*time.Second); err != nil {
+			failed++
+		}
+	}
+	if e.mode != localcluster.ModeNFTables {
+		assert.Zero(t, failed, "connections failed with one dead endpoint of four")
+	}
+	return fmt.Sprintf("%d of 200 new connections failed with 1 of 4 endpoints dead", failed)
 }
 
 func terminatingFallback(t *testing.T, e *env) string {
