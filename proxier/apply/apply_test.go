@@ -761,7 +761,7 @@ func TestFailedReloadRestoresLastGood(t *testing.T) {
 
 	h.proc.failNext = errors.New("cannot bind socket (Address already in use) for [127.0.0.1:10401]")
 	c := h.config(p1, port(2, "10.1.0.2:8080"))
-	c.Global.PeerPort = 10401
+	c.Global.PeerPort = 10401 // binds: the dispatcher, its retry socket and the peer
 	err := h.apply(c)
 	require.ErrorIs(t, err, ErrRejected)
 	assert.ErrorContains(t, err, "Address already in use")
@@ -958,9 +958,9 @@ func TestMaxConnFitsTheFileLimit(t *testing.T) {
 	require.NoError(t, err)
 	c := h.config(port(1, "10.1.0.1:8080"))
 	c.Global.MaxConn = 0
-	c.Global.PeerPort = 10401
+	c.Global.PeerPort = 10401 // binds: the dispatcher, its retry socket and the peer
 	require.NoError(t, a.Apply(context.Background(), v1.IPv4Protocol, c))
-	assert.Contains(t, h.file(), fmt.Sprintf("    maxconn %d\n", haproxycfg.MaxConnForFileLimit(1024, 2)))
+	assert.Contains(t, h.file(), fmt.Sprintf("    maxconn %d\n", haproxycfg.MaxConnForFileLimit(1024, 3)))
 	assert.Zero(t, c.Global.MaxConn, "the caller's model is not modified")
 
 	// A maxconn of the model that needs more descriptors than the limit.

@@ -253,10 +253,10 @@ func line(b *bytes.Buffer, words ...string) {
 	b.WriteByte('\n')
 }
 
-// Listeners counts the listening sockets of c: a dispatcher each, and
-// the local peer.
+// Listeners counts the listening sockets of c: two per dispatcher (its
+// listener and its retry socket), and the local peer.
 func (c *Config) Listeners() int {
-	n := len(c.Dispatchers)
+	n := 2 * len(c.Dispatchers)
 	if c.Global.PeerPort != 0 {
 		n++
 	}

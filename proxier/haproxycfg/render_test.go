@@ -39,7 +39,7 @@ func sample(dir string) *haproxycfg.Config {
 			{Kind: haproxycfg.LoadBalancer, Addr: netip.MustParseAddr("1.2.3.4"), Port: 80},
 		},
 		Cluster:       &haproxycfg.EndpointSet{Name: "ns1.lb:p80:tcp", Endpoints: []netip.AddrPort{ep1, ep2}},
-		Local:         &haproxycfg.EndpointSet{Name: "ns1.lb:p80:tcp:local", Endpoints: []netip.AddrPort{ep1}},
+		Local:         &haproxycfg.EndpointSet{Name: "ns1.lb:p80:tcp:local", Endpoints: []netip.AddrPort{ep1}, OnNode: true},
 		ExternalLocal: true,
 		ShortCircuit:  true,
 		WhenEmpty:     haproxycfg.Dropped,
@@ -56,10 +56,11 @@ func sample(dir string) *haproxycfg.Config {
 		Global:   haproxycfg.Global{NBThread: 2, StatsSocket: "/run/kh/haproxy.sock", HardStopAfter: time.Hour, MaxOldWorkers: 5, PeerPort: 10401},
 		Defaults: haproxycfg.Defaults{TimeoutConnect: 5 * time.Second, TimeoutClient: time.Hour, TimeoutServer: time.Hour},
 		Dispatchers: []*haproxycfg.Dispatcher{{
-			Listen:         netip.MustParseAddrPort("127.0.0.1:10400"),
-			MapDir:         dir,
-			ClusterSources: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("192.168.0.2/32")},
-			ServicePorts:   []*haproxycfg.ServicePort{empty, web, lb},
+			Listen:           netip.MustParseAddrPort("127.0.0.1:10400"),
+			MapDir:           dir,
+			KeepClientSource: true,
+			ClusterSources:   []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("192.168.0.2/32")},
+			ServicePorts:     []*haproxycfg.ServicePort{empty, web, lb},
 		}},
 	}
 }
@@ -97,9 +98,9 @@ func TestRenderDependsOnSettingsOnly(t *testing.T) {
 
 func TestRenderMaps(t *testing.T) {
 	services, endpoints, sources := haproxycfg.RenderMaps(sample("/run/kh").Dispatchers[0])
-	assert.Contains(t, string(services), "# Service default/web port http (80/TCP)\n172.30.0.41:80 default.web:http:tcp|default.web:http:tcp|reject|0\n")
-	assert.Contains(t, string(services), "\n*:30080 ns1.lb:p80:tcp:local|ns1.lb:p80:tcp|drop|10800\n")
-	assert.Contains(t, string(services), "\n172.30.0.42:80 ns1.lb:p80:tcp|ns1.lb:p80:tcp|drop|10800\n")
+	assert.Contains(t, string(services), "# Service default/web port http (80/TCP)\n172.30.0.41:80 default.web:http:tcp|default.web:http:tcp|reject|0|0\n")
+	assert.Contains(t, string(services), "\n*:30080 ns1.lb:p80:tcp:local|ns1.lb:p80:tcp|drop|10800|1\n")
+	assert.Contains(t, string(services), "\n172.30.0.42:80 ns1.lb:p80:tcp|ns1.lb:p80:tcp|drop|10800|0\n")
 	assert.Contains(t, string(endpoints), "\ndefault.empty:80:tcp 0\n")
 	assert.Contains(t, string(endpoints), "\ndefault.web:http:tcp 2\ndefault.web:http:tcp/0 10.180.0.1|8080|")
 	assert.NotContains(t, string(endpoints), "default.web:http:tcp/ep", "no id entries without affinity")
