@@ -88,10 +88,14 @@ func routeClientSourceReplies(family v1.IPFamily) error {
 }
 
 // unrouteClientSourceReplies removes the rules and the route of family.
+// A kernel without the family (IPv6 disabled) has none to remove.
 func unrouteClientSourceReplies(family v1.IPFamily) error {
 	fam := netlinkFamily(family)
 	var errs []error
 	rules, err := netlink.RuleListFiltered(fam, &netlink.Rule{Table: ClientSourceTable}, netlink.RT_FILTER_TABLE)
+	if errors.Is(err, unix.EAFNOSUPPORT) {
+		return nil
+	}
 	if err != nil {
 		errs = append(errs, err)
 	}
