@@ -633,14 +633,7 @@ func (g *Guard) declare(tx *knftables.Transaction, n *normalized) {
 // does not read the original destination of a redirected IPv6
 // connection (see docs/design.md).
 func (g *Guard) declareBridged(tx *knftables.Transaction, n *normalized) {
-	tx.Add(&knftables.Chain{
-		Name:     BridgedChain,
-		Type:     knftables.PtrTo(knftables.NATType),
-		Hook:     knftables.PtrTo(knftables.PreroutingHook),
-		Priority: knftables.PtrTo(knftables.BaseChainPriority("dstnat - 5")),
-		Comment:  knftables.PtrTo("TCP arriving through a bridge to HAProxy's dispatch listener, by NAT"),
-	})
-	tx.Flush(&knftables.Chain{Name: BridgedChain})
+	baseChain(tx, BridgedChain, knftables.NATType, knftables.PreroutingHook, knftables.BaseChainPriority("dstnat - 5"), "TCP arriving through a bridge to HAProxy's dispatch listener, by NAT")
 	if !n.dispatch.IsValid() {
 		return
 	}
@@ -669,14 +662,7 @@ func (g *Guard) declareBridged(tx *knftables.Transaction, n *normalized) {
 }
 
 func (g *Guard) declareInput(tx *knftables.Transaction, ipX string) {
-	tx.Add(&knftables.Chain{
-		Name:     InputChain,
-		Type:     knftables.PtrTo(knftables.FilterType),
-		Hook:     knftables.PtrTo(knftables.InputHook),
-		Priority: knftables.PtrTo(knftables.FilterPriority),
-		Comment:  knftables.PtrTo("packets delivered locally to a Service IP"),
-	})
-	tx.Flush(&knftables.Chain{Name: InputChain})
+	baseChain(tx, InputChain, knftables.FilterType, knftables.InputHook, knftables.FilterPriority, "packets delivered locally to a Service IP")
 	tx.Add(&knftables.Rule{
 		Chain:   InputChain,
 		Rule:    knftables.Concat(ipX, "daddr", "!=", "@"+ServiceIPsSet, "return"),
@@ -724,14 +710,7 @@ func (g *Guard) declareInput(tx *knftables.Transaction, ipX string) {
 // and a local destination; a reply to a pod or a remote client leaves the
 // node and stays tracked, as its connection is.
 func (g *Guard) declareOutput(tx *knftables.Transaction, ipX string) {
-	tx.Add(&knftables.Chain{
-		Name:     OutputChain,
-		Type:     knftables.PtrTo(knftables.FilterType),
-		Hook:     knftables.PtrTo(knftables.OutputHook),
-		Priority: knftables.PtrTo(knftables.RawPriority),
-		Comment:  knftables.PtrTo("node-local connections to served Service IP ports bypass conntrack"),
-	})
-	tx.Flush(&knftables.Chain{Name: OutputChain})
+	baseChain(tx, OutputChain, knftables.FilterType, knftables.OutputHook, knftables.RawPriority, "node-local connections to served Service IP ports bypass conntrack")
 	tx.Add(&knftables.Rule{
 		Chain: OutputChain,
 		Rule: knftables.Concat(ipX, "daddr", "@"+ServiceIPsSet, "meta l4proto tcp",
@@ -756,14 +735,7 @@ func (g *Guard) declareOutput(tx *knftables.Transaction, ipX string) {
 // transparent (a node-local client's, HAProxy's own to a pod) is left to
 // the rules that follow.
 func (g *Guard) declareDispatch(tx *knftables.Transaction, ipX string, n *normalized) {
-	tx.Add(&knftables.Chain{
-		Name:     DispatchChain,
-		Type:     knftables.PtrTo(knftables.FilterType),
-		Hook:     knftables.PtrTo(knftables.PreroutingHook),
-		Priority: knftables.PtrTo(knftables.ManglePriority),
-		Comment:  knftables.PtrTo("TCP to HAProxy's dispatch listener, after the LoadBalancer source ranges"),
-	})
-	tx.Flush(&knftables.Chain{Name: DispatchChain})
+	baseChain(tx, DispatchChain, knftables.FilterType, knftables.PreroutingHook, knftables.ManglePriority, "TCP to HAProxy's dispatch listener, after the LoadBalancer source ranges")
 	tx.Add(&knftables.Rule{
 		Chain: DispatchChain,
 		Rule: knftables.Concat("meta l4proto tcp",
@@ -809,28 +781,27 @@ func (g *Guard) declareDispatch(tx *knftables.Transaction, ipX string, n *normal
 	})
 }
 
+// baseChain declares a chain on hook and flushes it, so the rules that
+// follow replace whatever an older version of this code left there.
+func baseChain(tx *knftables.Transaction, name string, typ knftables.BaseChainType, hook knftables.BaseChainHook, prio knftables.BaseChainPriority, comment string) {
+	tx.Add(&knftables.Chain{
+		Name:     name,
+		Type:     knftables.PtrTo(typ),
+		Hook:     knftables.PtrTo(hook),
+		Priority: knftables.PtrTo(prio),
+		Comment:  knftables.PtrTo(comment),
+	})
+	tx.Flush(&knftables.Chain{Name: name})
+}
+
 // declareClientSource marks the connections HAProxy makes from a client's
 // address, and their replies (see the package comment). The chains are
 // always there, empty without KeepClientSource, so turning it off
 // flushes them.
 func (g *Guard) declareClientSource(tx *knftables.Transaction, n *normalized) {
 	mark := fmt.Sprintf("0x%x", ClientSourceMark)
-	tx.Add(&knftables.Chain{
-		Name:     ClientSourceChain,
-		Type:     knftables.PtrTo(knftables.RouteType),
-		Hook:     knftables.PtrTo(knftables.OutputHook),
-		Priority: knftables.PtrTo(knftables.ManglePriority),
-		Comment:  knftables.PtrTo("connections HAProxy makes from a client's address, and replies of hostNetwork endpoints to them"),
-	})
-	tx.Flush(&knftables.Chain{Name: ClientSourceChain})
-	tx.Add(&knftables.Chain{
-		Name:     ClientSourceReturnChain,
-		Type:     knftables.PtrTo(knftables.FilterType),
-		Hook:     knftables.PtrTo(knftables.PreroutingHook),
-		Priority: knftables.PtrTo(knftables.ManglePriority),
-		Comment:  knftables.PtrTo("their replies: routed to HAProxy by the policy rule of mark " + mark),
-	})
-	tx.Flush(&knftables.Chain{Name: ClientSourceReturnChain})
+	baseChain(tx, ClientSourceChain, knftables.RouteType, knftables.OutputHook, knftables.ManglePriority, "connections HAProxy makes from a client's address, and replies of hostNetwork endpoints to them")
+	baseChain(tx, ClientSourceReturnChain, knftables.FilterType, knftables.PreroutingHook, knftables.ManglePriority, "their replies: routed to HAProxy by the policy rule of mark " + mark)
 	if !n.keepSource {
 		return
 	}
