@@ -801,7 +801,7 @@ func baseChain(tx *knftables.Transaction, name string, typ knftables.BaseChainTy
 func (g *Guard) declareClientSource(tx *knftables.Transaction, n *normalized) {
 	mark := fmt.Sprintf("0x%x", ClientSourceMark)
 	baseChain(tx, ClientSourceChain, knftables.RouteType, knftables.OutputHook, knftables.ManglePriority, "connections HAProxy makes from a client's address, and replies of hostNetwork endpoints to them")
-	baseChain(tx, ClientSourceReturnChain, knftables.FilterType, knftables.PreroutingHook, knftables.ManglePriority, "their replies: routed to HAProxy by the policy rule of mark " + mark)
+	baseChain(tx, ClientSourceReturnChain, knftables.FilterType, knftables.PreroutingHook, knftables.ManglePriority, "their replies: routed to HAProxy by the policy rule of mark "+mark)
 	if !n.keepSource {
 		return
 	}
