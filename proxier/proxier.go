@@ -561,10 +561,8 @@ func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr, port
 			out = append(out, pfx)
 		}
 	}
-	for _, c := range p.cfg.ClusterCIDRs {
-		if prefix, err := netip.ParsePrefix(c); err == nil {
-			add(prefix.Masked())
-		}
+	for _, prefix := range p.clusterCIDRs() {
+		add(prefix)
 	}
 	for _, a := range append([]netip.Addr{nodeIP}, nodeAddrs...) {
 		if a.IsValid() {
@@ -592,15 +590,19 @@ func (p *Proxier) clusterSources(nodeIP netip.Addr, nodeAddrs []netip.Addr, port
 // as an outside client, and one on the endpoint's own bridge would get
 // the reply straight from the endpoint.
 func (p *Proxier) keepClientSource() bool {
-	if p.cfg.Scope != ScopeNode {
-		return false
-	}
+	return p.cfg.Scope == ScopeNode && len(p.clusterCIDRs()) > 0
+}
+
+// clusterCIDRs are the valid Config.ClusterCIDRs of this proxier's family,
+// masked.
+func (p *Proxier) clusterCIDRs() []netip.Prefix {
+	var out []netip.Prefix
 	for _, c := range p.cfg.ClusterCIDRs {
 		if prefix, err := netip.ParsePrefix(c); err == nil && prefix.Addr().Is4() == (p.ipFamily == v1.IPv4Protocol) {
-			return true
+			out = append(out, prefix.Masked())
 		}
 	}
-	return false
+	return out
 }
 
 // dispatchAddr is the address and port of this family's HAProxy

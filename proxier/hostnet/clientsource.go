@@ -54,17 +54,10 @@ func clientSourceRoute(family int, lo int) *netlink.Route {
 	}
 }
 
-func netlinkFamily(family v1.IPFamily) int {
-	if family == v1.IPv6Protocol {
-		return netlink.FAMILY_V6
-	}
-	return netlink.FAMILY_V4
-}
-
 // routeClientSourceReplies adds the rule and the route of family when
 // missing (RouteReplace and a rule check keep it idempotent).
 func routeClientSourceReplies(family v1.IPFamily) error {
-	fam := netlinkFamily(family)
+	fam := localaddr.NetlinkFamily(family)
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("client source replies: %w", err)
@@ -90,7 +83,7 @@ func routeClientSourceReplies(family v1.IPFamily) error {
 // unrouteClientSourceReplies removes the rules and the route of family.
 // A kernel without the family (IPv6 disabled) has none to remove.
 func unrouteClientSourceReplies(family v1.IPFamily) error {
-	fam := netlinkFamily(family)
+	fam := localaddr.NetlinkFamily(family)
 	var errs []error
 	rules, err := netlink.RuleListFiltered(fam, &netlink.Rule{Table: ClientSourceTable}, netlink.RT_FILTER_TABLE)
 	if errors.Is(err, unix.EAFNOSUPPORT) {

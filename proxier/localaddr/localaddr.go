@@ -85,8 +85,11 @@ func NewHost(family v1.IPFamily) (*Manager, error) {
 // Family is the IP family this Manager handles.
 func (m *Manager) Family() v1.IPFamily { return m.family }
 
-func (m *Manager) netlinkFamily() int {
-	if m.family == v1.IPv6Protocol {
+func (m *Manager) netlinkFamily() int { return NetlinkFamily(m.family) }
+
+// NetlinkFamily is netlink's address family of family.
+func NetlinkFamily(family v1.IPFamily) int {
+	if family == v1.IPv6Protocol {
 		return netlink.FAMILY_V6
 	}
 	return netlink.FAMILY_V4
