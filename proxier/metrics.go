@@ -71,6 +71,18 @@ var (
 		[]string{"ip_family"},
 	)
 
+	// invalidProxyProtocol counts service ports whose Service asks for a
+	// PROXY protocol version that does not exist.
+	invalidProxyProtocol = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_invalid_proxy_protocol_service_ports",
+			Help:           "Number of service ports served without a PROXY header because their Service's proxy-protocol annotation names no version (each has an InvalidProxyProtocol event on its Service)",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"ip_family"},
+	)
+
 	// badEndpoints counts endpoints left out because of an unusable
 	// address or port.
 	badEndpoints = metrics.NewGaugeVec(
@@ -107,6 +119,7 @@ func registerMetrics() {
 		legacyregistry.MustRegister(listenerConflicts)
 		legacyregistry.MustRegister(badEndpoints)
 		legacyregistry.MustRegister(nodePortsTaken)
+		legacyregistry.MustRegister(invalidProxyProtocol)
 		legacyregistry.MustRegister(syncFailuresTotal)
 	})
 }

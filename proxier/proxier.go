@@ -84,6 +84,9 @@ type Proxier struct {
 	// takenReported holds the service ports whose NodePort is reported as
 	// taken, so the event is recorded once while it lasts.
 	takenReported map[proxy.ServicePortName]bool
+	// badProxyProtocolReported holds the service ports whose invalid
+	// proxy-protocol annotation is reported, with the detail reported.
+	badProxyProtocolReported map[proxy.ServicePortName]string
 	// nodePortsNowhere: no node address matched nodePortAddresses at the
 	// last sync, so NodePorts are served nowhere; noNodePorts then maps
 	// each translated Service port with a NodePort to its copy without
@@ -146,27 +149,28 @@ func newProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config, d deps) (
 	global, defaults := cfg.haproxySections()
 
 	p := &Proxier{
-		ipFamily:            ipFamily,
-		cfg:                 cfg,
-		ctx:                 ctx,
-		svcPortMap:          make(proxy.ServicePortMap),
-		serviceChanges:      proxy.NewServiceChangeTracker(ipFamily, makeServiceInfo(cfg), nil),
-		endpointsMap:        make(proxy.EndpointsMap),
-		endpointsChanges:    proxy.NewEndpointsChangeTracker(ipFamily, cfg.NodeName, nil, nil),
-		unsupportedLogged:   make(map[proxy.ServicePortName]bool),
-		takenReported:       make(map[proxy.ServicePortName]bool),
-		delegate:            d.delegate,
-		applier:             d.applier,
-		listeningPorts:      d.listeningPorts,
-		nodeName:            cfg.NodeName,
-		nodeIP:              cfg.NodeIPs[ipFamily],
-		nodePortAddresses:   nodePortAddresses,
-		networkInterfacer:   d.networkInterfacer,
-		serviceHealthServer: d.serviceHealthServer,
-		healthzServer:       cfg.HealthzServer,
-		global:              global,
-		defaults:            defaults,
-		logger:              logger,
+		ipFamily:                 ipFamily,
+		cfg:                      cfg,
+		ctx:                      ctx,
+		svcPortMap:               make(proxy.ServicePortMap),
+		serviceChanges:           proxy.NewServiceChangeTracker(ipFamily, makeServiceInfo(cfg), nil),
+		endpointsMap:             make(proxy.EndpointsMap),
+		endpointsChanges:         proxy.NewEndpointsChangeTracker(ipFamily, cfg.NodeName, nil, nil),
+		unsupportedLogged:        make(map[proxy.ServicePortName]bool),
+		takenReported:            make(map[proxy.ServicePortName]bool),
+		badProxyProtocolReported: make(map[proxy.ServicePortName]string),
+		delegate:                 d.delegate,
+		applier:                  d.applier,
+		listeningPorts:           d.listeningPorts,
+		nodeName:                 cfg.NodeName,
+		nodeIP:                   cfg.NodeIPs[ipFamily],
+		nodePortAddresses:        nodePortAddresses,
+		networkInterfacer:        d.networkInterfacer,
+		serviceHealthServer:      d.serviceHealthServer,
+		healthzServer:            cfg.HealthzServer,
+		global:                   global,
+		defaults:                 defaults,
+		logger:                   logger,
 	}
 	logger.V(2).Info("HAProxy proxier sync params", "minSyncPeriod", cfg.MinSyncPeriod, "syncPeriod", cfg.SyncPeriod, "maxSyncPeriod", proxyutil.FullSyncPeriod)
 	p.syncRunner = runner.NewBoundedFrequencyRunner("sync-runner", p.syncProxyRules, cfg.MinSyncPeriod, cfg.SyncPeriod, proxyutil.FullSyncPeriod)
@@ -362,27 +366,57 @@ func (p *Proxier) inScope(svc *v1.Service) bool {
 		svc.Spec.LoadBalancerClass != nil && *svc.Spec.LoadBalancerClass == p.cfg.LoadBalancerClass
 }
 
-// loadBalancerOnlyPort is a service port of a Service in scope external by
-// its loadBalancerClass alone: the nodes' kube-proxy serves its
-// ClusterIP, NodePorts and external IPs; here only its ingress IPs are.
-type loadBalancerOnlyPort struct{ *proxy.BaseServicePortInfo }
+// AnnotationProxyProtocol on a Service asks HAProxy to open every
+// connection to its endpoints with a PROXY protocol header, which carries
+// the client's address: "v1" (the text header) or "v2" (the binary one).
+// It applies to every TCP port of the Service.
+const AnnotationProxyProtocol = "haproxy.kube-haproxy.io/proxy-protocol"
 
-func (loadBalancerOnlyPort) LoadBalancerOnly() bool { return true }
+// servicePortInfo is upstream's service port with what only this proxier
+// reads from the Service.
+type servicePortInfo struct {
+	*proxy.BaseServicePortInfo
+	// loadBalancerOnly: scope external serves only the LoadBalancer
+	// ingress IPs (the Service is in scope by its loadBalancerClass alone;
+	// the nodes' kube-proxy serves the rest).
+	loadBalancerOnly bool
+	proxyProtocol    haproxycfg.ProxyProtocol
+	// badProxyProtocol is the annotation's value when it names no version.
+	badProxyProtocol string
+}
 
-var _ translate.LoadBalancerOnly = loadBalancerOnlyPort{}
+func (s *servicePortInfo) LoadBalancerOnly() bool { return s.loadBalancerOnly }
 
-// makeServiceInfo marks the service ports of which scope external serves
-// only the LoadBalancer ingress IPs; nil (upstream's plain ports) in the
-// other scopes.
-func makeServiceInfo(cfg Config) func(*v1.ServicePort, *v1.Service, *proxy.BaseServicePortInfo) proxy.ServicePort {
-	if cfg.Scope != ScopeExternal {
-		return nil
+func (s *servicePortInfo) ProxyProtocol() (haproxycfg.ProxyProtocol, error) {
+	if s.badProxyProtocol != "" {
+		return haproxycfg.NoProxyProtocol, fmt.Errorf("annotation %s=%q is not v1 or v2: the endpoints get no PROXY header", AnnotationProxyProtocol, s.badProxyProtocol)
 	}
+	return s.proxyProtocol, nil
+}
+
+var (
+	_ translate.LoadBalancerOnly  = &servicePortInfo{}
+	_ translate.ProxyProtocolPort = &servicePortInfo{}
+)
+
+// makeServiceInfo adds to upstream's service port what the translation
+// reads from the Service beside it.
+func makeServiceInfo(cfg Config) func(*v1.ServicePort, *v1.Service, *proxy.BaseServicePortInfo) proxy.ServicePort {
 	return func(_ *v1.ServicePort, svc *v1.Service, base *proxy.BaseServicePortInfo) proxy.ServicePort {
-		if svc.Labels[LabelServiceProxyName] == cfg.ServiceProxyName {
-			return base
+		info := &servicePortInfo{BaseServicePortInfo: base}
+		info.loadBalancerOnly = cfg.Scope == ScopeExternal && svc.Labels[LabelServiceProxyName] != cfg.ServiceProxyName
+		if v, ok := svc.Annotations[AnnotationProxyProtocol]; ok {
+			switch strings.ToLower(strings.TrimSpace(v)) {
+			case "v1":
+				info.proxyProtocol = haproxycfg.ProxyProtocolV1
+			case "v2":
+				info.proxyProtocol = haproxycfg.ProxyProtocolV2
+			case "", "none":
+			default:
+				info.badProxyProtocol = v
+			}
 		}
-		return loadBalancerOnlyPort{base}
+		return info
 	}
 }
 
@@ -657,6 +691,7 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 	seen := make(map[proxy.ServicePortName]bool)
 	conflicts, taken := 0, 0
 	takenNow := make(map[proxy.ServicePortName]bool)
+	badProxyProtocol, badProxyProtocolNow := 0, make(map[proxy.ServicePortName]bool)
 	for _, s := range res.Skipped {
 		switch s.Reason {
 		case translate.UnsupportedProtocol:
@@ -677,6 +712,13 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 				p.takenReported[s.Name] = true
 				p.reportNodePortTaken(s)
 			}
+		case translate.InvalidProxyProtocol:
+			badProxyProtocol++
+			badProxyProtocolNow[s.Name] = true
+			if p.badProxyProtocolReported[s.Name] != s.Detail {
+				p.badProxyProtocolReported[s.Name] = s.Detail
+				p.reportInvalidProxyProtocol(s)
+			}
 		case translate.AddressConflict:
 			conflicts++
 			p.logger.Info("Service port listener left out", "servicePort", s.Name.String(), "reason", s.Reason, "detail", s.Detail)
@@ -695,6 +737,12 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 			delete(p.takenReported, name)
 		}
 	}
+	for name := range p.badProxyProtocolReported {
+		if !badProxyProtocolNow[name] {
+			delete(p.badProxyProtocolReported, name)
+		}
+	}
+	invalidProxyProtocol.WithLabelValues(string(p.ipFamily)).Set(float64(badProxyProtocol))
 	nodePortsTaken.WithLabelValues(string(p.ipFamily)).Set(float64(taken))
 	for proto, n := range unsupported {
 		unsupportedServicePorts.WithLabelValues(strings.ToLower(string(proto)), string(p.ipFamily)).Set(float64(n))
@@ -726,6 +774,21 @@ func (p *Proxier) reportNodePortTaken(s translate.Skipped) {
 		ref := &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: s.Name.Namespace, Name: s.Name.Name}
 		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, eventReasonNodePortTaken, "Proxying",
 			"Port %s: %s; the NodePort is not served on this node (the Service's other addresses are)", portLabel(s.Name), s.Detail)
+	}
+}
+
+// Reason of the event recorded on a Service whose proxy-protocol
+// annotation names no PROXY protocol version.
+const eventReasonInvalidProxyProtocol = "InvalidProxyProtocol"
+
+// reportInvalidProxyProtocol reports, once while it lasts, a service port
+// served without the PROXY header its Service asks for in a bad value.
+func (p *Proxier) reportInvalidProxyProtocol(s translate.Skipped) {
+	p.logger.Info("Service port served without a PROXY header: invalid annotation", "servicePort", s.Name.String(), "detail", s.Detail)
+	if p.cfg.Recorder != nil {
+		ref := &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: s.Name.Namespace, Name: s.Name.Name}
+		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, eventReasonInvalidProxyProtocol, "Proxying",
+			"Port %s: %s", portLabel(s.Name), s.Detail)
 	}
 }
 

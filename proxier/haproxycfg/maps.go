@@ -16,10 +16,11 @@ import (
 //
 // services-<family>.map: one entry per listener of every Service port:
 //
-//	<listener key> <set>|<set for cluster sources>|<reject or drop>|<affinity seconds>|<on node>
+//	<listener key> <set>|<set for cluster sources>|<reject or drop>|<affinity seconds>|<on node>|<proxy protocol>
 //
 // where <on node> is 1 when the first set's endpoints all run on this
-// node (EndpointSet.OnNode), else 0.
+// node (EndpointSet.OnNode), else 0, and <proxy protocol> is the PROXY
+// protocol version sent to the endpoints, 0 for none.
 //
 // endpoints-<family>.map: per endpoint set with n endpoints,
 //
@@ -110,7 +111,7 @@ func (sp *ServicePort) DispatchValue(l Listener) string {
 		onNode = "1"
 	}
 	return others.Name + FieldSeparator + fromCluster.Name + FieldSeparator + sp.WhenEmpty.mapWord() + FieldSeparator + strconv.FormatInt(secs, 10) +
-		FieldSeparator + onNode
+		FieldSeparator + onNode + FieldSeparator + strconv.Itoa(int(sp.ProxyProtocol))
 }
 
 // AppendDispatchEntries appends the services map entries of sp.

@@ -193,7 +193,23 @@ type ServicePort struct {
 	// LoadBalancer listeners from other sources are dropped (by the
 	// kernel, before dispatch). Empty means every source.
 	SourceRanges []netip.Prefix
+	// ProxyProtocol, when set, opens every connection to an endpoint with
+	// a PROXY protocol header carrying the client's address.
+	ProxyProtocol ProxyProtocol
 }
+
+// ProxyProtocol is the PROXY protocol version HAProxy sends to the
+// endpoints of a Service port, if any.
+type ProxyProtocol int
+
+const (
+	// NoProxyProtocol: the endpoint gets the client's bytes only.
+	NoProxyProtocol ProxyProtocol = 0
+	// ProxyProtocolV1 is the text header ("PROXY TCP4 ...").
+	ProxyProtocolV1 ProxyProtocol = 1
+	// ProxyProtocolV2 is the binary header.
+	ProxyProtocolV2 ProxyProtocol = 2
+)
 
 // EndpointSet is a named list of endpoints. The renderer numbers them in
 // the order given; the translation sorts them, so that an unchanged set

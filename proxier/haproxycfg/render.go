@@ -65,7 +65,9 @@ func Render(c *Config) ([]byte, error) {
 //  6. the connection goes to the endpoint's address and port (set-dst on
 //     a server of address 0.0.0.0:0);
 //  7. with KeepClientSource, from the client's address when the set's
-//     endpoints are on this node and the client is not a cluster source.
+//     endpoints are on this node and the client is not a cluster source;
+//  8. with a PROXY protocol version, through a server that sends the
+//     header (the client's address as source, the endpoint as destination).
 func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	services, endpoints := d.ServicesMap(), d.EndpointsMap()
 	fe, be, table := d.FrontendName(), d.BackendName(), d.TableName()
@@ -122,10 +124,13 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	if d.KeepClientSource {
 		rule("content", "set-var(sess.keep)", "var(sess.svc),field(5,"+FieldSeparator+")", "unless", "from-cluster")
 	}
+	// 8. The PROXY protocol version the endpoint expects, if any.
+	rule("content", "set-var(sess.pp)", "var(sess.svc),field(6,"+FieldSeparator+")")
 	// The retry frontend reads the set, the endpoints tried, the affinity
-	// timeout and whether to keep the client's address from this id, sent
-	// in the PROXY header.
-	line(b, "unique-id-format", "%[var(sess.set)]"+FieldSeparator+"1"+FieldSeparator+"%[var(sess.svc),field(4,"+FieldSeparator+")]"+FieldSeparator+"%[var(sess.keep)]")
+	// timeout, whether to keep the client's address and the PROXY
+	// protocol version from this id, sent in the PROXY header.
+	line(b, "unique-id-format", "%[var(sess.set)]"+FieldSeparator+"1"+FieldSeparator+"%[var(sess.svc),field(4,"+FieldSeparator+")]"+
+		FieldSeparator+"%[var(sess.keep)]"+FieldSeparator+"%[var(sess.pp)]")
 	line(b, "default_backend", be)
 
 	renderRetry(b, d)
@@ -138,11 +143,16 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	line(b, "balance", "roundrobin")
 	line(b, "retries", "1")
 	line(b, "option", "redispatch", "1")
+	// The PROXY header carries the client's address, so it comes first.
+	line(b, "use-server", "endpoint-proxy-v1", "if", "{", "var(sess.pp)", "-m", "int", "1", "}")
+	line(b, "use-server", "endpoint-proxy-v2", "if", "{", "var(sess.pp)", "-m", "int", "2", "}")
 	if d.KeepClientSource {
 		line(b, "use-server", "endpoint-client-source", "if", "{", "var(sess.keep)", "-m", "int", "1", "}")
 	}
 	line(b, "use-server", "endpoint", "if", "TRUE")
 	line(b, "server", "endpoint", "0.0.0.0:0", "weight", "0")
+	line(b, "server", "endpoint-proxy-v1", "0.0.0.0:0", "weight", "0", "send-proxy")
+	line(b, "server", "endpoint-proxy-v2", "0.0.0.0:0", "weight", "0", "send-proxy-v2")
 	if d.KeepClientSource {
 		unspecified := "0.0.0.0"
 		if d.IPv6 {
@@ -184,13 +194,14 @@ func renderRetry(b *bytes.Buffer, d *Dispatcher) {
 	b.WriteString("# another endpoint of the same set.\n")
 	b.WriteString("frontend " + d.RetryFrontendName() + "\n")
 	line(b, "bind", "unix@"+d.RetrySocket(), "mode", "600", "accept-proxy", "name", "retry")
-	line(b, "unique-id-format", "%[var(sess.set)]"+sep+"%[var(sess.tried)]"+sep+"%[var(sess.timeout)]"+sep+"%[var(sess.keep)]")
+	line(b, "unique-id-format", "%[var(sess.set)]"+sep+"%[var(sess.tried)]"+sep+"%[var(sess.timeout)]"+sep+"%[var(sess.keep)]"+sep+"%[var(sess.pp)]")
 	line(b, "acl", "sticky", "var(sess.timeout)", "-m", "int", "gt", "0")
 	rule := func(words ...string) { line(b, append([]string{"tcp-request", "content"}, words...)...) }
 	rule("set-var(sess.set)", "fc_pp_unique_id,field(1,"+sep+")")
 	rule("set-var(sess.tried)", "fc_pp_unique_id,field(2,"+sep+"),add(1)")
 	rule("set-var(sess.timeout)", "fc_pp_unique_id,field(3,"+sep+")")
 	rule("set-var(sess.keep)", "fc_pp_unique_id,field(4,"+sep+")")
+	rule("set-var(sess.pp)", "fc_pp_unique_id,field(5,"+sep+")")
 	rule("reject", "if", "{", "var(sess.tried)", "-m", "int", "gt", strconv.Itoa(MaxConnectAttempts), "}")
 	rule("set-var(sess.n)", "var(sess.set),map_str("+endpoints+",0)")
 	rule("reject", "if", "{", "var(sess.n)", "-m", "int", "0", "}")

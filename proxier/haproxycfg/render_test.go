@@ -28,8 +28,9 @@ func sample(dir string) *haproxycfg.Config {
 		Listeners: []haproxycfg.Listener{
 			{Kind: haproxycfg.ClusterIP, Addr: netip.MustParseAddr("172.30.0.41"), Port: 80},
 		},
-		Cluster:   &haproxycfg.EndpointSet{Name: "default.web:http:tcp", Endpoints: []netip.AddrPort{ep1, ep2}},
-		WhenEmpty: haproxycfg.Rejected,
+		Cluster:       &haproxycfg.EndpointSet{Name: "default.web:http:tcp", Endpoints: []netip.AddrPort{ep1, ep2}},
+		WhenEmpty:     haproxycfg.Rejected,
+		ProxyProtocol: haproxycfg.ProxyProtocolV2,
 	}
 	lb := &haproxycfg.ServicePort{
 		Name: "ns1.lb:p80:tcp",
@@ -98,9 +99,9 @@ func TestRenderDependsOnSettingsOnly(t *testing.T) {
 
 func TestRenderMaps(t *testing.T) {
 	services, endpoints, sources := haproxycfg.RenderMaps(sample("/run/kh").Dispatchers[0])
-	assert.Contains(t, string(services), "# Service default/web port http (80/TCP)\n172.30.0.41:80 default.web:http:tcp|default.web:http:tcp|reject|0|0\n")
-	assert.Contains(t, string(services), "\n*:30080 ns1.lb:p80:tcp:local|ns1.lb:p80:tcp|drop|10800|1\n")
-	assert.Contains(t, string(services), "\n172.30.0.42:80 ns1.lb:p80:tcp|ns1.lb:p80:tcp|drop|10800|0\n")
+	assert.Contains(t, string(services), "# Service default/web port http (80/TCP)\n172.30.0.41:80 default.web:http:tcp|default.web:http:tcp|reject|0|0|2\n")
+	assert.Contains(t, string(services), "\n*:30080 ns1.lb:p80:tcp:local|ns1.lb:p80:tcp|drop|10800|1|0\n")
+	assert.Contains(t, string(services), "\n172.30.0.42:80 ns1.lb:p80:tcp|ns1.lb:p80:tcp|drop|10800|0|0\n")
 	assert.Contains(t, string(endpoints), "\ndefault.empty:80:tcp 0\n")
 	assert.Contains(t, string(endpoints), "\ndefault.web:http:tcp 2\ndefault.web:http:tcp/0 10.180.0.1|8080|")
 	assert.NotContains(t, string(endpoints), "default.web:http:tcp/ep", "no id entries without affinity")

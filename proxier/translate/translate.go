@@ -78,6 +78,21 @@ func loadBalancerOnly(svc proxy.ServicePort) bool {
 	return ok && o.LoadBalancerOnly()
 }
 
+// ProxyProtocolPort is implemented by a service port whose endpoints
+// expect a PROXY protocol header (a Service annotation). A non-nil error
+// says the annotation is invalid: the port is served without the header
+// and the error is reported (InvalidProxyProtocol).
+type ProxyProtocolPort interface {
+	ProxyProtocol() (haproxycfg.ProxyProtocol, error)
+}
+
+func proxyProtocol(svc proxy.ServicePort) (haproxycfg.ProxyProtocol, error) {
+	if p, ok := svc.(ProxyProtocolPort); ok {
+		return p.ProxyProtocol()
+	}
+	return haproxycfg.NoProxyProtocol, nil
+}
+
 // everyEndpointIsCluster is a service port as a load balancer outside the
 // nodes sees it: every endpoint serves every client (Options.OutsideNodes).
 type everyEndpointIsCluster struct{ proxy.ServicePort }
@@ -102,6 +117,9 @@ const (
 	// NodePortTaken: another process of the node listens on the NodePort;
 	// it keeps the port, and the NodePort is left out.
 	NodePortTaken SkipReason = "NodePortTaken"
+	// InvalidProxyProtocol: the Service asks for a PROXY protocol version
+	// that does not exist; the port is served without the header.
+	InvalidProxyProtocol SkipReason = "InvalidProxyProtocol"
 )
 
 // Skipped records a service port (or one of its listeners) left out.
@@ -358,6 +376,11 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 			secs = int(v1.DefaultClientIPServiceAffinitySeconds)
 		}
 		sp.Affinity = min(time.Duration(secs)*time.Second, haproxycfg.MaxAffinity)
+	}
+	if pp, err := proxyProtocol(svc); err != nil {
+		skip(InvalidProxyProtocol, "%v", err)
+	} else {
+		sp.ProxyProtocol = pp
 	}
 
 	// loadBalancerSourceRanges filter the LB IPs only (not NodePorts or

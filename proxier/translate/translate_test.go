@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -181,12 +182,13 @@ func checkMapFiles(t testing.TB, d *haproxycfg.Dispatcher) {
 		keys[e.Key] = true
 		require.NotContains(t, e.Key, haproxycfg.FieldSeparator)
 		f := strings.Split(e.Value, haproxycfg.FieldSeparator)
-		require.Len(t, f, 5, "services map value %q", e.Value)
+		require.Len(t, f, 6, "services map value %q", e.Value)
 		require.Contains(t, []string{"reject", "drop"}, f[2], "services map value %q", e.Value)
 		// On node: the first set is a Local set, whose endpoints are all here.
 		require.Equal(t, map[bool]string{true: "1", false: "0"}[strings.HasSuffix(f[0], LocalSuffix)], f[4], "services map value %q", e.Value)
 		_, err := strconv.ParseUint(f[3], 10, 32)
 		require.NoError(t, err, "services map value %q", e.Value)
+		require.Contains(t, []string{"0", "1", "2"}, f[5], "services map value %q: PROXY protocol version", e.Value)
 		sets[f[0]], sets[f[1]] = true, true
 	}
 	counts := map[string]int{}
@@ -747,6 +749,54 @@ func TestSessionAffinity(t *testing.T) {
 	res, d := translate(t, opts, []*v1.Service{service("ns", "web", "172.30.0.10", tcp("http", 80))}, eps)
 	assert.Zero(t, servicePort(t, res, "ns.web:http:tcp").Affinity)
 	assert.False(t, trace(d, podClient, "172.30.0.10:80").Sticky)
+}
+
+// proxyProtocolPort is a service port with the proxier's PROXY protocol
+// setting.
+type proxyProtocolPort struct {
+	proxy.ServicePort
+	version haproxycfg.ProxyProtocol
+	err     error
+}
+
+func (p proxyProtocolPort) ProxyProtocol() (haproxycfg.ProxyProtocol, error) { return p.version, p.err }
+
+// The PROXY protocol version of a service port is the last field of its
+// services map values; an invalid setting is reported and the port is
+// served without it.
+func TestProxyProtocol(t *testing.T) {
+	opts := options(v1.IPv4Protocol)
+	svc := loadBalancer(service("ns", "web", "172.30.0.10", tcp("http", 80)), 30080, "198.51.100.1")
+	eps := slice("ns", "web", discovery.AddressTypeIPv4, "http", 8080, ep("10.244.1.1", nodeName))
+	for _, tc := range []struct {
+		version haproxycfg.ProxyProtocol
+		err     error
+		field   string
+	}{
+		{haproxycfg.NoProxyProtocol, nil, "0"},
+		{haproxycfg.ProxyProtocolV1, nil, "1"},
+		{haproxycfg.ProxyProtocolV2, nil, "2"},
+		{haproxycfg.NoProxyProtocol, errors.New("bad value"), "0"},
+	} {
+		sm, em := buildMaps(opts.Family, []*v1.Service{svc}, []*discovery.EndpointSlice{eps})
+		for name, sp := range sm {
+			sm[name] = proxyProtocolPort{sp, tc.version, tc.err}
+		}
+		res := Translate(opts, sm, em)
+		d := dispatcher(t, opts, res)
+		sp := servicePort(t, res, "ns.web:http:tcp")
+		require.Len(t, sp.Listeners, 3)
+		for _, l := range sp.Listeners {
+			f := strings.Split(sp.DispatchValue(l), haproxycfg.FieldSeparator)
+			assert.Equal(t, tc.field, f[len(f)-1], "listener %s", l.Key())
+		}
+		requireServed(t, trace(d, outside, "198.51.100.1:80"), "10.244.1.1:8080")
+		if tc.err != nil {
+			require.Equal(t, []Skipped{{Name: res.Skipped[0].Name, Protocol: v1.ProtocolTCP, Reason: InvalidProxyProtocol, Detail: "bad value"}}, res.Skipped)
+		} else {
+			require.Empty(t, res.Skipped)
+		}
+	}
 }
 
 // IPv6: names carry ":ipv6", addresses are IPv6, keys bracketed; a

@@ -1,13 +1,16 @@
 // Command podserver is the workload of a test "pod" (a network namespace):
 // an HTTP server on each TCP port and a UDP echo on each UDP port, each
 // answering with the pod's name and the address the request reached, so a
-// test can tell which endpoint served it.
+// test can tell which endpoint served it. On the PROXY ports every
+// connection must start with a PROXY protocol header (v1 or v2): the
+// client is the one the header names, and the reply says which version.
 //
 // It prints "ready" on stdout once every port is bound, and serves until
 // it is terminated.
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -16,6 +19,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/pires/go-proxyproto"
 )
 
 // Reply is what every request gets back, as JSON.
@@ -24,6 +29,9 @@ type Reply struct {
 	Local  string `json:"local"`
 	Client string `json:"client"`
 	Echo   string `json:"echo,omitempty"`
+	// Proxy is the PROXY protocol version the connection started with
+	// ("v1", "v2"), empty on a plain port.
+	Proxy string `json:"proxy,omitempty"`
 }
 
 func ports(s string) ([]int, error) {
@@ -45,14 +53,18 @@ func main() {
 	name := flag.String("name", "", "name reported in every reply")
 	tcp := flag.String("tcp", "8080", "comma-separated TCP ports served over HTTP")
 	udp := flag.String("udp", "", "comma-separated UDP ports answered as an echo")
+	proxyTCP := flag.String("proxy-tcp", "", "comma-separated TCP ports served over HTTP after a required PROXY protocol header")
 	flag.Parse()
-	if err := run(*name, *tcp, *udp); err != nil {
+	if err := run(*name, *tcp, *udp, *proxyTCP); err != nil {
 		fmt.Fprintln(os.Stderr, "podserver:", err)
 		os.Exit(1)
 	}
 }
 
-func run(name, tcpPorts, udpPorts string) error {
+// proxyVersionKey is the context key of a connection's PROXY version.
+type proxyVersionKey struct{}
+
+func run(name, tcpPorts, udpPorts, proxyTCPPorts string) error {
 	tps, err := ports(tcpPorts)
 	if err != nil {
 		return err
@@ -61,21 +73,49 @@ func run(name, tcpPorts, udpPorts string) error {
 	if err != nil {
 		return err
 	}
+	pps, err := ports(proxyTCPPorts)
+	if err != nil {
+		return err
+	}
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		local := ""
 		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 			local = a.String()
 		}
+		version, _ := r.Context().Value(proxyVersionKey{}).(string)
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(Reply{Name: name, Local: local, Client: r.RemoteAddr})
+		_ = json.NewEncoder(w).Encode(Reply{Name: name, Local: local, Client: r.RemoteAddr, Proxy: version})
 	})
-	errc := make(chan error, len(tps)+len(ups))
+	server := &http.Server{
+		Handler: handler,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(*proxyproto.Conn); ok {
+				if h := pc.ProxyHeader(); h != nil {
+					return context.WithValue(ctx, proxyVersionKey{}, fmt.Sprintf("v%d", h.Version))
+				}
+			}
+			return ctx
+		},
+	}
+	errc := make(chan error, len(tps)+len(ups)+len(pps))
 	for _, p := range tps {
 		l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
 		if err != nil {
 			return err
 		}
-		go func() { errc <- http.Serve(l, handler) }()
+		go func() { errc <- server.Serve(l) }()
+	}
+	for _, p := range pps {
+		l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+		if err != nil {
+			return err
+		}
+		// A connection without the header is closed: an endpoint that
+		// expects the PROXY protocol refuses plain clients.
+		pl := &proxyproto.Listener{Listener: l, ConnPolicy: func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+			return proxyproto.REQUIRE, nil
+		}}
+		go func() { errc <- server.Serve(pl) }()
 	}
 	for _, p := range ups {
 		c, err := net.ListenUDP("udp", &net.UDPAddr{Port: p})

@@ -36,8 +36,9 @@ type NodeOptions struct {
 	// DNATs to pods (upstream's nftables proxier) needs.
 	Forwarding bool
 	// PodTCPPorts and PodUDPPorts are what every pod of the node serves;
-	// default TCP 8080.
-	PodTCPPorts, PodUDPPorts []int
+	// default TCP 8080. PodProxyTCPPorts serve HTTP after a PROXY
+	// protocol header.
+	PodTCPPorts, PodUDPPorts, PodProxyTCPPorts []int
 }
 
 // Node is the topology the integration suites share: a node, a client on
@@ -103,11 +104,13 @@ func (n *Node) Pod(name string, host int) *Pod {
 	k := n.kit
 	k.t.Helper()
 	p := k.Pod(name, PodSpec{
-		BridgeNS: n.Namespace, Bridge: "cbr0",
-		Addr:     netip.PrefixFrom(PodIP(host), 24),
-		Gateway:  PodGateway,
-		TCPPorts: n.opts.PodTCPPorts,
-		UDPPorts: n.opts.PodUDPPorts,
+		BridgeNS:      n.Namespace,
+		Bridge:        "cbr0",
+		Addr:          netip.PrefixFrom(PodIP(host), 24),
+		Gateway:       PodGateway,
+		TCPPorts:      n.opts.PodTCPPorts,
+		UDPPorts:      n.opts.PodUDPPorts,
+		ProxyTCPPorts: n.opts.PodProxyTCPPorts,
 	})
 	if n.opts.IPv6 {
 		p.AddAddr("eth0", netip.PrefixFrom(PodIP6(host), 64))

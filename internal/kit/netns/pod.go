@@ -23,6 +23,8 @@ type Reply struct {
 	Local  string `json:"local"`
 	Client string `json:"client"`
 	Echo   string `json:"echo,omitempty"`
+	// Proxy is the PROXY protocol version the pod read ("v1", "v2").
+	Proxy string `json:"proxy,omitempty"`
 }
 
 // PodSpec says how a pod is wired and what it serves.
@@ -37,6 +39,9 @@ type PodSpec struct {
 	// TCPPorts answer HTTP; UDPPorts echo. Default: TCP 8080.
 	TCPPorts []int
 	UDPPorts []int
+	// ProxyTCPPorts answer HTTP after a PROXY protocol header, which
+	// they require.
+	ProxyTCPPorts []int
 }
 
 // Pod is a namespace running test/podserver.
@@ -57,14 +62,15 @@ func (k *Kit) Pod(name string, spec PodSpec) *Pod {
 		ns.DefaultRoute(spec.Gateway)
 	}
 	tcp := spec.TCPPorts
-	if len(tcp) == 0 && len(spec.UDPPorts) == 0 {
+	if len(tcp) == 0 && len(spec.UDPPorts) == 0 && len(spec.ProxyTCPPorts) == 0 {
 		tcp = []int{8080}
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		k.t.Fatalf("%v", err)
 	}
-	p := k.start(ns, "podserver", w, bin, "-name", name, "-tcp", joinPorts(tcp), "-udp", joinPorts(spec.UDPPorts))
+	p := k.start(ns, "podserver", w, bin, "-name", name, "-tcp", joinPorts(tcp), "-udp", joinPorts(spec.UDPPorts),
+		"-proxy-tcp", joinPorts(spec.ProxyTCPPorts))
 	w.Close()
 	ready := make(chan error, 1)
 	go func() {

@@ -12,6 +12,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
+	"kube-haproxy.io/kube-haproxy/proxier"
 )
 
 // TestDeadEndpointIsRedispatched stops the server of one of four pods
@@ -131,6 +132,67 @@ func TestExternalClientAddressKeptForLocalEndpoints(t *testing.T) {
 	for range 20 {
 		r := get(tp.Client, localURL)
 		assert.Equal(t, "pod2", r.Name)
+		assert.Equal(t, netns.ClientIP.String(), clientAddr(r))
+	}
+}
+
+// TestProxyProtocolTowardsEndpoints: a Service annotated with
+// haproxy.kube-haproxy.io/proxy-protocol gets a PROXY header of that
+// version on every connection to its endpoints, naming the client: the
+// outside client through a NodePort, the pod itself through the
+// ClusterIP, also after a retry on another endpoint. Without the
+// annotation the same endpoints, which require the header, refuse.
+func TestProxyProtocolTowardsEndpoints(t *testing.T) {
+	tp := newTopology(t, netns.NodeOptions{PodProxyTCPPorts: []int{8443}})
+	pod1, pod2 := tp.Pod("pod1", 10), tp.Pod("pod2", 11)
+	cpod := tp.Pod("cpod", 20)
+
+	v1Svc := service("ppv1", "10.96.0.13", "1", servicePort("http", v1.ProtocolTCP, 80, 8443, 0))
+	v1Svc.Annotations = map[string]string{proxier.AnnotationProxyProtocol: "v1"}
+	v2Svc := service("ppv2", "10.96.0.14", "1", servicePort("http", v1.ProtocolTCP, 80, 8443, 30082))
+	v2Svc.Annotations = map[string]string{proxier.AnnotationProxyProtocol: "v2"}
+	plain := service("plain", "10.96.0.15", "1", servicePort("http", v1.ProtocolTCP, 80, 8443, 0))
+
+	p, _ := startProxier(t, tp.nodeConfig(t), false, serviceCIDR)
+	for _, svc := range []*v1.Service{v1Svc, v2Svc, plain} {
+		p.OnServiceAdd(svc)
+	}
+	p.OnServiceSynced()
+	for _, svc := range []*v1.Service{v1Svc, v2Svc, plain} {
+		p.OnEndpointSliceAdd(slice(svc, "1", pod1, pod2))
+	}
+	p.OnEndpointSlicesSynced()
+
+	nodePortURL := fmt.Sprintf("http://%s:30082/", nodeIP)
+	servedBy(t, tp.Client, nodePortURL, "pod1", "pod2")
+	get := func(ns *netns.Namespace, url string) netns.Reply {
+		t.Helper()
+		r, err := ns.HTTPGetWith(url, netns.HTTPOptions{Timeout: 5 * time.Second})
+		require.NoError(t, err, "%s from %s", url, ns.Short)
+		return r
+	}
+	clientAddr := func(r netns.Reply) string {
+		host, _, err := net.SplitHostPort(r.Client)
+		require.NoError(t, err)
+		return host
+	}
+	for range 10 {
+		r := get(tp.Client, nodePortURL)
+		assert.Equal(t, "v2", r.Proxy)
+		assert.Equal(t, netns.ClientIP.String(), clientAddr(r), "the header names the outside client")
+		r = get(cpod.Namespace, "http://10.96.0.13:80/")
+		assert.Equal(t, "v1", r.Proxy)
+		assert.Equal(t, cpod.IP.String(), clientAddr(r), "the header names the pod")
+	}
+	_, err := cpod.HTTPGetWith("http://10.96.0.15:80/", netns.HTTPOptions{Timeout: 3 * time.Second})
+	require.Error(t, err, "an endpoint that requires the header refuses a connection without it")
+
+	// pod1 dies unnoticed: the retry on pod2 sends the header too.
+	pod1.Proc.Stop()
+	for range 20 {
+		r := get(tp.Client, nodePortURL)
+		assert.Equal(t, "pod2", r.Name)
+		assert.Equal(t, "v2", r.Proxy)
 		assert.Equal(t, netns.ClientIP.String(), clientAddr(r))
 	}
 }
