@@ -71,13 +71,24 @@ var (
 		[]string{"ip_family"},
 	)
 
-	// invalidProxyProtocol counts service ports whose Service asks for a
-	// PROXY protocol version that does not exist.
-	invalidProxyProtocol = metrics.NewGaugeVec(
+	// invalidAnnotations counts service ports served without what an
+	// invalid annotation of their Service asks for.
+	invalidAnnotations = metrics.NewGaugeVec(
 		&metrics.GaugeOpts{
 			Subsystem:      "kubeproxy",
-			Name:           "haproxy_invalid_proxy_protocol_service_ports",
-			Help:           "Number of service ports served without a PROXY header because their Service's proxy-protocol annotation names no version (each has an InvalidProxyProtocol event on its Service)",
+			Name:           "haproxy_invalid_annotation_service_ports",
+			Help:           "Number of service ports served without what an invalid annotation of their Service asks for, by reason: InvalidProxyProtocol (no PROXY header), InvalidEndpointCheck (no active checks); each has an event of that reason on its Service",
+			StabilityLevel: metrics.ALPHA,
+		},
+		[]string{"reason", "ip_family"},
+	)
+
+	// endpointsFailingChecks counts the endpoints active checks find down.
+	endpointsFailingChecks = metrics.NewGaugeVec(
+		&metrics.GaugeOpts{
+			Subsystem:      "kubeproxy",
+			Name:           "haproxy_endpoints_failing_checks",
+			Help:           "Number of endpoints that fail the active checks their Service asks for, and are left out of it (unless every endpoint of the Service fails them)",
 			StabilityLevel: metrics.ALPHA,
 		},
 		[]string{"ip_family"},
@@ -119,7 +130,8 @@ func registerMetrics() {
 		legacyregistry.MustRegister(listenerConflicts)
 		legacyregistry.MustRegister(badEndpoints)
 		legacyregistry.MustRegister(nodePortsTaken)
-		legacyregistry.MustRegister(invalidProxyProtocol)
+		legacyregistry.MustRegister(invalidAnnotations)
+		legacyregistry.MustRegister(endpointsFailingChecks)
 		legacyregistry.MustRegister(syncFailuresTotal)
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"k8s.io/kubernetes/pkg/proxy/metaproxier"
 
 	"kube-haproxy.io/kube-haproxy/proxier/hostnet"
+	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
 )
 
 // errNoApplier is returned when a Proxier is built without an Applier
@@ -82,7 +83,7 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 // collaborators: the shared Applier and, when UDP and SCTP ports are
 // delegated, upstream's nftables proxier of that family.
 func newFamilyProxier(ctx context.Context, family v1.IPFamily, cfg Config, applier Applier) (*Proxier, error) {
-	d := deps{applier: applier, listeningPorts: hostnet.ListeningTCPPorts}
+	d := deps{applier: applier, listeningPorts: hostnet.ListeningTCPPorts, checksAPI: runtimeapi.New(cfg.RuntimeSocket)}
 	if cfg.delegating() {
 		delegate, err := newNFTablesDelegate(ctx, family, cfg)
 		if err != nil {

@@ -21,7 +21,9 @@ import (
 	"k8s.io/kubernetes/pkg/proxy/runner"
 	proxyutil "k8s.io/kubernetes/pkg/proxy/util"
 
+	"kube-haproxy.io/kube-haproxy/proxier/endpointcheck"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
+	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
 	"kube-haproxy.io/kube-haproxy/proxier/translate"
 )
 
@@ -84,9 +86,14 @@ type Proxier struct {
 	// takenReported holds the service ports whose NodePort is reported as
 	// taken, so the event is recorded once while it lasts.
 	takenReported map[proxy.ServicePortName]bool
-	// badProxyProtocolReported holds the service ports whose invalid
-	// proxy-protocol annotation is reported, with the detail reported.
-	badProxyProtocolReported map[proxy.ServicePortName]string
+	// annotationReported holds the service ports whose invalid
+	// annotations are reported, by reason, with the detail reported.
+	annotationReported map[invalidAnnotation]string
+	// checker runs the active checks of endpoints (nil in tests that do
+	// not need it); checkedCopies are the service ports without the
+	// endpoints it finds down.
+	checker       *endpointcheck.Checker
+	checkedCopies map[string]checkedCopy
 	// nodePortsNowhere: no node address matched nodePortAddresses at the
 	// last sync, so NodePorts are served nowhere; noNodePorts then maps
 	// each translated Service port with a NodePort to its copy without
@@ -128,6 +135,9 @@ type deps struct {
 	delegate *nonTCPDelegate
 	// listeningPorts, when set, lists the node's listening TCP ports.
 	listeningPorts func(v1.IPFamily) (map[uint16][]netip.Addr, error)
+	// checksAPI, when set, is the runtime API through which the proxier
+	// runs active checks of endpoints.
+	checksAPI runtimeapi.Interface
 }
 
 // newProxier builds the Proxier of one family. cfg must be defaulted and
@@ -149,31 +159,35 @@ func newProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config, d deps) (
 	global, defaults := cfg.haproxySections()
 
 	p := &Proxier{
-		ipFamily:                 ipFamily,
-		cfg:                      cfg,
-		ctx:                      ctx,
-		svcPortMap:               make(proxy.ServicePortMap),
-		serviceChanges:           proxy.NewServiceChangeTracker(ipFamily, makeServiceInfo(cfg), nil),
-		endpointsMap:             make(proxy.EndpointsMap),
-		endpointsChanges:         proxy.NewEndpointsChangeTracker(ipFamily, cfg.NodeName, nil, nil),
-		unsupportedLogged:        make(map[proxy.ServicePortName]bool),
-		takenReported:            make(map[proxy.ServicePortName]bool),
-		badProxyProtocolReported: make(map[proxy.ServicePortName]string),
-		delegate:                 d.delegate,
-		applier:                  d.applier,
-		listeningPorts:           d.listeningPorts,
-		nodeName:                 cfg.NodeName,
-		nodeIP:                   cfg.NodeIPs[ipFamily],
-		nodePortAddresses:        nodePortAddresses,
-		networkInterfacer:        d.networkInterfacer,
-		serviceHealthServer:      d.serviceHealthServer,
-		healthzServer:            cfg.HealthzServer,
-		global:                   global,
-		defaults:                 defaults,
-		logger:                   logger,
+		ipFamily:            ipFamily,
+		cfg:                 cfg,
+		ctx:                 ctx,
+		svcPortMap:          make(proxy.ServicePortMap),
+		serviceChanges:      proxy.NewServiceChangeTracker(ipFamily, makeServiceInfo(cfg), nil),
+		endpointsMap:        make(proxy.EndpointsMap),
+		endpointsChanges:    proxy.NewEndpointsChangeTracker(ipFamily, cfg.NodeName, nil, nil),
+		unsupportedLogged:   make(map[proxy.ServicePortName]bool),
+		takenReported:       make(map[proxy.ServicePortName]bool),
+		annotationReported:  make(map[invalidAnnotation]string),
+		delegate:            d.delegate,
+		applier:             d.applier,
+		listeningPorts:      d.listeningPorts,
+		nodeName:            cfg.NodeName,
+		nodeIP:              cfg.NodeIPs[ipFamily],
+		nodePortAddresses:   nodePortAddresses,
+		networkInterfacer:   d.networkInterfacer,
+		serviceHealthServer: d.serviceHealthServer,
+		healthzServer:       cfg.HealthzServer,
+		global:              global,
+		defaults:            defaults,
+		logger:              logger,
 	}
 	logger.V(2).Info("HAProxy proxier sync params", "minSyncPeriod", cfg.MinSyncPeriod, "syncPeriod", cfg.SyncPeriod, "maxSyncPeriod", proxyutil.FullSyncPeriod)
 	p.syncRunner = runner.NewBoundedFrequencyRunner("sync-runner", p.syncProxyRules, cfg.MinSyncPeriod, cfg.SyncPeriod, proxyutil.FullSyncPeriod)
+	if d.checksAPI != nil {
+		checks := (&haproxycfg.Dispatcher{IPv6: ipFamily == v1.IPv6Protocol}).ChecksName()
+		p.checker = endpointcheck.New(d.checksAPI, checks, p.Sync, logger.WithName("checks"))
+	}
 	return p, nil
 }
 
@@ -198,6 +212,9 @@ func (p *Proxier) SyncLoop() {
 		// The delegate has a sync runner of its own; like ours it never
 		// stops.
 		go p.delegate.SyncLoop()
+	}
+	if p.checker != nil {
+		go p.checker.Run(p.ctx)
 	}
 	p.syncRunner.Loop(wait.NeverStop)
 }
@@ -366,60 +383,6 @@ func (p *Proxier) inScope(svc *v1.Service) bool {
 		svc.Spec.LoadBalancerClass != nil && *svc.Spec.LoadBalancerClass == p.cfg.LoadBalancerClass
 }
 
-// AnnotationProxyProtocol on a Service asks HAProxy to open every
-// connection to its endpoints with a PROXY protocol header, which carries
-// the client's address: "v1" (the text header) or "v2" (the binary one).
-// It applies to every TCP port of the Service.
-const AnnotationProxyProtocol = "haproxy.kube-haproxy.io/proxy-protocol"
-
-// servicePortInfo is upstream's service port with what only this proxier
-// reads from the Service.
-type servicePortInfo struct {
-	*proxy.BaseServicePortInfo
-	// loadBalancerOnly: scope external serves only the LoadBalancer
-	// ingress IPs (the Service is in scope by its loadBalancerClass alone;
-	// the nodes' kube-proxy serves the rest).
-	loadBalancerOnly bool
-	proxyProtocol    haproxycfg.ProxyProtocol
-	// badProxyProtocol is the annotation's value when it names no version.
-	badProxyProtocol string
-}
-
-func (s *servicePortInfo) LoadBalancerOnly() bool { return s.loadBalancerOnly }
-
-func (s *servicePortInfo) ProxyProtocol() (haproxycfg.ProxyProtocol, error) {
-	if s.badProxyProtocol != "" {
-		return haproxycfg.NoProxyProtocol, fmt.Errorf("annotation %s=%q is not v1 or v2: the endpoints get no PROXY header", AnnotationProxyProtocol, s.badProxyProtocol)
-	}
-	return s.proxyProtocol, nil
-}
-
-var (
-	_ translate.LoadBalancerOnly  = &servicePortInfo{}
-	_ translate.ProxyProtocolPort = &servicePortInfo{}
-)
-
-// makeServiceInfo adds to upstream's service port what the translation
-// reads from the Service beside it.
-func makeServiceInfo(cfg Config) func(*v1.ServicePort, *v1.Service, *proxy.BaseServicePortInfo) proxy.ServicePort {
-	return func(_ *v1.ServicePort, svc *v1.Service, base *proxy.BaseServicePortInfo) proxy.ServicePort {
-		info := &servicePortInfo{BaseServicePortInfo: base}
-		info.loadBalancerOnly = cfg.Scope == ScopeExternal && svc.Labels[LabelServiceProxyName] != cfg.ServiceProxyName
-		if v, ok := svc.Annotations[AnnotationProxyProtocol]; ok {
-			switch strings.ToLower(strings.TrimSpace(v)) {
-			case "v1":
-				info.proxyProtocol = haproxycfg.ProxyProtocolV1
-			case "v2":
-				info.proxyProtocol = haproxycfg.ProxyProtocolV2
-			case "", "none":
-			default:
-				info.badProxyProtocol = v
-			}
-		}
-		return info
-	}
-}
-
 // syncProxyRules is where all of the HAProxy configuration happens: it
 // applies the pending changes, translates every service port of this
 // family into the model and hands it to the Applier.
@@ -494,6 +457,7 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 	} else {
 		p.noNodePorts = nil
 	}
+	ports = p.withoutFailedEndpoints(ports)
 	desired := &haproxycfg.Config{
 		Global:   p.global,
 		Defaults: p.defaults,
@@ -691,7 +655,8 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 	seen := make(map[proxy.ServicePortName]bool)
 	conflicts, taken := 0, 0
 	takenNow := make(map[proxy.ServicePortName]bool)
-	badProxyProtocol, badProxyProtocolNow := 0, make(map[proxy.ServicePortName]bool)
+	badAnnotations := map[translate.SkipReason]int{translate.InvalidProxyProtocol: 0, translate.InvalidEndpointCheck: 0}
+	badAnnotationsNow := make(map[invalidAnnotation]bool)
 	for _, s := range res.Skipped {
 		switch s.Reason {
 		case translate.UnsupportedProtocol:
@@ -712,12 +677,13 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 				p.takenReported[s.Name] = true
 				p.reportNodePortTaken(s)
 			}
-		case translate.InvalidProxyProtocol:
-			badProxyProtocol++
-			badProxyProtocolNow[s.Name] = true
-			if p.badProxyProtocolReported[s.Name] != s.Detail {
-				p.badProxyProtocolReported[s.Name] = s.Detail
-				p.reportInvalidProxyProtocol(s)
+		case translate.InvalidProxyProtocol, translate.InvalidEndpointCheck:
+			badAnnotations[s.Reason]++
+			key := invalidAnnotation{s.Name, s.Reason}
+			badAnnotationsNow[key] = true
+			if p.annotationReported[key] != s.Detail {
+				p.annotationReported[key] = s.Detail
+				p.reportInvalidAnnotation(s)
 			}
 		case translate.AddressConflict:
 			conflicts++
@@ -737,12 +703,14 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 			delete(p.takenReported, name)
 		}
 	}
-	for name := range p.badProxyProtocolReported {
-		if !badProxyProtocolNow[name] {
-			delete(p.badProxyProtocolReported, name)
+	for key := range p.annotationReported {
+		if !badAnnotationsNow[key] {
+			delete(p.annotationReported, key)
 		}
 	}
-	invalidProxyProtocol.WithLabelValues(string(p.ipFamily)).Set(float64(badProxyProtocol))
+	for reason, n := range badAnnotations {
+		invalidAnnotations.WithLabelValues(string(reason), string(p.ipFamily)).Set(float64(n))
+	}
 	nodePortsTaken.WithLabelValues(string(p.ipFamily)).Set(float64(taken))
 	for proto, n := range unsupported {
 		unsupportedServicePorts.WithLabelValues(strings.ToLower(string(proto)), string(p.ipFamily)).Set(float64(n))
@@ -777,17 +745,22 @@ func (p *Proxier) reportNodePortTaken(s translate.Skipped) {
 	}
 }
 
-// Reason of the event recorded on a Service whose proxy-protocol
-// annotation names no PROXY protocol version.
-const eventReasonInvalidProxyProtocol = "InvalidProxyProtocol"
+// invalidAnnotation is a service port whose annotations are invalid, for
+// one reason.
+type invalidAnnotation struct {
+	name   proxy.ServicePortName
+	reason translate.SkipReason
+}
 
-// reportInvalidProxyProtocol reports, once while it lasts, a service port
-// served without the PROXY header its Service asks for in a bad value.
-func (p *Proxier) reportInvalidProxyProtocol(s translate.Skipped) {
-	p.logger.Info("Service port served without a PROXY header: invalid annotation", "servicePort", s.Name.String(), "detail", s.Detail)
+// reportInvalidAnnotation reports, once while it lasts, a service port
+// served without what its Service asks for in an invalid annotation. The
+// event's reason is the translation's (InvalidProxyProtocol,
+// InvalidEndpointCheck).
+func (p *Proxier) reportInvalidAnnotation(s translate.Skipped) {
+	p.logger.Info("Service port served without what an invalid annotation asks for", "servicePort", s.Name.String(), "reason", s.Reason, "detail", s.Detail)
 	if p.cfg.Recorder != nil {
 		ref := &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: s.Name.Namespace, Name: s.Name.Name}
-		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, eventReasonInvalidProxyProtocol, "Proxying",
+		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, string(s.Reason), "Proxying",
 			"Port %s: %s", portLabel(s.Name), s.Detail)
 	}
 }

@@ -50,7 +50,7 @@ func TestProxyProtocolAnnotation(t *testing.T) {
 		assert.Equal(t, tc.want, version(), "annotation %q", tc.value)
 	}
 	assert.Empty(t, recorder.drain())
-	assert.InDelta(t, 0, gaugeValue(t, invalidProxyProtocol.WithLabelValues("IPv4")), 0)
+	assert.InDelta(t, 0, gaugeValue(t, invalidAnnotations.WithLabelValues("InvalidProxyProtocol", "IPv4")), 0)
 
 	// A value with a line break: served without the header, reported once.
 	bad := annotated("v3\n    server evil 1.2.3.4:80")
@@ -65,7 +65,7 @@ func TestProxyProtocolAnnotation(t *testing.T) {
 	require.Len(t, evs, 1)
 	assert.True(t, strings.HasPrefix(evs[0], "Warning InvalidProxyProtocol "), evs[0])
 	assert.Contains(t, evs[0], `Port p80: annotation haproxy.kube-haproxy.io/proxy-protocol="v3\n    server evil 1.2.3.4:80" is not v1 or v2`)
-	assert.InDelta(t, 1, gaugeValue(t, invalidProxyProtocol.WithLabelValues("IPv4")), 0)
+	assert.InDelta(t, 1, gaugeValue(t, invalidAnnotations.WithLabelValues("InvalidProxyProtocol", "IPv4")), 0)
 	require.NoError(t, p.syncProxyRules())
 	assert.Empty(t, recorder.drain(), "reported once while it lasts")
 
@@ -73,6 +73,6 @@ func TestProxyProtocolAnnotation(t *testing.T) {
 	p.OnServiceUpdate(svc, fixed)
 	require.NoError(t, p.syncProxyRules())
 	assert.Equal(t, haproxycfg.ProxyProtocolV1, version())
-	assert.InDelta(t, 0, gaugeValue(t, invalidProxyProtocol.WithLabelValues("IPv4")), 0)
+	assert.InDelta(t, 0, gaugeValue(t, invalidAnnotations.WithLabelValues("InvalidProxyProtocol", "IPv4")), 0)
 	assert.Empty(t, recorder.drain())
 }

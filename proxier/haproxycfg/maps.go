@@ -79,6 +79,7 @@ func FileNames() []string {
 func (d *Dispatcher) FrontendName() string { return "services-" + d.familyName() }
 func (d *Dispatcher) BackendName() string  { return "endpoints-" + d.familyName() }
 func (d *Dispatcher) TableName() string    { return "affinity-" + d.familyName() }
+func (d *Dispatcher) ChecksName() string   { return "checks-" + d.familyName() }
 func (d *Dispatcher) RetryFrontendName() string {
 	return "retry-" + d.familyName()
 }

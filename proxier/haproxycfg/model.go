@@ -1,6 +1,7 @@
 package haproxycfg
 
 import (
+	"fmt"
 	"net/netip"
 	"strconv"
 	"time"
@@ -196,6 +197,48 @@ type ServicePort struct {
 	// ProxyProtocol, when set, opens every connection to an endpoint with
 	// a PROXY protocol header carrying the client's address.
 	ProxyProtocol ProxyProtocol
+	// Check, when set, has HAProxy check the endpoints actively; the
+	// proxier leaves out of the sets those the checks find down.
+	Check *EndpointCheck
+}
+
+// EndpointCheck is how HAProxy checks an endpoint: a TCP connect every
+// Interval; Fall failures in a row take it down, Rise successes bring it
+// back.
+type EndpointCheck struct {
+	Interval time.Duration
+	Rise     int
+	Fall     int
+}
+
+// Limits of an EndpointCheck.
+const (
+	MinCheckInterval = 100 * time.Millisecond
+	MaxCheckInterval = time.Hour
+	MaxCheckCount    = 100
+)
+
+// ServerOptions are the keywords of a server that runs c ("add server"
+// takes the same as a server line). A check times out after Interval (no
+// "timeout check"); after a change of state the next check comes at half
+// the interval, to confirm it sooner.
+func (c EndpointCheck) ServerOptions() []string {
+	return []string{"check",
+		"inter", FormatDuration(c.Interval),
+		"fastinter", FormatDuration(max(c.Interval/2, MinCheckInterval/2)),
+		"downinter", FormatDuration(c.Interval),
+		"rise", strconv.Itoa(c.Rise), "fall", strconv.Itoa(c.Fall)}
+}
+
+// Validate reports whether c is within the limits.
+func (c EndpointCheck) Validate() error {
+	if c.Interval < MinCheckInterval || c.Interval > MaxCheckInterval {
+		return fmt.Errorf("check interval %v: not in [%v, %v]", c.Interval, MinCheckInterval, MaxCheckInterval)
+	}
+	if c.Rise < 1 || c.Rise > MaxCheckCount || c.Fall < 1 || c.Fall > MaxCheckCount {
+		return fmt.Errorf("check rise %d, fall %d: not in [1, %d]", c.Rise, c.Fall, MaxCheckCount)
+	}
+	return nil
 }
 
 // ProxyProtocol is the PROXY protocol version HAProxy sends to the

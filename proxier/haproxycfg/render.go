@@ -44,6 +44,7 @@ func Render(c *Config) ([]byte, error) {
 	}
 	for _, d := range c.Dispatchers {
 		renderDispatcher(&b, d, c.Global.PeerPort != 0)
+		renderChecks(&b, d)
 	}
 	return b.Bytes(), nil
 }
@@ -172,6 +173,17 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 		words = append(words, "peers", PeersSection)
 	}
 	line(b, words...)
+}
+
+// renderChecks writes the backend that holds, as servers added at runtime,
+// the active checks of the endpoints of Service ports that ask for them.
+// No connection is sent to it: the proxier reads its servers' state and
+// leaves the endpoints that are down out of the maps.
+func renderChecks(b *bytes.Buffer, d *Dispatcher) {
+	b.WriteString("\n# Active checks of endpoints, for the Services that ask for them: one server per\n")
+	b.WriteString("# endpoint, added at runtime. The proxier leaves those that are down out of the maps.\n")
+	b.WriteString("backend " + d.ChecksName() + "\n")
+	line(b, "balance", "roundrobin")
 }
 
 // MaxConnectAttempts is how many endpoints a connection may try: the one

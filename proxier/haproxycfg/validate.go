@@ -130,6 +130,11 @@ func (d *Dispatcher) ValidateServicePort(sp *ServicePort) error {
 	if sp.Affinity < 0 || sp.Affinity > MaxAffinity {
 		return fmt.Errorf("affinity %v: not in [0, %v]", sp.Affinity, MaxAffinity)
 	}
+	if sp.Check != nil {
+		if err := sp.Check.Validate(); err != nil {
+			return err
+		}
+	}
 	if sp.ProxyProtocol != NoProxyProtocol && sp.ProxyProtocol != ProxyProtocolV1 && sp.ProxyProtocol != ProxyProtocolV2 {
 		return fmt.Errorf("proxy protocol version %d: not 0, 1 or 2", sp.ProxyProtocol)
 	}

@@ -80,6 +80,17 @@ func conformance(t *testing.T, api Interface, s2Addr string, s2Port int, holdCon
 	require.Equal(t, s2Addr, s2.Addr)
 	require.Equal(t, s2Port, s2.Port)
 
+	run(step{"health checks", func(b *Batch) {
+		b.AddServer("dyn", ServerSpec{Name: "c1", ID: 9, Addr: s2Addr, Port: s2Port, Options: []string{"check", "inter", "1s"}})
+		b.EnableHealth("dyn", "c1")
+		b.EnableHealth("dyn", "s2")
+		b.EnableHealth("dyn", "zz")
+		b.EnableHealth("nope", "c1")
+	}, []error{nil, nil, ErrNoHealthCheck, ErrNoSuchServer, ErrNoSuchBackend}})
+	run(step{"a checked server is deleted like any other", func(b *Batch) {
+		b.DelServer("dyn", "c1")
+	}, []error{nil}})
+
 	run(step{"unknown and not in maintenance", func(b *Batch) {
 		b.DelServer("dyn", "s1")
 		b.DelServer("dyn", "zz")

@@ -3,6 +3,7 @@ package runtimeapi
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -50,6 +51,11 @@ type FakeServer struct {
 	Options []string
 	// Sessions is the number of connections attached to the server.
 	Sessions int
+	// HealthEnabled: the server was added with "check" and its checks
+	// were enabled; SetCheckResult then decides whether it is up.
+	HealthEnabled bool
+	// CheckDown is the last check result given by SetCheckResult.
+	CheckDown bool
 }
 
 var _ Interface = (*Fake)(nil)
@@ -176,6 +182,30 @@ func opStateFor(adminFlags int) int {
 	return 2
 }
 
+// opState is the server's operational state: stopped in maintenance or
+// when its enabled checks failed, running otherwise.
+func (s *FakeServer) opState() int {
+	if s.HealthEnabled && s.CheckDown {
+		return 0
+	}
+	return opStateFor(s.AdminFlags)
+}
+
+// SetCheckResult stands in for the health checks of a server: down makes a
+// server whose checks are enabled stopped (operational state 0), as
+// HAProxy marks it after "fall" failed checks; up makes it running again.
+func (f *Fake) SetCheckResult(backend, server string, down bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, err := f.server(backend, server)
+	if err != nil {
+		return err
+	}
+	s.CheckDown = down
+	s.OpState = s.opState()
+	return nil
+}
+
 // Run implements Interface.
 func (f *Fake) Run(ctx context.Context, b *Batch) error {
 	if err := ctx.Err(); err != nil {
@@ -255,7 +285,14 @@ func (f *Fake) execute(c Command) string {
 		case StateMaint:
 			s.AdminFlags = adminForcedMaint
 		}
-		s.OpState = opStateFor(s.AdminFlags)
+		s.OpState = s.opState()
+		return ""
+	case verbEnableHealth:
+		if !slices.Contains(s.Options, "check") {
+			return "Health check was not configured on this server, cannot enable.\n"
+		}
+		s.HealthEnabled = true
+		s.OpState = s.opState()
 		return ""
 	case verbSetWeight:
 		s.Weight = c.weight

@@ -38,6 +38,7 @@ var knownErrors = []struct {
 	{"entry not found.", ErrNoSuchEntry},                                // set map
 	{"Key not found.", ErrNoSuchEntry},                                  // del map, del acl
 	{"is not a valid IPv4 or IPv6 address.", ErrInvalidArgument},
+	{"Health check was not configured on this server", ErrNoHealthCheck},
 	{"expects three parameters", ErrInvalidArgument},
 	{"expects two parameters", ErrInvalidArgument},
 	{"Missing map identifier.", ErrInvalidArgument},
@@ -54,7 +55,7 @@ func classify(c Command, response string) error {
 		ok = resp == "New server registered."
 	case verbDelServer:
 		ok = resp == "Server deleted."
-	case verbSetState, verbSetWeight, verbShutdownSessions:
+	case verbSetState, verbSetWeight, verbShutdownSessions, verbEnableHealth:
 		ok = resp == ""
 	case verbAddMap, verbSetMap, verbDelMap, verbClearMap, verbAddACL, verbDelACL, verbClearACL:
 		// HAProxy 2.6 answers nothing when a map or ACL command succeeds.

@@ -160,6 +160,7 @@ var (
 	ErrNotDynamicBackend = errors.New("backend does not support dynamic servers")
 	ErrNotInMaintenance  = errors.New("server is not in maintenance")
 	ErrServerHasConns    = errors.New("server still has connections")
+	ErrNoHealthCheck     = errors.New("server has no health check configured")
 	// ErrNoSuchMap: the file is not a loaded map (map commands) or not a
 	// loaded ACL (ACL commands, also "add acl" on a map file). One
 	// sentinel for both because HAProxy 2.6 itself answers "del acl" on an
@@ -224,6 +225,7 @@ const (
 	verbSetAddr
 	verbSetWeight
 	verbShutdownSessions
+	verbEnableHealth
 	verbAddMap
 	verbSetMap
 	verbDelMap
@@ -285,6 +287,8 @@ func (c Command) String() string {
 		return "set server " + target + " weight " + strconv.Itoa(c.weight)
 	case verbShutdownSessions:
 		return "shutdown sessions server " + target
+	case verbEnableHealth:
+		return "enable health " + target
 	case verbAddMap:
 		return "add map " + c.file + " " + c.key + " " + c.value
 	case verbSetMap:
@@ -477,6 +481,13 @@ func (b *Batch) SetWeight(backend, server string, weight int) {
 // ShutdownSessions closes every connection attached to a server.
 func (b *Batch) ShutdownSessions(backend, server string) {
 	b.cmds = append(b.cmds, Command{verb: verbShutdownSessions, backend: backend, server: server})
+}
+
+// EnableHealth starts the health checks of a server added with "check":
+// HAProxy adds such a server with its checks stopped. A server without
+// "check" fails with ErrNoHealthCheck.
+func (b *Batch) EnableHealth(backend, server string) {
+	b.cmds = append(b.cmds, Command{verb: verbEnableHealth, backend: backend, server: server})
 }
 
 // AddMap adds an entry to a map; mapFile is the map's file as the

@@ -93,6 +93,21 @@ func proxyProtocol(svc proxy.ServicePort) (haproxycfg.ProxyProtocol, error) {
 	return haproxycfg.NoProxyProtocol, nil
 }
 
+// EndpointCheckPort is implemented by a service port whose endpoints
+// HAProxy checks actively (Service annotations). A non-nil error says the
+// annotations are invalid: the port is served without checks and the
+// error is reported (InvalidEndpointCheck).
+type EndpointCheckPort interface {
+	EndpointCheck() (*haproxycfg.EndpointCheck, error)
+}
+
+func endpointCheck(svc proxy.ServicePort) (*haproxycfg.EndpointCheck, error) {
+	if p, ok := svc.(EndpointCheckPort); ok {
+		return p.EndpointCheck()
+	}
+	return nil, nil
+}
+
 // everyEndpointIsCluster is a service port as a load balancer outside the
 // nodes sees it: every endpoint serves every client (Options.OutsideNodes).
 type everyEndpointIsCluster struct{ proxy.ServicePort }
@@ -120,6 +135,9 @@ const (
 	// InvalidProxyProtocol: the Service asks for a PROXY protocol version
 	// that does not exist; the port is served without the header.
 	InvalidProxyProtocol SkipReason = "InvalidProxyProtocol"
+	// InvalidEndpointCheck: the Service's check annotations are invalid;
+	// the port is served without active checks.
+	InvalidEndpointCheck SkipReason = "InvalidEndpointCheck"
 )
 
 // Skipped records a service port (or one of its listeners) left out.
@@ -381,6 +399,11 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 		skip(InvalidProxyProtocol, "%v", err)
 	} else {
 		sp.ProxyProtocol = pp
+	}
+	if check, err := endpointCheck(svc); err != nil {
+		skip(InvalidEndpointCheck, "%v", err)
+	} else {
+		sp.Check = check
 	}
 
 	// loadBalancerSourceRanges filter the LB IPs only (not NodePorts or

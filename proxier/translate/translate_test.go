@@ -799,6 +799,43 @@ func TestProxyProtocol(t *testing.T) {
 	}
 }
 
+// checkedPort is a service port with the proxier's endpoint check.
+type checkedPort struct {
+	proxy.ServicePort
+	check *haproxycfg.EndpointCheck
+	err   error
+}
+
+func (p checkedPort) EndpointCheck() (*haproxycfg.EndpointCheck, error) { return p.check, p.err }
+
+// A service port's endpoint check is in the model (and nowhere in the
+// maps); invalid check settings are reported and the port served without.
+func TestEndpointCheck(t *testing.T) {
+	opts := options(v1.IPv4Protocol)
+	svc := service("ns", "web", "172.30.0.10", tcp("http", 80))
+	eps := slice("ns", "web", discovery.AddressTypeIPv4, "http", 8080, ep("10.244.1.1", nodeName))
+	check := &haproxycfg.EndpointCheck{Interval: time.Second, Rise: 2, Fall: 3}
+	for _, tc := range []struct {
+		check *haproxycfg.EndpointCheck
+		err   error
+	}{{nil, nil}, {check, nil}, {nil, errors.New("bad check")}} {
+		sm, em := buildMaps(opts.Family, []*v1.Service{svc}, []*discovery.EndpointSlice{eps})
+		for name, sp := range sm {
+			sm[name] = checkedPort{sp, tc.check, tc.err}
+		}
+		res := Translate(opts, sm, em)
+		d := dispatcher(t, opts, res)
+		sp := servicePort(t, res, "ns.web:http:tcp")
+		assert.Equal(t, tc.check, sp.Check)
+		requireServed(t, trace(d, podClient, "172.30.0.10:80"), "10.244.1.1:8080")
+		if tc.err != nil {
+			require.Equal(t, []Skipped{{Name: res.Skipped[0].Name, Protocol: v1.ProtocolTCP, Reason: InvalidEndpointCheck, Detail: "bad check"}}, res.Skipped)
+		} else {
+			require.Empty(t, res.Skipped)
+		}
+	}
+}
+
 // IPv6: names carry ":ipv6", addresses are IPv6, keys bracketed; a
 // dual-stack Service gives each family its own, disjoint, service ports.
 func TestIPv6(t *testing.T) {

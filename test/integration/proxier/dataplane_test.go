@@ -196,3 +196,60 @@ func TestProxyProtocolTowardsEndpoints(t *testing.T) {
 		assert.Equal(t, netns.ClientIP.String(), clientAddr(r))
 	}
 }
+
+// TestEndpointChecksTakeASilentEndpointOut: with the Service annotated for
+// active checks, an endpoint that stops answering (its packets dropped, as
+// on a hung node) leaves the rotation within 3 s and comes back within 3 s
+// after it answers again, with no change to the Service or its
+// EndpointSlice.
+func TestEndpointChecksTakeASilentEndpointOut(t *testing.T) {
+	tp := newTopology(t, netns.NodeOptions{})
+	pods := []*netns.Pod{tp.Pod("pod1", 10), tp.Pod("pod2", 11), tp.Pod("pod3", 12)}
+	svc := service("checked", "10.96.0.16", "1", servicePort("http", v1.ProtocolTCP, 80, 8080, 0))
+	svc.Annotations = map[string]string{proxier.AnnotationHealthCheck: "tcp"}
+	p, _ := startProxier(t, tp.nodeConfig(t), false, serviceCIDR)
+	p.OnServiceAdd(svc)
+	p.OnServiceSynced()
+	p.OnEndpointSliceAdd(slice(svc, "1", pods...))
+	p.OnEndpointSlicesSynced()
+	url := "http://10.96.0.16:80/"
+	servedBy(t, tp.Client, url, "pod1", "pod2", "pod3")
+
+	// Out: the first moment after which 20 requests in a row are served
+	// within a second, none by pod1 (one that reached pod1 would wait out
+	// timeout connect before its retry).
+	pods[0].MustExec("nft", "add table inet silent")
+	pods[0].MustExec("nft", "add chain inet silent input { type filter hook input priority 0 ; }")
+	pods[0].MustExec("nft", "add rule inet silent input tcp dport 8080 drop")
+	start := time.Now()
+	streak, streakStart := 0, time.Now()
+	for streak < 20 {
+		require.Less(t, time.Since(start), 20*time.Second, "pod1 never left the rotation")
+		begin := time.Now()
+		r, err := tp.Client.HTTPGetWith(url, netns.HTTPOptions{Timeout: time.Second})
+		if err != nil || r.Name == "pod1" {
+			streak = 0
+			continue
+		}
+		if streak == 0 {
+			streakStart = begin
+		}
+		streak++
+	}
+	out := streakStart.Sub(start)
+	t.Logf("a silent endpoint left the rotation after %v", out)
+	assert.LessOrEqual(t, out, 3*time.Second, "out of rotation within 3 s")
+
+	pods[0].MustExec("nft", "delete table inet silent")
+	start = time.Now()
+	for {
+		require.Less(t, time.Since(start), 20*time.Second, "pod1 never came back")
+		r, err := tp.Client.HTTPGetWith(url, netns.HTTPOptions{Timeout: time.Second})
+		if err == nil && r.Name == "pod1" {
+			break
+		}
+	}
+	back := time.Since(start)
+	t.Logf("it came back %v after answering again", back)
+	assert.LessOrEqual(t, back, 3*time.Second, "back within 3 s")
+}
