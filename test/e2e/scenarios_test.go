@@ -24,6 +24,7 @@ import (
 
 	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
 	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
+	"kube-haproxy.io/kube-haproxy/proxier"
 )
 
 type scenario struct {
@@ -46,6 +47,8 @@ var scenarios = []scenario{
 	{"external-traffic-policy-local", externalTrafficPolicyLocal},
 	{"client-source-ip-etp-local", clientSourceIP},
 	{"dead-endpoint-still-ready", deadEndpointStillReady},
+	{"silent-endpoint-active-checks", silentEndpointChecked},
+	{"proxy-protocol-to-endpoints", proxyProtocolToEndpoints},
 	{"terminating-endpoint-fallback", terminatingFallback},
 	{"headless-ignored", headlessIgnored},
 	{"service-deleted", serviceDeleted},
@@ -317,6 +320,111 @@ func deadEndpointStillReady(t *testing.T, e *env) string {
 		assert.Zero(t, failed, "connections failed with one dead endpoint of four")
 	}
 	return fmt.Sprintf("%d of 200 new connections failed with 1 of 4 endpoints dead", failed)
+}
+
+// silentEndpointChecked: one of four endpoints of a Service annotated for
+// active checks stops answering (its packets dropped, as on a hung node)
+// while its EndpointSlice still says ready. With checks it leaves the
+// rotation within 3 s and rejoins within 3 s after it answers again, with
+// no API write; nftables mode, which has no checks, keeps sending it a
+// quarter of the new connections.
+func silentEndpointChecked(t *testing.T, e *env) string {
+	var pods []*localcluster.Pod
+	for i := range 4 {
+		p, err := e.c.AddPod(e.ctx, e.c.Nodes[i%2], fmt.Sprintf("silent-%d", i), map[string]string{"app": "silent"})
+		require.NoError(t, err)
+		pods = append(pods, p)
+	}
+	svc := e.service(t, "silent", "silent", func(s *v1.Service) {
+		s.Annotations = map[string]string{proxier.AnnotationHealthCheck: "tcp"}
+	})
+	url := "http://" + hostPort(svc.Spec.ClusterIP, 80) + "/"
+	servedBy(t, e.client.NS.Namespace, netip.Addr{}, url, names(pods...)...)
+	silent := pods[0].NS
+	silent.MustExec("nft", "add table inet silent")
+	t.Cleanup(func() { _, _ = silent.Exec("nft", "delete table inet silent") })
+	silent.MustExec("nft", "add chain inet silent input { type filter hook input priority 0 ; }")
+	silent.MustExec("nft", "add rule inet silent input tcp dport 8080 drop")
+	start := time.Now()
+	request := func() (netns.Reply, error) { return get(e.client.NS.Namespace, netip.Addr{}, url, time.Second) }
+
+	if e.mode == localcluster.ModeNFTables {
+		failed, n := 0, 0
+		for time.Since(start) < 6*time.Second {
+			n++
+			if _, err := request(); err != nil {
+				failed++
+			}
+		}
+		silent.MustExec("nft", "delete table inet silent")
+		return fmt.Sprintf("no checks: %d of %d requests failed in the 6 s the endpoint was silent", failed, n)
+	}
+
+	// Out: the first moment after which 20 requests in a row are served
+	// within a second, none by the silent pod.
+	streak, streakStart := 0, time.Now()
+	for streak < 20 {
+		require.Less(t, time.Since(start), 30*time.Second, "%s never left the rotation", pods[0].Name)
+		begin := time.Now()
+		if r, err := request(); err != nil || r.Name == pods[0].Name {
+			streak = 0
+			continue
+		}
+		if streak == 0 {
+			streakStart = begin
+		}
+		streak++
+	}
+	out := streakStart.Sub(start)
+	assert.LessOrEqual(t, out, 3*time.Second, "out of rotation within 3 s")
+	silent.MustExec("nft", "delete table inet silent")
+	start = time.Now()
+	for {
+		require.Less(t, time.Since(start), 30*time.Second, "%s never came back", pods[0].Name)
+		if r, err := request(); err == nil && r.Name == pods[0].Name {
+			break
+		}
+	}
+	back := time.Since(start)
+	assert.LessOrEqual(t, back, 3*time.Second, "back within 3 s")
+	return fmt.Sprintf("out of rotation after %s, back %s after answering again", ms(out), ms(back))
+}
+
+// proxyProtocolToEndpoints: a Service annotated for the PROXY protocol
+// (v2) towards pods that require it, reached from outside through a
+// NodePort with externalTrafficPolicy Cluster: in haproxy mode the pod
+// reads the outside client's address from the header, on every node and
+// on the central load balancer. nftables mode has no PROXY protocol, so
+// the pods refuse its connections.
+func proxyProtocolToEndpoints(t *testing.T, e *env) string {
+	svc := e.service(t, "ppv2", "web", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports[0].TargetPort = intstr.FromString("proxy")
+		s.Annotations = map[string]string{proxier.AnnotationProxyProtocol: "v2"}
+	})
+	np := svc.Spec.Ports[0].NodePort
+	if e.mode == localcluster.ModeNFTables {
+		url := "http://" + hostPort(e.nodePortHosts()[0], np) + "/"
+		require.NoError(t, e.c.Outside.WaitTCP(hostPort(e.nodePortHosts()[0], np), 30*time.Second))
+		failed := 0
+		for range 10 {
+			if _, err := get(e.c.Outside, localcluster.OutsideIP, url, 2*time.Second); err != nil {
+				failed++
+			}
+		}
+		return fmt.Sprintf("no PROXY protocol: %d of 10 requests refused by pods that require the header", failed)
+	}
+	for _, h := range e.nodePortHosts() {
+		url := "http://" + hostPort(h, np) + "/"
+		servedBy(t, e.c.Outside, localcluster.OutsideIP, url, names(e.web...)...)
+		for range 10 {
+			r, err := get(e.c.Outside, localcluster.OutsideIP, url, 3*time.Second)
+			require.NoError(t, err)
+			assert.Equal(t, "v2", r.Proxy, "via %s", h)
+			assert.Equal(t, localcluster.OutsideIP.String(), r.Client[:strings.LastIndex(r.Client, ":")], "via %s: the header names the outside client", h)
+		}
+	}
+	return "the pods read the outside client from a v2 header"
 }
 
 func terminatingFallback(t *testing.T, e *env) string {

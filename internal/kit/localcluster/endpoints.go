@@ -23,14 +23,16 @@ import (
 )
 
 // Every pod serves the same ports; their names are what a Service's named
-// targetPort refers to.
+// targetPort refers to. Port "proxy" answers only after a PROXY protocol
+// header.
 var PodPorts = map[string]struct {
 	Port     int32
 	Protocol v1.Protocol
 }{
-	"http": {8080, v1.ProtocolTCP},
-	"alt":  {8081, v1.ProtocolTCP},
-	"echo": {8053, v1.ProtocolUDP},
+	"http":  {8080, v1.ProtocolTCP},
+	"alt":   {8081, v1.ProtocolTCP},
+	"proxy": {8443, v1.ProtocolTCP},
+	"echo":  {8053, v1.ProtocolUDP},
 }
 
 // ManagedBy is the endpointslice.kubernetes.io/managed-by value of the
@@ -271,11 +273,13 @@ func (c *Cluster) StartPod(node *Node, name string, lbls map[string]string) (*Po
 	b := node.PodCIDR.Addr().As4()
 	ip := netip.AddrFrom4([4]byte{b[0], b[1], b[2], byte(host)})
 	np := c.Kit.Pod(name, netns.PodSpec{
-		BridgeNS: node.NS, Bridge: "cbr0",
-		Addr:     netip.PrefixFrom(ip, node.PodCIDR.Bits()),
-		Gateway:  node.PodGateway(),
-		TCPPorts: []int{int(PodPorts["http"].Port), int(PodPorts["alt"].Port)},
-		UDPPorts: []int{int(PodPorts["echo"].Port)},
+		BridgeNS:      node.NS,
+		Bridge:        "cbr0",
+		Addr:          netip.PrefixFrom(ip, node.PodCIDR.Bits()),
+		Gateway:       node.PodGateway(),
+		TCPPorts:      []int{int(PodPorts["http"].Port), int(PodPorts["alt"].Port)},
+		UDPPorts:      []int{int(PodPorts["echo"].Port)},
+		ProxyTCPPorts: []int{int(PodPorts["proxy"].Port)},
 	})
 	p := &Pod{Name: name, Node: node, IP: ip, Labels: lbls, NS: np}
 	e.mu.Lock()
