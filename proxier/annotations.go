@@ -57,6 +57,10 @@ type servicePortInfo struct {
 	check            *haproxycfg.EndpointCheck
 	// badCheck says what is wrong with the check annotations.
 	badCheck string
+	// appProtocol is the port's appProtocol as HAProxy handles it;
+	// appProtocolNote says why a port with an appProtocol is TCP.
+	appProtocol     haproxycfg.AppProtocol
+	appProtocolNote string
 }
 
 func (s *servicePortInfo) LoadBalancerOnly() bool { return s.loadBalancerOnly }
@@ -75,7 +79,12 @@ func (s *servicePortInfo) EndpointCheck() (*haproxycfg.EndpointCheck, error) {
 	return s.check, nil
 }
 
+func (s *servicePortInfo) AppProtocol() (haproxycfg.AppProtocol, string) {
+	return s.appProtocol, s.appProtocolNote
+}
+
 var (
+	_ translate.AppProtocolPort   = &servicePortInfo{}
 	_ translate.LoadBalancerOnly  = &servicePortInfo{}
 	_ translate.ProxyProtocolPort = &servicePortInfo{}
 	_ translate.EndpointCheckPort = &servicePortInfo{}
@@ -84,8 +93,9 @@ var (
 // makeServiceInfo adds to upstream's service port what the translation
 // reads from the Service beside it.
 func makeServiceInfo(cfg Config) func(*v1.ServicePort, *v1.Service, *proxy.BaseServicePortInfo) proxy.ServicePort {
-	return func(_ *v1.ServicePort, svc *v1.Service, base *proxy.BaseServicePortInfo) proxy.ServicePort {
+	return func(port *v1.ServicePort, svc *v1.Service, base *proxy.BaseServicePortInfo) proxy.ServicePort {
 		info := &servicePortInfo{BaseServicePortInfo: base}
+		info.appProtocol, info.appProtocolNote = parseAppProtocol(port.AppProtocol)
 		info.loadBalancerOnly = cfg.Scope == ScopeExternal && svc.Labels[LabelServiceProxyName] != cfg.ServiceProxyName
 		if v, ok := svc.Annotations[AnnotationProxyProtocol]; ok {
 			switch strings.ToLower(strings.TrimSpace(v)) {
@@ -139,4 +149,37 @@ func parseEndpointCheck(annotations map[string]string) (*haproxycfg.EndpointChec
 		*c.n = n
 	}
 	return &check, nil
+}
+
+// appProtocols are the appProtocol values balanced per request: the IANA
+// service name "http", and the Kubernetes names for WebSocket and
+// cleartext HTTP/2 (KEP-3726), with the names meshes use for HTTP/2 and
+// gRPC. Values compare without case.
+var appProtocols = map[string]haproxycfg.AppProtocol{
+	"http":              haproxycfg.AppHTTP1,
+	"kubernetes.io/ws":  haproxycfg.AppHTTP1,
+	"kubernetes.io/h2c": haproxycfg.AppH2C,
+	"h2c":               haproxycfg.AppH2C,
+	"http2":             haproxycfg.AppH2C,
+	"grpc":              haproxycfg.AppH2C,
+}
+
+// tcpAppProtocols are appProtocol values relayed as TCP without a note:
+// TLS, which HAProxy passes through without terminating, and plain TCP.
+var tcpAppProtocols = map[string]bool{"tcp": true, "https": true, "kubernetes.io/wss": true, "tls": true}
+
+// parseAppProtocol says how HAProxy handles a port of appProtocol p, and
+// why a port that names a protocol is relayed as TCP.
+func parseAppProtocol(p *string) (haproxycfg.AppProtocol, string) {
+	if p == nil || *p == "" {
+		return haproxycfg.AppTCP, ""
+	}
+	v := strings.ToLower(*p)
+	if app, ok := appProtocols[v]; ok {
+		return app, ""
+	}
+	if tcpAppProtocols[v] {
+		return haproxycfg.AppTCP, ""
+	}
+	return haproxycfg.AppTCP, fmt.Sprintf("appProtocol %q is not one HAProxy balances per request (http, kubernetes.io/ws, kubernetes.io/h2c, h2c, http2, grpc): its connections are relayed as TCP", *p)
 }

@@ -15,6 +15,7 @@ import (
 
 	"kube-haproxy.io/kube-haproxy/proxier/apply"
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
+	"kube-haproxy.io/kube-haproxy/proxier/requestlog"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
 	"kube-haproxy.io/kube-haproxy/proxier/supervisor"
 )
@@ -71,6 +72,15 @@ func newHAProxyApplier(ctx context.Context, cfg Config, families []v1.IPFamily) 
 		if cfg.Recorder != nil {
 			cfg.Recorder.Eventf(node, nil, v1.EventTypeWarning, "HAProxyRestarted", "Restart", "HAProxy died and was started again")
 		}
+	}
+	// HAProxy logs the requests of HTTP Service ports here, for the
+	// per-Service HTTP metrics; without the socket they are not counted,
+	// and nothing else changes.
+	requestlog.Register()
+	if conn, err := requestlog.Listen(filepath.Join(cfg.StateDir, haproxycfg.RequestLogSocketName)); err != nil {
+		logger.Error(err, "Per-Service HTTP metrics are not counted: the request log socket cannot be opened")
+	} else {
+		go requestlog.Serve(ctx, conn, logger.WithName("requestlog"))
 	}
 	sup := supervisor.New(opts, logger.WithName("supervisor"))
 	if err := sup.CheckBinary(); err != nil {

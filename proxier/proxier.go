@@ -677,8 +677,10 @@ func (p *Proxier) reportSkipped(res *translate.Result) {
 				p.takenReported[s.Name] = true
 				p.reportNodePortTaken(s)
 			}
-		case translate.InvalidProxyProtocol, translate.InvalidEndpointCheck:
-			badAnnotations[s.Reason]++
+		case translate.InvalidProxyProtocol, translate.InvalidEndpointCheck, translate.AppProtocolAsTCP:
+			if s.Reason != translate.AppProtocolAsTCP {
+				badAnnotations[s.Reason]++
+			}
 			key := invalidAnnotation{s.Name, s.Reason}
 			badAnnotationsNow[key] = true
 			if p.annotationReported[key] != s.Detail {
@@ -753,14 +755,20 @@ type invalidAnnotation struct {
 }
 
 // reportInvalidAnnotation reports, once while it lasts, a service port
-// served without what its Service asks for in an invalid annotation. The
-// event's reason is the translation's (InvalidProxyProtocol,
-// InvalidEndpointCheck).
+// served without what its Service asks for in an invalid annotation or
+// appProtocol. The event's reason is the translation's
+// (InvalidProxyProtocol, InvalidEndpointCheck, AppProtocolAsTCP).
 func (p *Proxier) reportInvalidAnnotation(s translate.Skipped) {
 	p.logger.Info("Service port served without what an invalid annotation asks for", "servicePort", s.Name.String(), "reason", s.Reason, "detail", s.Detail)
 	if p.cfg.Recorder != nil {
 		ref := &v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: s.Name.Namespace, Name: s.Name.Name}
-		p.cfg.Recorder.Eventf(ref, nil, v1.EventTypeWarning, string(s.Reason), "Proxying",
+		// An appProtocol relayed as TCP still works as in kube-proxy's
+		// other modes: it is worth knowing, not a warning.
+		eventType := v1.EventTypeWarning
+		if s.Reason == translate.AppProtocolAsTCP {
+			eventType = v1.EventTypeNormal
+		}
+		p.cfg.Recorder.Eventf(ref, nil, eventType, string(s.Reason), "Proxying",
 			"Port %s: %s", portLabel(s.Name), s.Detail)
 	}
 }

@@ -16,11 +16,12 @@ import (
 //
 // services-<family>.map: one entry per listener of every Service port:
 //
-//	<listener key> <set>|<set for cluster sources>|<reject or drop>|<affinity seconds>|<on node>|<proxy protocol>
+//	<listener key> <set>|<set for cluster sources>|<reject or drop>|<affinity seconds>|<on node>|<proxy protocol>|<app protocol>
 //
 // where <on node> is 1 when the first set's endpoints all run on this
-// node (EndpointSet.OnNode), else 0, and <proxy protocol> is the PROXY
-// protocol version sent to the endpoints, 0 for none.
+// node (EndpointSet.OnNode), else 0, <proxy protocol> is the PROXY
+// protocol version sent to the endpoints, 0 for none, and <app protocol>
+// is 0 for TCP, 1 for HTTP/1.1 and 2 for HTTP/2 (AppProtocol).
 //
 // endpoints-<family>.map: per endpoint set with n endpoints,
 //
@@ -62,11 +63,21 @@ func (d *Dispatcher) RetrySocket() string {
 	return filepath.Join(d.MapDir, "retry-"+d.familyName()+".sock")
 }
 
+// RequestLogSocket is the path of the unix datagram socket where HAProxy
+// logs the requests of HTTP Service ports, for kube-proxy to count them
+// (package requestlog). Both families log to it.
+func (d *Dispatcher) RequestLogSocket() string {
+	return filepath.Join(d.MapDir, RequestLogSocketName)
+}
+
+// RequestLogSocketName is the base name of RequestLogSocket.
+const RequestLogSocketName = "request-log.sock"
+
 // FileNames are the base names of every file a Dispatcher of either
 // family keeps in its MapDir: the map and ACL files the applier writes,
-// and the retry socket HAProxy binds.
+// the retry socket HAProxy binds, and the request log socket.
 func FileNames() []string {
-	var out []string
+	out := []string{RequestLogSocketName}
 	for _, ipv6 := range []bool{false, true} {
 		d := Dispatcher{IPv6: ipv6}
 		out = append(out, filepath.Base(d.ServicesMap()), filepath.Base(d.EndpointsMap()), filepath.Base(d.ClusterSourcesACL()),
@@ -80,6 +91,9 @@ func (d *Dispatcher) FrontendName() string { return "services-" + d.familyName()
 func (d *Dispatcher) BackendName() string  { return "endpoints-" + d.familyName() }
 func (d *Dispatcher) TableName() string    { return "affinity-" + d.familyName() }
 func (d *Dispatcher) ChecksName() string   { return "checks-" + d.familyName() }
+func (d *Dispatcher) HTTPBackendName() string {
+	return "http-" + d.familyName()
+}
 func (d *Dispatcher) RetryFrontendName() string {
 	return "retry-" + d.familyName()
 }
@@ -112,7 +126,7 @@ func (sp *ServicePort) DispatchValue(l Listener) string {
 		onNode = "1"
 	}
 	return others.Name + FieldSeparator + fromCluster.Name + FieldSeparator + sp.WhenEmpty.mapWord() + FieldSeparator + strconv.FormatInt(secs, 10) +
-		FieldSeparator + onNode + FieldSeparator + strconv.Itoa(int(sp.ProxyProtocol))
+		FieldSeparator + onNode + FieldSeparator + strconv.Itoa(int(sp.ProxyProtocol)) + FieldSeparator + strconv.Itoa(int(sp.AppProtocol))
 }
 
 // AppendDispatchEntries appends the services map entries of sp.

@@ -200,7 +200,23 @@ type ServicePort struct {
 	// Check, when set, has HAProxy check the endpoints actively; the
 	// proxier leaves out of the sets those the checks find down.
 	Check *EndpointCheck
+	// AppProtocol, when HTTP, balances every request (every HTTP/2
+	// stream) on its own instead of every connection.
+	AppProtocol AppProtocol
 }
+
+// AppProtocol is how HAProxy handles the bytes of a Service port.
+type AppProtocol int
+
+const (
+	// AppTCP: bytes are relayed; the endpoint is chosen per connection.
+	AppTCP AppProtocol = 0
+	// AppHTTP1: HTTP/1.1 (and WebSocket upgrades), an endpoint per request.
+	AppHTTP1 AppProtocol = 1
+	// AppH2C: HTTP/2 over cleartext with prior knowledge (gRPC), an
+	// endpoint per stream, reached over HTTP/2.
+	AppH2C AppProtocol = 2
+)
 
 // EndpointCheck is how HAProxy checks an endpoint: a TCP connect every
 // Interval; Fall failures in a row take it down, Rise successes bring it

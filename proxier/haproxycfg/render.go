@@ -59,6 +59,10 @@ func Render(c *Config) ([]byte, error) {
 //  2. the set is the second field for a client in the cluster sources
 //     (externalTrafficPolicy Local's short-circuit), else the first;
 //  3. an empty set rejects or drops at once, before any byte is read;
+//
+// Steps 4 to 6 keep their state in txn variables: an HTTP connection runs
+// them again for every request, which picks its own endpoint.
+//
 //  4. with affinity, the client's endpoint id is looked up in the
 //     affinity table (key: set and client address) and kept if the
 //     endpoint still exists and the client came back within the timeout;
@@ -68,7 +72,9 @@ func Render(c *Config) ([]byte, error) {
 //  7. with KeepClientSource, from the client's address when the set's
 //     endpoints are on this node and the client is not a cluster source;
 //  8. with a PROXY protocol version, through a server that sends the
-//     header (the client's address as source, the endpoint as destination).
+//     header (the client's address as source, the endpoint as destination);
+//  9. an HTTP app protocol turns the connection into HTTP, through the
+//     HTTP backend: steps 4 to 7 then run for every request.
 func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	services, endpoints := d.ServicesMap(), d.EndpointsMap()
 	fe, be, table := d.FrontendName(), d.BackendName(), d.TableName()
@@ -81,9 +87,15 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	b.WriteString("frontend " + fe + "\n")
 	line(b, "bind", FormatAddrPort(d.Listen.Addr(), d.Listen.Port()), "name", "dispatch", "transparent")
 	line(b, "acl", "from-cluster", "src", "-f", d.ClusterSourcesACL())
+	// Requests of HTTP Service ports are logged, as "<set> <status>
+	// <total ms>", for kube-proxy's per-Service HTTP metrics; TCP
+	// connections are not (set-log-level silent below). A TCP frontend
+	// cannot log %ST, so the HTTP backend keeps the status in a variable.
+	line(b, "log", d.RequestLogSocket(), "len", "512", "format", "raw", "local0", "info")
+	line(b, "log-format", `"%[var(sess.set)] %[var(txn.status)] %Tt"`)
 	line(b, "acl", "sticky", "var(sess.svc),field(4,"+FieldSeparator+")", "-m", "int", "gt", "0")
 	line(b, "acl", "empty", "var(sess.n)", "-m", "int", "0")
-	line(b, "acl", "found", "var(sess.ep)", "-m", "found")
+	line(b, "acl", "found", "var(txn.ep)", "-m", "found")
 	rule := func(words ...string) { line(b, append([]string{"tcp-request"}, words...)...) }
 	// 1. Which Service port.
 	rule("connection", "set-var(sess.dport)", "dst_port")
@@ -106,21 +118,21 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	rule("content", "set-var(sess.timeout)", "var(sess.svc),field(4,"+FieldSeparator+")", "if", "sticky")
 	rule("content", "set-var(sess.src)", "src", "if", "sticky")
 	rule("content", "track-sc0", "var(sess.set),concat("+FieldSeparator+",sess.src)", "table", table, "if", "sticky")
-	rule("content", "set-var(sess.id)", "sc_get_gpt(0,0)", "if", "sticky")
-	rule("content", "set-var(sess.expiry)", "sc_get_gpt(1,0),add(sess.timeout)", "if", "sticky")
-	rule("content", "set-var(sess.ep)", "var(sess.set),concat(/ep,sess.id),map_str("+endpoints+")",
-		"if", "sticky", "{", "var(sess.id)", "-m", "int", "gt", "0", "}", "{", "date,sub(sess.expiry)", "-m", "int", "le", "0", "}")
+	rule("content", "set-var(txn.id)", "sc_get_gpt(0,0)", "if", "sticky")
+	rule("content", "set-var(txn.expiry)", "sc_get_gpt(1,0),add(sess.timeout)", "if", "sticky")
+	rule("content", "set-var(txn.ep)", "var(sess.set),concat(/ep,txn.id),map_str("+endpoints+")",
+		"if", "sticky", "{", "var(txn.id)", "-m", "int", "gt", "0", "}", "{", "date,sub(txn.expiry)", "-m", "int", "le", "0", "}")
 	// 5. Otherwise a random endpoint of the set.
-	rule("content", "set-var(sess.idx)", "rand,mod(sess.n)", "unless", "found")
-	rule("content", "set-var(sess.ep)", "var(sess.set),concat(/,sess.idx),map_str("+endpoints+")", "unless", "found")
+	rule("content", "set-var(txn.idx)", "rand,mod(sess.n)", "unless", "found")
+	rule("content", "set-var(txn.ep)", "var(sess.set),concat(/,txn.idx),map_str("+endpoints+")", "unless", "found")
 	// A map changing under the connection must never send it to 0.0.0.0:0,
 	// which would connect back to its own Service address.
 	rule("content", "reject", "unless", "found")
-	rule("content", "sc-set-gpt(0,0)", "var(sess.ep),field(3,"+FieldSeparator+")", "if", "sticky")
+	rule("content", "sc-set-gpt(0,0)", "var(txn.ep),field(3,"+FieldSeparator+")", "if", "sticky")
 	rule("content", "sc-set-gpt(1,0)", "date", "if", "sticky")
 	// 6. Connect to it.
-	rule("content", "set-dst", "var(sess.ep),field(1,"+FieldSeparator+")")
-	rule("content", "set-dst-port", "var(sess.ep),field(2,"+FieldSeparator+")")
+	rule("content", "set-dst", "var(txn.ep),field(1,"+FieldSeparator+")")
+	rule("content", "set-dst-port", "var(txn.ep),field(2,"+FieldSeparator+")")
 	// 7. The client's own address towards an endpoint on this node.
 	if d.KeepClientSource {
 		rule("content", "set-var(sess.keep)", "var(sess.svc),field(5,"+FieldSeparator+")", "unless", "from-cluster")
@@ -132,6 +144,14 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	// protocol version from this id, sent in the PROXY header.
 	line(b, "unique-id-format", "%[var(sess.set)]"+FieldSeparator+"1"+FieldSeparator+"%[var(sess.svc),field(4,"+FieldSeparator+")]"+
 		FieldSeparator+"%[var(sess.keep)]"+FieldSeparator+"%[var(sess.pp)]")
+	// 9. HTTP: the connection becomes HTTP, and the rules above run again
+	// for every later request (every HTTP/2 stream), each picking its
+	// endpoint. Nothing after a switch-mode runs, so it comes last.
+	rule("content", "set-var(sess.app)", "var(sess.svc),field(7,"+FieldSeparator+")")
+	rule("content", "set-log-level", "silent", "unless", "{", "var(sess.app)", "-m", "int", "gt", "0", "}")
+	rule("content", "switch-mode", "http", "proto", "h1", "if", "{", "var(sess.app)", "-m", "int", strconv.Itoa(int(AppHTTP1)), "}")
+	rule("content", "switch-mode", "http", "proto", "h2", "if", "{", "var(sess.app)", "-m", "int", strconv.Itoa(int(AppH2C)), "}")
+	line(b, "use_backend", d.HTTPBackendName(), "if", "{", "var(sess.app)", "-m", "int", "gt", "0", "}")
 	line(b, "default_backend", be)
 
 	renderRetry(b, d)
@@ -155,15 +175,13 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	line(b, "server", "endpoint-proxy-v1", "0.0.0.0:0", "weight", "0", "send-proxy")
 	line(b, "server", "endpoint-proxy-v2", "0.0.0.0:0", "weight", "0", "send-proxy-v2")
 	if d.KeepClientSource {
-		unspecified := "0.0.0.0"
-		if d.IPv6 {
-			unspecified = "[::]"
-		}
-		line(b, "server", "endpoint-client-source", "0.0.0.0:0", "weight", "0", "source", unspecified, "usesrc", "clientip")
+		line(b, "server", "endpoint-client-source", "0.0.0.0:0", "weight", "0", "source", unspecified(d), "usesrc", "clientip")
 	}
 	for _, name := range []string{"retry-a", "retry-b"} {
 		line(b, "server", name, "unix@"+d.RetrySocket(), "send-proxy-v2", "proxy-v2-options", "unique-id")
 	}
+
+	renderHTTP(b, d)
 
 	b.WriteString("\n# sessionAffinity ClientIP: per endpoint set and client, the endpoint id (gpt0)\n")
 	b.WriteString("# and the time of the last connection (gpt1); the timeout is per Service port.\n")
@@ -184,6 +202,35 @@ func renderChecks(b *bytes.Buffer, d *Dispatcher) {
 	b.WriteString("# endpoint, added at runtime. The proxier leaves those that are down out of the maps.\n")
 	b.WriteString("backend " + d.ChecksName() + "\n")
 	line(b, "balance", "roundrobin")
+}
+
+// renderHTTP writes the backend of the Service ports balanced per
+// request: each request goes to the endpoint its stream's rules chose,
+// over HTTP/1.1 or HTTP/2 as the port's app protocol says. Idle server
+// connections are reused only towards the same endpoint.
+func renderHTTP(b *bytes.Buffer, d *Dispatcher) {
+	b.WriteString("\n# HTTP Service ports (appProtocol): each request goes to the endpoint its rules chose.\n")
+	b.WriteString("backend " + d.HTTPBackendName() + "\n")
+	line(b, "mode", "http")
+	line(b, "http-after-response", "set-var(txn.status)", "status")
+	line(b, "use-server", "endpoint-h2", "if", "{", "var(sess.app)", "-m", "int", strconv.Itoa(int(AppH2C)), "}")
+	if d.KeepClientSource {
+		line(b, "use-server", "endpoint-client-source", "if", "{", "var(sess.keep)", "-m", "int", "1", "}")
+	}
+	line(b, "use-server", "endpoint", "if", "TRUE")
+	line(b, "server", "endpoint", "0.0.0.0:0", "weight", "0")
+	line(b, "server", "endpoint-h2", "0.0.0.0:0", "weight", "0", "proto", "h2")
+	if d.KeepClientSource {
+		line(b, "server", "endpoint-client-source", "0.0.0.0:0", "weight", "0", "source", unspecified(d), "usesrc", "clientip")
+	}
+}
+
+// unspecified is the any-address of d's family, for a source keyword.
+func unspecified(d *Dispatcher) string {
+	if d.IPv6 {
+		return "[::]"
+	}
+	return "0.0.0.0"
 }
 
 // MaxConnectAttempts is how many endpoints a connection may try: the one

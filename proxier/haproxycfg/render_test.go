@@ -46,6 +46,7 @@ func sample(dir string) *haproxycfg.Config {
 		WhenEmpty:     haproxycfg.Dropped,
 		Affinity:      3 * time.Hour,
 		SourceRanges:  []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
+		AppProtocol:   haproxycfg.AppH2C,
 	}
 	empty := &haproxycfg.ServicePort{
 		Name:      "default.empty:80:tcp",
@@ -99,9 +100,9 @@ func TestRenderDependsOnSettingsOnly(t *testing.T) {
 
 func TestRenderMaps(t *testing.T) {
 	services, endpoints, sources := haproxycfg.RenderMaps(sample("/run/kh").Dispatchers[0])
-	assert.Contains(t, string(services), "# Service default/web port http (80/TCP)\n172.30.0.41:80 default.web:http:tcp|default.web:http:tcp|reject|0|0|2\n")
-	assert.Contains(t, string(services), "\n*:30080 ns1.lb:p80:tcp:local|ns1.lb:p80:tcp|drop|10800|1|0\n")
-	assert.Contains(t, string(services), "\n172.30.0.42:80 ns1.lb:p80:tcp|ns1.lb:p80:tcp|drop|10800|0|0\n")
+	assert.Contains(t, string(services), "# Service default/web port http (80/TCP)\n172.30.0.41:80 default.web:http:tcp|default.web:http:tcp|reject|0|0|2|0\n")
+	assert.Contains(t, string(services), "\n*:30080 ns1.lb:p80:tcp:local|ns1.lb:p80:tcp|drop|10800|1|0|2\n")
+	assert.Contains(t, string(services), "\n172.30.0.42:80 ns1.lb:p80:tcp|ns1.lb:p80:tcp|drop|10800|0|0|2\n")
 	assert.Contains(t, string(endpoints), "\ndefault.empty:80:tcp 0\n")
 	assert.Contains(t, string(endpoints), "\ndefault.web:http:tcp 2\ndefault.web:http:tcp/0 10.180.0.1|8080|")
 	assert.NotContains(t, string(endpoints), "default.web:http:tcp/ep", "no id entries without affinity")

@@ -52,8 +52,10 @@ func ValidateDispatcher(d *Dispatcher) error {
 	if !validPath(d.MapDir) {
 		return fmt.Errorf("map directory %q: must be an absolute path of [A-Za-z0-9._:/+@-]", d.MapDir)
 	}
-	if len(d.RetrySocket()) > maxUnixPath {
-		return fmt.Errorf("map directory %q: too long for the unix socket %s (at most %d bytes)", d.MapDir, filepath.Base(d.RetrySocket()), maxUnixPath)
+	for _, sock := range []string{d.RetrySocket(), d.RequestLogSocket()} {
+		if len(sock) > maxUnixPath {
+			return fmt.Errorf("map directory %q: too long for the unix socket %s (at most %d bytes)", d.MapDir, filepath.Base(sock), maxUnixPath)
+		}
 	}
 	for _, p := range d.ClusterSources {
 		if !p.IsValid() || d.familyOK(p.Addr()) != nil {
@@ -134,6 +136,12 @@ func (d *Dispatcher) ValidateServicePort(sp *ServicePort) error {
 		if err := sp.Check.Validate(); err != nil {
 			return err
 		}
+	}
+	if sp.AppProtocol != AppTCP && sp.AppProtocol != AppHTTP1 && sp.AppProtocol != AppH2C {
+		return fmt.Errorf("app protocol %d: not 0, 1 or 2", sp.AppProtocol)
+	}
+	if sp.AppProtocol != AppTCP && sp.ProxyProtocol != NoProxyProtocol {
+		return fmt.Errorf("app protocol %d with PROXY protocol %d: a PROXY header is per connection, HTTP requests share connections", sp.AppProtocol, sp.ProxyProtocol)
 	}
 	if sp.ProxyProtocol != NoProxyProtocol && sp.ProxyProtocol != ProxyProtocolV1 && sp.ProxyProtocol != ProxyProtocolV2 {
 		return fmt.Errorf("proxy protocol version %d: not 0, 1 or 2", sp.ProxyProtocol)

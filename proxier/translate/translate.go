@@ -108,6 +108,20 @@ func endpointCheck(svc proxy.ServicePort) (*haproxycfg.EndpointCheck, error) {
 	return nil, nil
 }
 
+// AppProtocolPort is implemented by a service port whose appProtocol the
+// proxier read. A non-empty note says why a port with an appProtocol is
+// relayed as TCP (AppProtocolAsTCP).
+type AppProtocolPort interface {
+	AppProtocol() (haproxycfg.AppProtocol, string)
+}
+
+func appProtocol(svc proxy.ServicePort) (haproxycfg.AppProtocol, string) {
+	if p, ok := svc.(AppProtocolPort); ok {
+		return p.AppProtocol()
+	}
+	return haproxycfg.AppTCP, ""
+}
+
 // everyEndpointIsCluster is a service port as a load balancer outside the
 // nodes sees it: every endpoint serves every client (Options.OutsideNodes).
 type everyEndpointIsCluster struct{ proxy.ServicePort }
@@ -138,6 +152,9 @@ const (
 	// InvalidEndpointCheck: the Service's check annotations are invalid;
 	// the port is served without active checks.
 	InvalidEndpointCheck SkipReason = "InvalidEndpointCheck"
+	// AppProtocolAsTCP: the port's appProtocol names no protocol HAProxy
+	// balances per request here; its connections are relayed as TCP.
+	AppProtocolAsTCP SkipReason = "AppProtocolAsTCP"
 )
 
 // Skipped records a service port (or one of its listeners) left out.
@@ -195,6 +212,21 @@ func BaseName(family v1.IPFamily, name proxy.ServicePortName, port int) string {
 		n += IPv6Suffix
 	}
 	return n
+}
+
+// ParseSetName reads the Service port back from the name of one of its
+// endpoint sets (BaseName, LocalSetName): its namespace, Service name and
+// port name (the number for an unnamed port).
+func ParseSetName(set string) (namespace, service, port string, ok bool) {
+	set = strings.TrimSuffix(set, LocalSuffix)
+	set = strings.TrimSuffix(set, IPv6Suffix)
+	nsName, rest, ok1 := strings.Cut(set, ":")
+	port, _, ok2 := strings.Cut(rest, ":")
+	namespace, service, ok3 := strings.Cut(nsName, ".")
+	if !ok1 || !ok2 || !ok3 || namespace == "" || service == "" || port == "" {
+		return "", "", "", false
+	}
+	return namespace, service, port, true
 }
 
 // unambiguousName reports whether BaseName gives name a name no other
@@ -399,6 +431,13 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 		skip(InvalidProxyProtocol, "%v", err)
 	} else {
 		sp.ProxyProtocol = pp
+	}
+	if app, note := appProtocol(svc); note != "" {
+		skip(AppProtocolAsTCP, "%s", note)
+	} else if app != haproxycfg.AppTCP && sp.ProxyProtocol != haproxycfg.NoProxyProtocol {
+		skip(AppProtocolAsTCP, "a PROXY header is sent per connection, and HTTP requests of many clients share connections: relayed as TCP")
+	} else {
+		sp.AppProtocol = app
 	}
 	if check, err := endpointCheck(svc); err != nil {
 		skip(InvalidEndpointCheck, "%v", err)

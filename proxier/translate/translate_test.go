@@ -182,13 +182,14 @@ func checkMapFiles(t testing.TB, d *haproxycfg.Dispatcher) {
 		keys[e.Key] = true
 		require.NotContains(t, e.Key, haproxycfg.FieldSeparator)
 		f := strings.Split(e.Value, haproxycfg.FieldSeparator)
-		require.Len(t, f, 6, "services map value %q", e.Value)
+		require.Len(t, f, 7, "services map value %q", e.Value)
 		require.Contains(t, []string{"reject", "drop"}, f[2], "services map value %q", e.Value)
 		// On node: the first set is a Local set, whose endpoints are all here.
 		require.Equal(t, map[bool]string{true: "1", false: "0"}[strings.HasSuffix(f[0], LocalSuffix)], f[4], "services map value %q", e.Value)
 		_, err := strconv.ParseUint(f[3], 10, 32)
 		require.NoError(t, err, "services map value %q", e.Value)
 		require.Contains(t, []string{"0", "1", "2"}, f[5], "services map value %q: PROXY protocol version", e.Value)
+		require.Contains(t, []string{"0", "1", "2"}, f[6], "services map value %q: app protocol", e.Value)
 		sets[f[0]], sets[f[1]] = true, true
 	}
 	counts := map[string]int{}
@@ -788,7 +789,7 @@ func TestProxyProtocol(t *testing.T) {
 		require.Len(t, sp.Listeners, 3)
 		for _, l := range sp.Listeners {
 			f := strings.Split(sp.DispatchValue(l), haproxycfg.FieldSeparator)
-			assert.Equal(t, tc.field, f[len(f)-1], "listener %s", l.Key())
+			assert.Equal(t, tc.field, f[5], "listener %s", l.Key())
 		}
 		requireServed(t, trace(d, outside, "198.51.100.1:80"), "10.244.1.1:8080")
 		if tc.err != nil {
@@ -832,6 +833,59 @@ func TestEndpointCheck(t *testing.T) {
 			require.Equal(t, []Skipped{{Name: res.Skipped[0].Name, Protocol: v1.ProtocolTCP, Reason: InvalidEndpointCheck, Detail: "bad check"}}, res.Skipped)
 		} else {
 			require.Empty(t, res.Skipped)
+		}
+	}
+}
+
+// appPort is a service port with the proxier's reading of its
+// appProtocol and PROXY protocol annotation.
+type appPort struct {
+	proxy.ServicePort
+	app  haproxycfg.AppProtocol
+	note string
+	pp   haproxycfg.ProxyProtocol
+}
+
+func (p appPort) AppProtocol() (haproxycfg.AppProtocol, string) { return p.app, p.note }
+func (p appPort) ProxyProtocol() (haproxycfg.ProxyProtocol, error) {
+	return p.pp, nil
+}
+
+// The app protocol of a service port is the last field of its services
+// map values. A note (an appProtocol not balanced per request) and the
+// PROXY protocol both keep the port TCP, and are reported.
+func TestAppProtocol(t *testing.T) {
+	opts := options(v1.IPv4Protocol)
+	svc := service("ns", "web", "172.30.0.10", tcp("http", 80))
+	eps := slice("ns", "web", discovery.AddressTypeIPv4, "http", 8080, ep("10.244.1.1", nodeName))
+	for _, tc := range []struct {
+		port   appPort
+		want   string
+		reason SkipReason
+	}{
+		{appPort{app: haproxycfg.AppTCP}, "0", ""},
+		{appPort{app: haproxycfg.AppHTTP1}, "1", ""},
+		{appPort{app: haproxycfg.AppH2C}, "2", ""},
+		{appPort{app: haproxycfg.AppTCP, note: "unknown"}, "0", AppProtocolAsTCP},
+		{appPort{app: haproxycfg.AppH2C, pp: haproxycfg.ProxyProtocolV2}, "0", AppProtocolAsTCP},
+	} {
+		sm, em := buildMaps(opts.Family, []*v1.Service{svc}, []*discovery.EndpointSlice{eps})
+		for name, sp := range sm {
+			p := tc.port
+			p.ServicePort = sp
+			sm[name] = p
+		}
+		res := Translate(opts, sm, em)
+		d := dispatcher(t, opts, res)
+		sp := servicePort(t, res, "ns.web:http:tcp")
+		f := strings.Split(sp.DispatchValue(sp.Listeners[0]), haproxycfg.FieldSeparator)
+		assert.Equal(t, tc.want, f[6], "%+v", tc.port)
+		requireServed(t, trace(d, podClient, "172.30.0.10:80"), "10.244.1.1:8080")
+		if tc.reason == "" {
+			assert.Empty(t, res.Skipped)
+		} else {
+			require.Len(t, res.Skipped, 1)
+			assert.Equal(t, tc.reason, res.Skipped[0].Reason)
 		}
 	}
 }

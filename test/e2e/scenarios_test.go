@@ -49,6 +49,8 @@ var scenarios = []scenario{
 	{"dead-endpoint-still-ready", deadEndpointStillReady},
 	{"silent-endpoint-active-checks", silentEndpointChecked},
 	{"proxy-protocol-to-endpoints", proxyProtocolToEndpoints},
+	{"grpc-balanced-per-request", grpcPerRequest},
+	{"h2c-balanced-per-request", h2cPerRequest},
 	{"terminating-endpoint-fallback", terminatingFallback},
 	{"headless-ignored", headlessIgnored},
 	{"service-deleted", serviceDeleted},

@@ -4,6 +4,9 @@
 // test can tell which endpoint served it. On the PROXY ports every
 // connection must start with a PROXY protocol header (v1 or v2): the
 // client is the one the header names, and the reply says which version.
+// Every HTTP port also speaks HTTP/2 over cleartext (prior knowledge).
+// The gRPC ports serve grpc.health.v1.Health, and every answer carries
+// the pod's name in the "pod" header.
 //
 // It prints "ready" on stdout once every port is bound, and serves until
 // it is terminated.
@@ -21,6 +24,10 @@ import (
 	"strings"
 
 	"github.com/pires/go-proxyproto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 )
 
 // Reply is what every request gets back, as JSON.
@@ -32,6 +39,8 @@ type Reply struct {
 	// Proxy is the PROXY protocol version the connection started with
 	// ("v1", "v2"), empty on a plain port.
 	Proxy string `json:"proxy,omitempty"`
+	// Proto is the request's HTTP version ("HTTP/1.1", "HTTP/2.0").
+	Proto string `json:"proto,omitempty"`
 }
 
 func ports(s string) ([]int, error) {
@@ -54,8 +63,9 @@ func main() {
 	tcp := flag.String("tcp", "8080", "comma-separated TCP ports served over HTTP")
 	udp := flag.String("udp", "", "comma-separated UDP ports answered as an echo")
 	proxyTCP := flag.String("proxy-tcp", "", "comma-separated TCP ports served over HTTP after a required PROXY protocol header")
+	grpcPorts := flag.String("grpc", "", "comma-separated TCP ports served over gRPC (the health service)")
 	flag.Parse()
-	if err := run(*name, *tcp, *udp, *proxyTCP); err != nil {
+	if err := run(*name, *tcp, *udp, *proxyTCP, *grpcPorts); err != nil {
 		fmt.Fprintln(os.Stderr, "podserver:", err)
 		os.Exit(1)
 	}
@@ -64,7 +74,7 @@ func main() {
 // proxyVersionKey is the context key of a connection's PROXY version.
 type proxyVersionKey struct{}
 
-func run(name, tcpPorts, udpPorts, proxyTCPPorts string) error {
+func run(name, tcpPorts, udpPorts, proxyTCPPorts, grpcPorts string) error {
 	tps, err := ports(tcpPorts)
 	if err != nil {
 		return err
@@ -77,6 +87,10 @@ func run(name, tcpPorts, udpPorts, proxyTCPPorts string) error {
 	if err != nil {
 		return err
 	}
+	gps, err := ports(grpcPorts)
+	if err != nil {
+		return err
+	}
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		local := ""
 		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
@@ -84,7 +98,7 @@ func run(name, tcpPorts, udpPorts, proxyTCPPorts string) error {
 		}
 		version, _ := r.Context().Value(proxyVersionKey{}).(string)
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(Reply{Name: name, Local: local, Client: r.RemoteAddr, Proxy: version})
+		_ = json.NewEncoder(w).Encode(Reply{Name: name, Local: local, Client: r.RemoteAddr, Proxy: version, Proto: r.Proto})
 	})
 	server := &http.Server{
 		Handler: handler,
@@ -97,7 +111,10 @@ func run(name, tcpPorts, udpPorts, proxyTCPPorts string) error {
 			return ctx
 		},
 	}
-	errc := make(chan error, len(tps)+len(ups)+len(pps))
+	server.Protocols = new(http.Protocols)
+	server.Protocols.SetHTTP1(true)
+	server.Protocols.SetUnencryptedHTTP2(true)
+	errc := make(chan error, len(tps)+len(ups)+len(pps)+len(gps))
 	for _, p := range tps {
 		l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
 		if err != nil {
@@ -123,6 +140,20 @@ func run(name, tcpPorts, udpPorts, proxyTCPPorts string) error {
 			return err
 		}
 		go func() { errc <- echo(c, name) }()
+	}
+	if len(gps) > 0 {
+		gs := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			_ = grpc.SetHeader(ctx, metadata.Pairs("pod", name))
+			return handler(ctx, req)
+		}))
+		healthpb.RegisterHealthServer(gs, health.NewServer())
+		for _, p := range gps {
+			l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+			if err != nil {
+				return err
+			}
+			go func() { errc <- gs.Serve(l) }()
+		}
 	}
 	fmt.Println("ready")
 	return <-errc

@@ -24,7 +24,7 @@ import (
 
 // Every pod serves the same ports; their names are what a Service's named
 // targetPort refers to. Port "proxy" answers only after a PROXY protocol
-// header.
+// header; port "grpc" serves gRPC. Every HTTP port also speaks h2c.
 var PodPorts = map[string]struct {
 	Port     int32
 	Protocol v1.Protocol
@@ -32,6 +32,7 @@ var PodPorts = map[string]struct {
 	"http":  {8080, v1.ProtocolTCP},
 	"alt":   {8081, v1.ProtocolTCP},
 	"proxy": {8443, v1.ProtocolTCP},
+	"grpc":  {9090, v1.ProtocolTCP},
 	"echo":  {8053, v1.ProtocolUDP},
 }
 
@@ -280,6 +281,7 @@ func (c *Cluster) StartPod(node *Node, name string, lbls map[string]string) (*Po
 		TCPPorts:      []int{int(PodPorts["http"].Port), int(PodPorts["alt"].Port)},
 		UDPPorts:      []int{int(PodPorts["echo"].Port)},
 		ProxyTCPPorts: []int{int(PodPorts["proxy"].Port)},
+		GRPCPorts:     []int{int(PodPorts["grpc"].Port)},
 	})
 	p := &Pod{Name: name, Node: node, IP: ip, Labels: lbls, NS: np}
 	e.mu.Lock()

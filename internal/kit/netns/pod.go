@@ -25,6 +25,8 @@ type Reply struct {
 	Echo   string `json:"echo,omitempty"`
 	// Proxy is the PROXY protocol version the pod read ("v1", "v2").
 	Proxy string `json:"proxy,omitempty"`
+	// Proto is the HTTP version of the request the pod got.
+	Proto string `json:"proto,omitempty"`
 }
 
 // PodSpec says how a pod is wired and what it serves.
@@ -42,6 +44,9 @@ type PodSpec struct {
 	// ProxyTCPPorts answer HTTP after a PROXY protocol header, which
 	// they require.
 	ProxyTCPPorts []int
+	// GRPCPorts serve gRPC's health service, naming the pod in the
+	// "pod" header of every answer.
+	GRPCPorts []int
 }
 
 // Pod is a namespace running test/podserver.
@@ -62,7 +67,7 @@ func (k *Kit) Pod(name string, spec PodSpec) *Pod {
 		ns.DefaultRoute(spec.Gateway)
 	}
 	tcp := spec.TCPPorts
-	if len(tcp) == 0 && len(spec.UDPPorts) == 0 && len(spec.ProxyTCPPorts) == 0 {
+	if len(tcp) == 0 && len(spec.UDPPorts) == 0 && len(spec.ProxyTCPPorts) == 0 && len(spec.GRPCPorts) == 0 {
 		tcp = []int{8080}
 	}
 	r, w, err := os.Pipe()
@@ -70,7 +75,7 @@ func (k *Kit) Pod(name string, spec PodSpec) *Pod {
 		k.t.Fatalf("%v", err)
 	}
 	p := k.start(ns, "podserver", w, bin, "-name", name, "-tcp", joinPorts(tcp), "-udp", joinPorts(spec.UDPPorts),
-		"-proxy-tcp", joinPorts(spec.ProxyTCPPorts))
+		"-proxy-tcp", joinPorts(spec.ProxyTCPPorts), "-grpc", joinPorts(spec.GRPCPorts))
 	w.Close()
 	ready := make(chan error, 1)
 	go func() {
