@@ -139,11 +139,6 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	}
 	// 8. The PROXY protocol version the endpoint expects, if any.
 	rule("content", "set-var(sess.pp)", "var(sess.svc),field(6,"+FieldSeparator+")")
-	// The retry frontend reads the set, the endpoints tried, the affinity
-	// timeout, whether to keep the client's address and the PROXY
-	// protocol version from this id, sent in the PROXY header.
-	line(b, "unique-id-format", "%[var(sess.set)]"+FieldSeparator+"1"+FieldSeparator+"%[var(sess.svc),field(4,"+FieldSeparator+")]"+
-		FieldSeparator+"%[var(sess.keep)]"+FieldSeparator+"%[var(sess.pp)]")
 	// 9. HTTP: the connection becomes HTTP, and the rules above run again
 	// for every later request (every HTTP/2 stream), each picking its
 	// endpoint. Nothing after a switch-mode runs, so it comes last.
@@ -151,6 +146,11 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	rule("content", "set-log-level", "silent", "unless", "{", "var(sess.app)", "-m", "int", "gt", "0", "}")
 	rule("content", "switch-mode", "http", "proto", "h1", "if", "{", "var(sess.app)", "-m", "int", strconv.Itoa(int(AppHTTP1)), "}")
 	rule("content", "switch-mode", "http", "proto", "h2", "if", "{", "var(sess.app)", "-m", "int", strconv.Itoa(int(AppH2C)), "}")
+	// The retry frontend reads the set, the endpoints tried, the affinity
+	// timeout, whether to keep the client's address and the PROXY
+	// protocol version from this id, sent in the PROXY header.
+	line(b, "unique-id-format", "%[var(sess.set)]"+FieldSeparator+"1"+FieldSeparator+"%[var(sess.svc),field(4,"+FieldSeparator+")]"+
+		FieldSeparator+"%[var(sess.keep)]"+FieldSeparator+"%[var(sess.pp)]")
 	line(b, "use_backend", d.HTTPBackendName(), "if", "{", "var(sess.app)", "-m", "int", "gt", "0", "}")
 	line(b, "default_backend", be)
 

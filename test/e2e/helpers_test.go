@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/component-base/metrics/testutil"
 
 	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
 	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
@@ -70,17 +72,49 @@ func (e *env) nodePortHosts() []string {
 // Services (each node's, or each load balancer's).
 func (e *env) haproxyDirs() map[string]string {
 	out := map[string]string{}
-	hosts := e.c.Nodes
-	if e.mode == setupCluster || e.mode == setupExternal {
-		hosts = nil
-		for _, lb := range e.c.LBs {
-			hosts = append(hosts, lb.Node)
-		}
-	}
-	for _, n := range hosts {
+	for _, n := range e.proxyHosts() {
 		out[n.Name] = filepath.Join(e.c.Opts.Dir, n.Name, "haproxy")
 	}
 	return out
+}
+
+// proxyHosts are the hosts whose kube-proxy serves the e2e Services: the
+// nodes, or the load balancers in scopes cluster and external.
+func (e *env) proxyHosts() []*localcluster.Node {
+	if e.mode != setupCluster && e.mode != setupExternal {
+		return e.c.Nodes
+	}
+	var hosts []*localcluster.Node
+	for _, lb := range e.c.LBs {
+		hosts = append(hosts, lb.Node)
+	}
+	return hosts
+}
+
+// metricSum scrapes every proxy host's kube-proxy metrics and sums the
+// samples of metric whose labels include labels.
+func (e *env) metricSum(t *testing.T, metric string, labels map[string]string) float64 {
+	t.Helper()
+	sum := 0.0
+	for _, n := range e.proxyHosts() {
+		resp, err := n.NS.HTTPClient(5 * time.Second).Get("http://127.0.0.1:10249/metrics")
+		require.NoError(t, err, "kube-proxy metrics on %s", n.Name)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		ms := testutil.NewMetrics()
+		require.NoError(t, testutil.ParseMetrics(string(body), &ms))
+	samples:
+		for _, s := range ms[metric] {
+			for k, v := range labels {
+				if string(s.Metric[model.LabelName(k)]) != v {
+					continue samples
+				}
+			}
+			sum += float64(s.Value)
+		}
+	}
+	return sum
 }
 
 func names(pods ...*localcluster.Pod) []string {

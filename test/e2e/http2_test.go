@@ -144,10 +144,26 @@ func grpcPerRequest(t *testing.T, e *env) string {
 }
 
 // h2cPerRequest: the same with a plain HTTP/2 (h2c, prior knowledge)
-// client, over HTTP/2 to the pods too.
+// client, over HTTP/2 to the pods too. In haproxy mode kube-proxy's
+// metrics count the requests of the Service.
 func h2cPerRequest(t *testing.T, e *env) string {
 	svc, pods := h2cService(t, e, "h2c", "http")
 	url := "http://" + hostPort(svc.Spec.ClusterIP, 80) + "/"
+	if e.haproxy() {
+		t.Cleanup(func() {
+			if t.Failed() {
+				return
+			}
+			ok := map[string]string{"namespace": "default", "service": "h2c", "port": "http", "code": "2xx"}
+			// HAProxy sends a request's log line once it ends; allow the
+			// last ones a moment to arrive.
+			require.Eventually(t, func() bool {
+				return e.metricSum(t, "kubeproxy_haproxy_http_requests_total", ok) >= perRequestCalls
+			}, 10*time.Second, 200*time.Millisecond, "kubeproxy_haproxy_http_requests_total counts the Service's requests")
+			assert.GreaterOrEqual(t, e.metricSum(t, "kubeproxy_haproxy_http_request_duration_seconds_count",
+				map[string]string{"namespace": "default", "service": "h2c", "port": "http"}), float64(perRequestCalls))
+		})
+	}
 	return perRequestSpread(t, e, pods, func() h2Client {
 		var dials atomic.Int32
 		tr := &http.Transport{
