@@ -14,7 +14,7 @@ if [ ! -d /proc/sys/net/bridge ]; then
   fi
 fi
 
-pkgs=(haproxy nftables iptables iproute2 socat wrk curl keepalived)
+pkgs=(haproxy nftables iptables iproute2 socat wrk nghttp2-client curl keepalived)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -207,11 +207,16 @@ func renderChecks(b *bytes.Buffer, d *Dispatcher) {
 // renderHTTP writes the backend of the Service ports balanced per
 // request: each request goes to the endpoint its stream's rules chose,
 // over HTTP/1.1 or HTTP/2 as the port's app protocol says. Idle server
-// connections are reused only towards the same endpoint.
+// connections are reused by any client, but only towards the same
+// endpoint (HAProxy keys them by destination).
 func renderHTTP(b *bytes.Buffer, d *Dispatcher) {
 	b.WriteString("\n# HTTP Service ports (appProtocol): each request goes to the endpoint its rules chose.\n")
 	b.WriteString("backend " + d.HTTPBackendName() + "\n")
 	line(b, "mode", "http")
+	// Idle connections to an endpoint serve any client's next request
+	// to it: with "safe", the first request of every HTTP/2 stream
+	// opened a connection of its own.
+	line(b, "http-reuse", "always")
 	line(b, "http-after-response", "set-var(txn.status)", "status")
 	line(b, "use-server", "endpoint-h2", "if", "{", "var(sess.app)", "-m", "int", strconv.Itoa(int(AppH2C)), "}")
 	if d.KeepClientSource {

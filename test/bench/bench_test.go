@@ -175,6 +175,7 @@ func TestBench(t *testing.T) {
 	// wrk runs in the client's namespace: without it every data-plane
 	// figure would be missing, so it is checked before any cluster starts.
 	kit.Command(t, "wrk")
+	kit.Command(t, "h2load")
 	cfg := loadConfig(t)
 	avail, err := MemAvailable("/proc")
 	if err != nil {
@@ -290,7 +291,8 @@ func writeDocs(path, plotDir string, meta Meta, runs []Run, figs []Figure) error
 }
 
 func collectMeta(t *testing.T, cfg config) Meta {
-	m := Meta{Date: time.Now(), CPUs: runtime.NumCPU(), WrkArgs: fmt.Sprintf("-t1 -c%d -d%s --latency", cfg.wrkConns, cfg.wrkDuration)}
+	m := Meta{Date: time.Now(), CPUs: runtime.NumCPU(), WrkArgs: fmt.Sprintf("-t1 -c%d -d%s --latency", cfg.wrkConns, cfg.wrkDuration),
+		H2loadArgs: h2loadArgs(cfg)}
 	m.MemTotal, _ = MemTotal("/proc")
 	out, err := exec.Command(controlplane.Binary(t, "kube-proxy"), "--version").CombinedOutput()
 	m.KubeProxy = strings.TrimSpace(string(out))
@@ -353,6 +355,9 @@ type bench struct {
 	inPool map[string]int
 	n      int
 	ips    []string
+	// h2cIP is the ClusterIP of a Service of appProtocol kubernetes.io/h2c
+	// listing pool 0, for the HTTP/2 data-plane rows.
+	h2cIP string
 	// newIPs are the ClusterIPs of the new Services of the current run.
 	newIPs []string
 	// endpoints is how many pods of a pool each slice lists now, and
@@ -428,6 +433,20 @@ func newBench(ctx context.Context, t *testing.T, cfg config, n int) *bench {
 	created := time.Now()
 	b.ips = b.createServices(n)
 	t.Logf("%d Services and slices written in %v", n, time.Since(created).Round(time.Millisecond))
+	h2c, err := client.CoreV1().Services(metav1.NamespaceDefault).Create(ctx, &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: h2cServiceName, Namespace: metav1.NamespaceDefault},
+		Spec: v1.ServiceSpec{Ports: []v1.ServicePort{{
+			Name: "http", Protocol: v1.ProtocolTCP, Port: 80, AppProtocol: ptr.To("kubernetes.io/h2c"),
+			TargetPort: intstr.FromInt32(localcluster.PodPorts["http"].Port),
+		}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).Create(ctx, b.slice(h2cServiceName, 0), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b.h2cIP = h2c.Spec.ClusterIP
 	return b
 }
 
@@ -548,6 +567,16 @@ func (b *bench) run(cfg config, spec passSpec, mode string) Run {
 				r.Wrk[WrkKey{target.name, conn}] = b.wrk(cfg, spec.wrk, target.url, conn == ConnClose)
 				b.checkCtx()
 			}
+		}
+		if err := b.from.NS.WaitTCP(b.h2cIP+":80", 30*time.Second); err != nil {
+			t.Fatalf("the h2c Service's ClusterIP: %v", err)
+		}
+		for _, target := range []struct{ name, url string }{
+			{TargetClusterIP, "http://" + b.h2cIP + "/"},
+			{TargetDirect, fmt.Sprintf("http://%s:%d/", direct.IP, localcluster.PodPorts["http"].Port)},
+		} {
+			r.Wrk[WrkKey{target.name, ConnH2}] = b.h2load(cfg, target.url)
+			b.checkCtx()
 		}
 	}
 
@@ -760,6 +789,16 @@ func (b *bench) checkCtx() {
 }
 
 func svcName(i int) string { return fmt.Sprintf("bench-%05d", i) }
+
+// h2cServiceName is the Service of the HTTP/2 data-plane rows.
+const h2cServiceName = "bench-h2c"
+
+// h2loadStreams is how many HTTP/2 streams each h2load client keeps open.
+const h2loadStreams = 10
+
+func h2loadArgs(cfg config) string {
+	return fmt.Sprintf("-c%d -m%d -D %d", cfg.wrkConns, h2loadStreams, int(cfg.wrkDuration.Seconds()))
+}
 
 // createWriters is how many Services and slices are written at once:
 // enough to keep kube-apiserver and etcd busy on two cores (about 1,000
@@ -1143,6 +1182,45 @@ func (b *bench) wrk(cfg config, d time.Duration, url string, closeEach bool) Wrk
 		// Reported with its errors, flagged in the table: a rare reset
 		// must not discard every other number of a long run.
 		b.t.Logf("wrk %s: %d errors in %d requests, more than %.1f%%; the report flags it:\n%s",
+			url, r.Errors, r.Requests, 100*MaxWrkErrorRatio, out)
+	}
+	r.CPU = CPUCores(before, after, wall)
+	return r
+}
+
+// h2load runs h2load (HTTP/2 with prior knowledge) in the client pod
+// against url, and measures where the CPU went meanwhile.
+func (b *bench) h2load(cfg config, url string) WrkResult {
+	log := filepath.Join(b.t.TempDir(), "h2load.log")
+	args := append([]string{"h2load"}, strings.Fields(h2loadArgs(cfg))...)
+	args = append(args, "--log-file="+log, url)
+	groups := b.cpuGroups()
+	before, err := TakeCPUSnapshot("/proc", groups)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	children0 := childrenCPU(b.t)
+	t0 := time.Now()
+	out, err := b.from.NS.Exec(args...)
+	if err != nil {
+		b.t.Fatalf("h2load: %v\n%s", err, out)
+	}
+	wall := time.Since(t0)
+	after, err := TakeCPUSnapshot("/proc", groups)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	after[CPUClient] = before[CPUClient] + childrenCPU(b.t) - children0
+	logData, err := os.ReadFile(log)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	r, err := ParseH2load(out, string(logData))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if r.TooManyErrors() {
+		b.t.Logf("h2load %s: %d errors in %d requests, more than %.1f%%; the report flags it:\n%s",
 			url, r.Errors, r.Requests, 100*MaxWrkErrorRatio, out)
 	}
 	r.CPU = CPUCores(before, after, wall)

@@ -240,6 +240,61 @@ func ParseWrk(out string) (WrkResult, error) {
 	return r, nil
 }
 
+// ParseH2load reads the output of h2load and its per-request log
+// (--log-file: start time, status, microseconds to the end of the
+// response, tab-separated) into the figures wrk gives. h2load counts a
+// response of status 2xx or 3xx as succeeded; the others, and requests
+// without a response, are errors.
+func ParseH2load(out, log string) (WrkResult, error) {
+	var r WrkResult
+	haveRate, haveCount := false, false
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(strings.ReplaceAll(line, ",", ""))
+		switch {
+		case len(f) >= 5 && f[0] == "finished" && f[4] == "req/s":
+			// finished in 5.00s, 26788.40 req/s, 1.95MB/s
+			v, err := strconv.ParseFloat(f[3], 64)
+			if err != nil {
+				return r, fmt.Errorf("h2load: req/s %q: %w", f[3], err)
+			}
+			r.RequestsPerSec, haveRate = v, true
+		case len(f) >= 14 && f[0] == "requests:":
+			// requests: 100 total, 100 started, 100 done, 98 succeeded, 2 failed, 0 errored, 0 timeout
+			vals := map[string]int{}
+			for i := 1; i+1 < len(f); i += 2 {
+				n, err := strconv.Atoi(f[i])
+				if err != nil {
+					return r, fmt.Errorf("h2load: %q: %w", line, err)
+				}
+				vals[f[i+1]] = n
+			}
+			r.Requests = vals["succeeded"]
+			r.Errors = vals["failed"] + vals["errored"] + vals["timeout"]
+			haveCount = true
+		}
+	}
+	if !haveRate || !haveCount {
+		return r, fmt.Errorf("h2load: no req/s or request counts in its output:\n%s", out)
+	}
+	var lat []time.Duration
+	for _, line := range strings.Split(log, "\n") {
+		f := strings.Split(strings.TrimSpace(line), "\t")
+		if len(f) != 3 {
+			continue
+		}
+		us, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil {
+			return r, fmt.Errorf("h2load log: %q: %w", line, err)
+		}
+		lat = append(lat, time.Duration(us)*time.Microsecond)
+	}
+	if len(lat) == 0 {
+		return r, fmt.Errorf("h2load: no request in its log")
+	}
+	r.P50, r.P99 = Percentile(lat, 50), Percentile(lat, 99)
+	return r, nil
+}
+
 // MaxWrkErrorRatio is the share of wrk's requests that may fail before a
 // data-plane run counts as failed. New connections through NAT now and
 // then meet a port the server still holds in TIME_WAIT and are reset; a

@@ -316,3 +316,25 @@ func TestCPUSnapshotByNamespace(t *testing.T) {
 	require.InDelta(t, 0.0, cores[CPUPods], 1e-9)
 	require.InDelta(t, 2.0, cores[CPUTotal], 1e-9)
 }
+
+func TestParseH2load(t *testing.T) {
+	out := `starting benchmark...
+spawning thread #0: 16 total client(s). Timing-based test with 0s of warm-up time and 5s of main duration for measurements.
+finished in 5.00s, 26788.40 req/s, 1.95MB/s
+requests: 133942 total, 133942 started, 133942 done, 133940 succeeded, 2 failed, 0 errored, 1 timeout
+status codes: 133940 2xx, 0 3xx, 0 4xx, 2 5xx
+`
+	log := "1700000000000000\t200\t1000\n1700000000000100\t200\t2000\n1700000000000200\t503\t3000\n"
+	r, err := ParseH2load(out, log)
+	require.NoError(t, err)
+	require.InDelta(t, 26788.40, r.RequestsPerSec, 1e-9)
+	require.Equal(t, 133940, r.Requests)
+	require.Equal(t, 3, r.Errors)
+	require.Equal(t, 2*time.Millisecond, r.P50)
+	require.Equal(t, 3*time.Millisecond, r.P99)
+
+	_, err = ParseH2load("no summary", log)
+	require.Error(t, err)
+	_, err = ParseH2load(out, "")
+	require.Error(t, err)
+}

@@ -19,7 +19,13 @@ const (
 	TargetDirect    = "direct"
 	ConnKeepAlive   = "keep-alive"
 	ConnClose       = "new connection per request"
+	// ConnH2 is h2load's HTTP/2 (h2c) to a Service of appProtocol
+	// kubernetes.io/h2c: many streams per connection.
+	ConnH2 = "HTTP/2 (h2c)"
 )
+
+// wrkConns are the connection styles of the data-plane table, in order.
+var wrkConns = []string{ConnKeepAlive, ConnClose, ConnH2}
 
 // Passes: the latency pass measures network programming and the data
 // plane (ENDPOINTS per Service); the memory pass, at its own scales and
@@ -83,6 +89,8 @@ type Meta struct {
 	Kernel    string
 	Command   string
 	WrkArgs   string
+	// H2loadArgs are h2load's, for the HTTP/2 rows.
+	H2loadArgs string
 	// FileLimit is the hard RLIMIT_NOFILE kube-proxy and HAProxy ran with.
 	FileLimit uint64
 }
@@ -242,9 +250,13 @@ func writeScale(b *strings.Builder, meta Meta, m map[string]*Run) {
 	if len(first.Wrk) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "Data plane: wrk `%s` from a pod on node1 to the ClusterIP (%d endpoints, on both nodes), and directly to one pod on node2.\n\n", meta.WrkArgs, first.Endpoints)
+	fmt.Fprintf(b, "Data plane: wrk `%s` from a pod on node1 to the ClusterIP (%d endpoints, on both nodes), and directly to one pod on node2.", meta.WrkArgs, first.Endpoints)
+	if meta.H2loadArgs != "" {
+		fmt.Fprintf(b, " HTTP/2 rows: h2load `%s` to the ClusterIP of a Service of appProtocol kubernetes.io/h2c with the same endpoints (balanced per request in haproxy mode, per connection in nftables mode), and to the pod.", meta.H2loadArgs)
+	}
+	fmt.Fprint(b, "\n\n")
 	fmt.Fprintf(b, "| connections | measurement | haproxy | nftables | direct to pod | haproxy / nftables |\n|---|---|---|---|---|---|\n")
-	for _, conn := range []string{ConnKeepAlive, ConnClose} {
+	for _, conn := range wrkConns {
 		// Direct to the pod does not depend on the mode: either run's.
 		direct := theirs
 		if _, ok := direct.wrkResult(WrkKey{TargetDirect, conn}); !ok {
@@ -294,7 +306,7 @@ func writeCPU(b *strings.Builder, meta Meta, ours, theirs *Run) {
 		w    WrkResult
 	}
 	var rows []row
-	for _, conn := range []string{ConnKeepAlive, ConnClose} {
+	for _, conn := range wrkConns {
 		for _, r := range []*Run{ours, theirs} {
 			if w, ok := r.wrkResult(WrkKey{TargetClusterIP, conn}); ok && w.CPU != nil {
 				rows = append(rows, row{fmt.Sprintf("%s, %s mode ClusterIP", conn, r.Mode), w})
