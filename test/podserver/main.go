@@ -6,7 +6,9 @@
 // client is the one the header names, and the reply says which version.
 // Every HTTP port also speaks HTTP/2 over cleartext (prior knowledge).
 // The gRPC ports serve grpc.health.v1.Health, and every answer carries
-// the pod's name in the "pod" header.
+// the pod's name in the "pod" header. On the HTTP ports, /bytes?n=N
+// answers N bytes and /upgrade switches protocols (as a WebSocket
+// handshake does) and echoes lines.
 //
 // It prints "ready" on stdout once every port is bound, and serves until
 // it is terminated.
@@ -14,6 +16,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -91,7 +95,8 @@ func run(name, tcpPorts, udpPorts, proxyTCPPorts, grpcPorts string) error {
 	if err != nil {
 		return err
 	}
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		local := ""
 		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 			local = a.String()
@@ -100,8 +105,54 @@ func run(name, tcpPorts, udpPorts, proxyTCPPorts, grpcPorts string) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(Reply{Name: name, Local: local, Client: r.RemoteAddr, Proxy: version, Proto: r.Proto})
 	})
+	// /bytes?n=N answers N bytes, for large bodies.
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		if err != nil || n < 0 {
+			http.Error(w, "want n=<bytes>", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		chunk := make([]byte, 64*1024)
+		for n > 0 {
+			k := min(n, int64(len(chunk)))
+			if _, err := w.Write(chunk[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
+	})
+	// /upgrade switches the connection to the protocol the Upgrade
+	// header names (a WebSocket's handshake, without its framing), then
+	// answers every line with "<pod>: <line>".
+	mux.HandleFunc("/upgrade", func(w http.ResponseWriter, r *http.Request) {
+		proto := r.Header.Get("Upgrade")
+		if proto == "" {
+			http.Error(w, "want an Upgrade header", http.StatusBadRequest)
+			return
+		}
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprintf(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n", proto)
+		if key := r.Header.Get("Sec-WebSocket-Key"); key != "" {
+			// RFC 6455's answer to the key, which proxies check.
+			sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+			fmt.Fprintf(rw, "Sec-WebSocket-Accept: %s\r\n", base64.StdEncoding.EncodeToString(sum[:]))
+		}
+		fmt.Fprint(rw, "\r\n")
+		for rw.Flush() == nil {
+			line, err := rw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(rw, "%s: %s", name, line)
+		}
+	})
 	server := &http.Server{
-		Handler: handler,
+		Handler: mux,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(*proxyproto.Conn); ok {
 				if h := pc.ProxyHeader(); h != nil {
