@@ -57,6 +57,10 @@ BENCH_ENV = KH_BENCH=1 BENCH_OUT=$(abspath $(OUT))/bench
 bench: build ## Benchmarks, haproxy beside nftables mode (100, 1,000, 10,000 Services); writes _output/bench and docs/benchmarks.md.
 	$(BENCH_ENV) BENCH_DOCS=$(abspath docs/benchmarks.md) $(GO) test -count=1 -v -timeout 180m -run '^TestBench$$' ./test/bench/
 
+.PHONY: bench-checks
+bench-checks: ## The memory of HAProxy's active checks per server (TestActiveCheckMemory, about 15 seconds).
+	KH_BENCH=1 $(GO) test -count=1 -v -run '^TestActiveCheckMemory$$' ./test/bench/
+
 # The smoke run: the smallest scale with few changes and short wrk
 # runs, every pass and figure once. hack/test.sh runs it on the binaries it
 # has just built (bench-smoke-built).
@@ -65,7 +69,7 @@ bench-smoke: build ## A short benchmark run (100 Services, few changes, about 2 
 	$(MAKE) --no-print-directory bench-smoke-built
 bench-smoke-built:
 	$(BENCH_ENV) BENCH_OUT=$(abspath $(OUT))/bench-smoke SCALES=100 CHANGES=10 NEW_SERVICES=3 WRK_DURATION=1s MEMORY_SCALES=100 \
-		$(GO) test -count=1 -v -timeout 20m -run '^(TestBench|TestBenchInterruptCleansUp)$$' ./test/bench/
+		$(GO) test -count=1 -v -timeout 20m -run '^(TestBench|TestBenchInterruptCleansUp|TestActiveCheckMemory)$$' ./test/bench/
 
 .PHONY: image
 image: ## Build the kube-proxy container image (needs docker, podman or nerdctl).
