@@ -155,6 +155,18 @@ func (k *Kit) Bridge(ns *Namespace, name string, addr netip.Prefix) {
 func (k *Kit) Link(a *Namespace, aIf string, aAddr netip.Prefix, b *Namespace, bIf string, bAddr netip.Prefix) {
 	k.t.Helper()
 	a.IP("link", "add", aIf, "type", "veth", "peer", "name", bIf, "netns", b.Name)
+	// An end in an adopted namespace outlives the test: the kernel deletes
+	// it only once the other end's namespace is gone, which it does in
+	// the background, after the next test may have wanted the name.
+	// Deleting it deletes both ends at once.
+	for _, end := range []struct {
+		ns   *Namespace
+		name string
+	}{{a, aIf}, {b, bIf}} {
+		if end.ns.adopted {
+			k.t.Cleanup(func() { _, _ = end.ns.Exec("ip", "link", "del", end.name) })
+		}
+	}
 	for _, end := range []struct {
 		ns   *Namespace
 		name string
