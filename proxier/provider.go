@@ -83,7 +83,8 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 // collaborators: the shared Applier and, when UDP and SCTP ports are
 // delegated, upstream's nftables proxier of that family.
 func newFamilyProxier(ctx context.Context, family v1.IPFamily, cfg Config, applier Applier) (*Proxier, error) {
-	d := deps{applier: applier, listeningPorts: hostnet.ListeningTCPPorts, checksAPI: runtimeapi.New(cfg.RuntimeSocket)}
+	d := deps{applier: applier, listeningPorts: hostnet.ListeningTCPPorts, checksAPI: runtimeapi.New(cfg.RuntimeSocket),
+		routedEndpoints: hostnet.RoutedEndpoints}
 	if cfg.delegating() {
 		delegate, err := newNFTablesDelegate(ctx, family, cfg)
 		if err != nil {

@@ -111,7 +111,10 @@ type Proxier struct {
 	applier Applier
 	// listeningPorts lists the node's listening TCP ports by port (nil:
 	// not checked); see takenNodePorts.
-	listeningPorts      func(v1.IPFamily) (map[uint16][]netip.Addr, error)
+	listeningPorts func(v1.IPFamily) (map[uint16][]netip.Addr, error)
+	// routedEndpoints, when set, tells the endpoints on this node that
+	// answer through the node's routing (hostnet.RoutedEndpoints).
+	routedEndpoints     func(v1.IPFamily) (func(netip.Addr) bool, error)
 	nodeName            string
 	nodeIP              net.IP
 	nodePortAddresses   *proxyutil.NodePortAddresses
@@ -138,6 +141,9 @@ type deps struct {
 	// checksAPI, when set, is the runtime API through which the proxier
 	// runs active checks of endpoints.
 	checksAPI runtimeapi.Interface
+	// routedEndpoints, when set, tells the endpoints on this node that
+	// answer through the node's routing.
+	routedEndpoints func(v1.IPFamily) (func(netip.Addr) bool, error)
 }
 
 // newProxier builds the Proxier of one family. cfg must be defaulted and
@@ -172,6 +178,7 @@ func newProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config, d deps) (
 		delegate:            d.delegate,
 		applier:             d.applier,
 		listeningPorts:      d.listeningPorts,
+		routedEndpoints:     d.routedEndpoints,
 		nodeName:            cfg.NodeName,
 		nodeIP:              cfg.NodeIPs[ipFamily],
 		nodePortAddresses:   nodePortAddresses,
@@ -415,6 +422,13 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 		NodeName:       p.nodeName,
 		TopologyLabels: p.topologyLabels,
 		OutsideNodes:   p.cfg.Scope != ScopeNode,
+	}
+	if p.keepClientSource() && p.routedEndpoints != nil {
+		if routed, err := p.routedEndpoints(p.ipFamily); err != nil {
+			p.logger.Error(err, "Listing the node's routes failed; pods keep HAProxy's address towards every endpoint this sync")
+		} else {
+			opts.RoutedHere = routed
+		}
 	}
 	if a, ok := netip.AddrFromSlice(p.nodeIP); ok {
 		opts.NodeIP = a.Unmap()

@@ -26,8 +26,10 @@ import (
 // endpoints-<family>.map: per endpoint set with n endpoints,
 //
 //	<set> <n>
-//	<set>/<i> <address>|<port>|<id>      i in [0, n): a random i picks an endpoint
-//	<set>/ep<id> <address>|<port>|<id>   only for Service ports with affinity
+//	<set>/<i> <address>|<port>|<id>[|1]      i in [0, n): a random i picks an endpoint
+//	<set>/ep<id> <address>|<port>|<id>[|1]   only for Service ports with affinity
+//
+// where the "|1" of a Routed endpoint lets a pod client keep its address.
 //
 // The id of an endpoint is stable as long as the endpoint exists (a hash
 // of its address, see EndpointIDs); the affinity table stores it, so a
@@ -163,6 +165,9 @@ func (set *EndpointSet) appendEntries(dst []MapEntry, byID bool) []MapEntry {
 	var buf []byte
 	for i, ep := range set.Endpoints {
 		buf = EndpointValue(buf[:0], ep, ids[i])
+		if set.Routed[ep] {
+			buf = append(buf, FieldSeparator+"1"...)
+		}
 		v := string(buf)
 		dst = append(dst, MapEntry{Key: set.Name + "/" + strconv.Itoa(i), Value: v})
 		if byID {

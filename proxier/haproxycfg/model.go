@@ -282,6 +282,11 @@ type EndpointSet struct {
 	// OnNode: every endpoint runs on this node (the Local set in scope
 	// node), so its replies pass through this node's routing.
 	OnNode bool
+	// Routed are the endpoints on this node that answer every client
+	// through the node's routing, even a pod client (a routed CNI, no
+	// bridge): towards them, a pod client keeps its own address (with
+	// Dispatcher.KeepClientSource). Nil for most sets.
+	Routed map[netip.AddrPort]bool
 }
 
 // internalSet and externalSet are the sets a listener's connections use:

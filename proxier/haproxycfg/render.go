@@ -96,6 +96,13 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	line(b, "acl", "sticky", "var(sess.svc),field(4,"+FieldSeparator+")", "-m", "int", "gt", "0")
 	line(b, "acl", "empty", "var(sess.n)", "-m", "int", "0")
 	line(b, "acl", "found", "var(txn.ep)", "-m", "found")
+	if d.KeepClientSource {
+		loopback := "127.0.0.0/8"
+		if d.IPv6 {
+			loopback = "::1"
+		}
+		line(b, "acl", "loopback", "src", loopback)
+	}
 	rule := func(words ...string) { line(b, append([]string{"tcp-request"}, words...)...) }
 	// 1. Which Service port.
 	rule("connection", "set-var(sess.dport)", "dst_port")
@@ -133,9 +140,14 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	// 6. Connect to it.
 	rule("content", "set-dst", "var(txn.ep),field(1,"+FieldSeparator+")")
 	rule("content", "set-dst-port", "var(txn.ep),field(2,"+FieldSeparator+")")
-	// 7. The client's own address towards an endpoint on this node.
+	// 7. The client's own address: an outside client's towards a set on
+	// this node (sess.ext), a pod's towards an endpoint whose replies the
+	// node routes (sess.pod and the endpoint's fourth field).
 	if d.KeepClientSource {
-		rule("content", "set-var(sess.keep)", "var(sess.svc),field(5,"+FieldSeparator+")", "unless", "from-cluster")
+		rule("content", "set-var(sess.ext)", "var(sess.svc),field(5,"+FieldSeparator+")", "unless", "from-cluster")
+		rule("content", "set-var(sess.pod)", "int(1)", "if", "from-cluster", "!loopback")
+		rule("content", "set-var(txn.keep)", "var(sess.ext)")
+		rule("content", "set-var(txn.keep)", "var(txn.ep),field(4,"+FieldSeparator+")", "if", "{", "var(sess.pod)", "-m", "int", "1", "}")
 	}
 	// 8. The PROXY protocol version the endpoint expects, if any.
 	rule("content", "set-var(sess.pp)", "var(sess.svc),field(6,"+FieldSeparator+")")
@@ -150,7 +162,7 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	// timeout, whether to keep the client's address and the PROXY
 	// protocol version from this id, sent in the PROXY header.
 	line(b, "unique-id-format", "%[var(sess.set)]"+FieldSeparator+"1"+FieldSeparator+"%[var(sess.svc),field(4,"+FieldSeparator+")]"+
-		FieldSeparator+"%[var(sess.keep)]"+FieldSeparator+"%[var(sess.pp)]")
+		FieldSeparator+"%[var(sess.ext)]"+FieldSeparator+"%[var(sess.pp)]"+FieldSeparator+"%[var(sess.pod)]")
 	line(b, "use_backend", d.HTTPBackendName(), "if", "{", "var(sess.app)", "-m", "int", "gt", "0", "}")
 	line(b, "default_backend", be)
 
@@ -168,7 +180,7 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	line(b, "use-server", "endpoint-proxy-v1", "if", "{", "var(sess.pp)", "-m", "int", "1", "}")
 	line(b, "use-server", "endpoint-proxy-v2", "if", "{", "var(sess.pp)", "-m", "int", "2", "}")
 	if d.KeepClientSource {
-		line(b, "use-server", "endpoint-client-source", "if", "{", "var(sess.keep)", "-m", "int", "1", "}")
+		line(b, "use-server", "endpoint-client-source", "if", "{", "var(txn.keep)", "-m", "int", "1", "}")
 	}
 	line(b, "use-server", "endpoint", "if", "TRUE")
 	line(b, "server", "endpoint", "0.0.0.0:0", "weight", "0")
@@ -220,7 +232,7 @@ func renderHTTP(b *bytes.Buffer, d *Dispatcher) {
 	line(b, "http-after-response", "set-var(txn.status)", "status")
 	line(b, "use-server", "endpoint-h2", "if", "{", "var(sess.app)", "-m", "int", strconv.Itoa(int(AppH2C)), "}")
 	if d.KeepClientSource {
-		line(b, "use-server", "endpoint-client-source", "if", "{", "var(sess.keep)", "-m", "int", "1", "}")
+		line(b, "use-server", "endpoint-client-source", "if", "{", "var(txn.keep)", "-m", "int", "1", "}")
 	}
 	line(b, "use-server", "endpoint", "if", "TRUE")
 	line(b, "server", "endpoint", "0.0.0.0:0", "weight", "0")
@@ -246,7 +258,8 @@ const MaxConnectAttempts = 3
 // failed to connect. It receives it over a unix socket with the PROXY
 // protocol, so its source is still the client and its destination is
 // the endpoint that failed; the PROXY header's unique id carries the
-// endpoint set, how many endpoints were tried and the affinity timeout.
+// endpoint set, how many endpoints were tried, the affinity timeout, and
+// what decides whether the client's address is kept.
 // It picks another endpoint of the set (a random one, the next if that
 // is the one that failed), moves the client's affinity to it, and hands
 // the connection to the same backend, which may redispatch it here again
@@ -258,14 +271,15 @@ func renderRetry(b *bytes.Buffer, d *Dispatcher) {
 	b.WriteString("# another endpoint of the same set.\n")
 	b.WriteString("frontend " + d.RetryFrontendName() + "\n")
 	line(b, "bind", "unix@"+d.RetrySocket(), "mode", "600", "accept-proxy", "name", "retry")
-	line(b, "unique-id-format", "%[var(sess.set)]"+sep+"%[var(sess.tried)]"+sep+"%[var(sess.timeout)]"+sep+"%[var(sess.keep)]"+sep+"%[var(sess.pp)]")
+	line(b, "unique-id-format", "%[var(sess.set)]"+sep+"%[var(sess.tried)]"+sep+"%[var(sess.timeout)]"+sep+"%[var(sess.ext)]"+sep+"%[var(sess.pp)]"+sep+"%[var(sess.pod)]")
 	line(b, "acl", "sticky", "var(sess.timeout)", "-m", "int", "gt", "0")
 	rule := func(words ...string) { line(b, append([]string{"tcp-request", "content"}, words...)...) }
 	rule("set-var(sess.set)", "fc_pp_unique_id,field(1,"+sep+")")
 	rule("set-var(sess.tried)", "fc_pp_unique_id,field(2,"+sep+"),add(1)")
 	rule("set-var(sess.timeout)", "fc_pp_unique_id,field(3,"+sep+")")
-	rule("set-var(sess.keep)", "fc_pp_unique_id,field(4,"+sep+")")
+	rule("set-var(sess.ext)", "fc_pp_unique_id,field(4,"+sep+")")
 	rule("set-var(sess.pp)", "fc_pp_unique_id,field(5,"+sep+")")
+	rule("set-var(sess.pod)", "fc_pp_unique_id,field(6,"+sep+")")
 	rule("reject", "if", "{", "var(sess.tried)", "-m", "int", "gt", strconv.Itoa(MaxConnectAttempts), "}")
 	rule("set-var(sess.n)", "var(sess.set),map_str("+endpoints+",0)")
 	rule("reject", "if", "{", "var(sess.n)", "-m", "int", "0", "}")
@@ -285,6 +299,10 @@ func renderRetry(b *bytes.Buffer, d *Dispatcher) {
 	rule("sc-set-gpt(1,0)", "date", "if", "sticky")
 	rule("set-dst", "var(sess.ep),field(1,"+sep+")")
 	rule("set-dst-port", "var(sess.ep),field(2,"+sep+")")
+	// The client's address is kept as for the first endpoint (rule 7),
+	// judged for this one.
+	rule("set-var(txn.keep)", "var(sess.ext)")
+	rule("set-var(txn.keep)", "var(sess.ep),field(4,"+sep+")", "if", "{", "var(sess.pod)", "-m", "int", "1", "}")
 	line(b, "default_backend", d.BackendName())
 }
 

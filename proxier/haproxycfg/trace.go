@@ -133,8 +133,8 @@ func (r TraceResult) Pick() netip.AddrPort {
 
 func parseEndpointValue(v string) (netip.AddrPort, error) {
 	f := strings.Split(v, FieldSeparator)
-	if len(f) != 3 {
-		return netip.AddrPort{}, fmt.Errorf("endpoint value %q: want address|port|id", v)
+	if len(f) != 3 && (len(f) != 4 || f[3] != "1") {
+		return netip.AddrPort{}, fmt.Errorf("endpoint value %q: want address|port|id[|1]", v)
 	}
 	a, err := netip.ParseAddr(f[0])
 	if err != nil {

@@ -58,6 +58,13 @@ type Options struct {
 	// a NodePort among them is refused (NodePortTaken), the rest of its
 	// Service port is served.
 	TakenNodePorts map[uint16]bool
+	// RoutedHere, when set, says whether an endpoint on this node answers
+	// every client through the node's routing (hostnet.RoutedEndpoints):
+	// such endpoints are EndpointSet.Routed. Its answers must not change
+	// for an address while it is an endpoint (a CNI routes a pod before
+	// the pod has an address to publish), so a change of it alone does
+	// not translate anything again.
+	RoutedHere func(netip.Addr) bool
 	// OutsideNodes: the HAProxy runs on a load balancer that is not a
 	// node (scopes cluster and external). No endpoint is local to it, and
 	// every connection is one hop to a pod, so traffic policy Local is
@@ -378,6 +385,7 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 			Name:      base,
 			Comment:   portDesc + ": endpoints for traffic policy Cluster",
 			Endpoints: endpointAddrs(&opts, clusterEps, res),
+			Routed:    routedEndpoints(&opts, clusterEps),
 		}
 	}
 	if policies.UsesLocalEndpoints() {
@@ -386,6 +394,7 @@ func translateServicePort(opts Options, name proxy.ServicePortName, svc proxy.Se
 			Comment:   portDesc + ": endpoints on node " + opts.NodeName + ", for traffic policy Local",
 			Endpoints: endpointAddrs(&opts, localEps, res),
 			OnNode:    true,
+			Routed:    routedEndpoints(&opts, localEps),
 		}
 	}
 	sp.InternalLocal = internalLocal
@@ -490,6 +499,30 @@ func endpointAddrs(opts *Options, eps []proxy.Endpoint, res *Result) []netip.Add
 	slices.SortFunc(out, netip.AddrPort.Compare)
 	// The same endpoint listed twice (in two EndpointSlices) is one.
 	return slices.Compact(out)
+}
+
+// routedEndpoints are the endpoints of eps on this node that
+// opts.RoutedHere reports; nil when there is none.
+func routedEndpoints(opts *Options, eps []proxy.Endpoint) map[netip.AddrPort]bool {
+	if opts.RoutedHere == nil {
+		return nil
+	}
+	var out map[netip.AddrPort]bool
+	for _, ep := range eps {
+		if !ep.IsLocal() {
+			continue
+		}
+		a, err := netip.ParseAddr(ep.IP())
+		p, ok := validPort(ep.Port())
+		if err != nil || !ok || !opts.familyOK(a.Unmap()) || !opts.RoutedHere(a.Unmap()) {
+			continue
+		}
+		if out == nil {
+			out = map[netip.AddrPort]bool{}
+		}
+		out[netip.AddrPortFrom(a.Unmap(), p)] = true
+	}
+	return out
 }
 
 func validPort(p int) (uint16, bool) {

@@ -199,7 +199,7 @@ func checkMapFiles(t testing.TB, d *haproxycfg.Dispatcher) {
 		require.NotContains(t, e.Key, haproxycfg.FieldSeparator)
 		f := strings.Split(e.Value, haproxycfg.FieldSeparator)
 		if set, i, ok := strings.Cut(e.Key, "/"); ok {
-			require.Len(t, f, 3, "endpoints map value %q", e.Value)
+			require.True(t, len(f) == 3 || len(f) == 4 && f[3] == "1", "endpoints map value %q: address|port|id[|1]", e.Value)
 			_, err := netip.ParseAddr(f[0])
 			require.NoError(t, err)
 			if !strings.HasPrefix(i, "ep") {
@@ -888,6 +888,37 @@ func TestAppProtocol(t *testing.T) {
 			assert.Equal(t, tc.reason, res.Skipped[0].Reason)
 		}
 	}
+}
+
+// Endpoints on this node that RoutedHere reports carry "|1" in the
+// endpoints map, in every set; others, and every endpoint when RoutedHere
+// is unset, do not.
+func TestRoutedEndpoints(t *testing.T) {
+	svc := service("ns", "web", "172.30.0.10", tcp("http", 80))
+	svc.Spec.Type = v1.ServiceTypeNodePort
+	svc.Spec.Ports[0].NodePort = 30080
+	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	eps := slice("ns", "web", discovery.AddressTypeIPv4, "http", 8080,
+		ep("10.244.1.1", nodeName), ep("10.244.1.2", nodeName), ep("10.244.2.1", otherNode))
+	opts := options(v1.IPv4Protocol)
+	routed := netip.MustParseAddr("10.244.1.1")
+	opts.RoutedHere = func(a netip.Addr) bool { return a == routed || a == netip.MustParseAddr("10.244.2.1") }
+	res, d := translate(t, opts, []*v1.Service{svc}, eps)
+	sp := servicePort(t, res, "ns.web:http:tcp")
+	want := map[netip.AddrPort]bool{netip.MustParseAddrPort("10.244.1.1:8080"): true}
+	assert.Equal(t, want, sp.Cluster.Routed, "only endpoints on this node")
+	assert.Equal(t, want, sp.Local.Routed)
+	_, endpoints, _ := haproxycfg.RenderMaps(d)
+	assert.Contains(t, string(endpoints), "10.244.1.1|8080|")
+	for _, e := range haproxycfg.ParseMap(endpoints) {
+		routedValue := strings.Count(e.Value, "|") == 3
+		assert.Equal(t, strings.HasPrefix(e.Value, "10.244.1.1|"), routedValue, e.Value)
+	}
+	requireServed(t, trace(d, outside, "192.168.0.2:30080"), "10.244.1.1:8080", "10.244.1.2:8080")
+
+	opts.RoutedHere = nil
+	res, _ = translate(t, opts, []*v1.Service{svc}, eps)
+	assert.Nil(t, servicePort(t, res, "ns.web:http:tcp").Cluster.Routed)
 }
 
 // IPv6: names carry ":ipv6", addresses are IPv6, keys bracketed; a

@@ -143,9 +143,11 @@ func (pt *portTranslation) reuse(svc proxy.ServicePort, eps []proxy.Endpoint, ta
 }
 
 // sameOptions reports whether a and b translate every service port alike;
-// TakenNodePorts, which touches only some, is compared port by port.
+// TakenNodePorts, which touches only some, is compared port by port, and
+// RoutedHere not at all (see Options).
 func sameOptions(a, b Options) bool {
 	a.TakenNodePorts, b.TakenNodePorts = nil, nil
+	a.RoutedHere, b.RoutedHere = nil, nil
 	return reflect.DeepEqual(a, b)
 }
 

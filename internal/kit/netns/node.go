@@ -119,6 +119,19 @@ func (n *Node) Pod(name string, host int) *Pod {
 	return p
 }
 
+// RoutedPod starts a pod on the node at addr that is routed, not
+// bridged (PodSpec.Bridge), serving the node's pod ports.
+func (n *Node) RoutedPod(name string, addr netip.Addr) *Pod {
+	n.kit.t.Helper()
+	return n.kit.Pod(name, PodSpec{
+		BridgeNS:      n.Namespace,
+		Addr:          netip.PrefixFrom(addr, addr.BitLen()),
+		TCPPorts:      n.opts.PodTCPPorts,
+		UDPPorts:      n.opts.PodUDPPorts,
+		ProxyTCPPorts: n.opts.PodProxyTCPPorts,
+	})
+}
+
 // Sysctl sets key to value in the namespace. On an adopted namespace the
 // old value comes back after the test.
 func (n *Namespace) Sysctl(key, value string) {

@@ -31,7 +31,10 @@ type Reply struct {
 
 // PodSpec says how a pod is wired and what it serves.
 type PodSpec struct {
-	// Bridge (in BridgeNS) the pod's eth0 is plugged into.
+	// Bridge (in BridgeNS) the pod's eth0 is plugged into. Without a
+	// Bridge the pod is routed, as routed CNIs do: a veth to BridgeNS, a
+	// /32 route to the pod over it, proxy ARP answering for every
+	// address the pod asks for (its default route is the link itself).
 	BridgeNS *Namespace
 	Bridge   string
 	// Addr is the pod's address with the bridge's prefix length.
@@ -62,9 +65,13 @@ func (k *Kit) Pod(name string, spec PodSpec) *Pod {
 	k.t.Helper()
 	bin := k.podServer()
 	ns := k.Namespace(name)
-	k.Plug(spec.BridgeNS, spec.Bridge, ns, "eth0", spec.Addr)
-	if spec.Gateway.IsValid() {
-		ns.DefaultRoute(spec.Gateway)
+	if spec.Bridge != "" {
+		k.Plug(spec.BridgeNS, spec.Bridge, ns, "eth0", spec.Addr)
+		if spec.Gateway.IsValid() {
+			ns.DefaultRoute(spec.Gateway)
+		}
+	} else {
+		k.route(spec.BridgeNS, ns, spec.Addr.Addr())
 	}
 	tcp := spec.TCPPorts
 	if len(tcp) == 0 && len(spec.UDPPorts) == 0 && len(spec.ProxyTCPPorts) == 0 && len(spec.GRPCPorts) == 0 {
@@ -96,6 +103,19 @@ func (k *Kit) Pod(name string, spec PodSpec) *Pod {
 		k.t.Fatalf("pod %s not ready after 30s\n%s", name, p.Log())
 	}
 	return &Pod{Namespace: ns, IP: spec.Addr.Addr(), Proc: p}
+}
+
+// route wires ns to node as a routed CNI does (see PodSpec.Bridge).
+func (k *Kit) route(node, ns *Namespace, addr netip.Addr) {
+	k.t.Helper()
+	k.mu.Lock()
+	k.linkSeq++
+	hostIf := fmt.Sprintf("r%d", k.linkSeq)
+	k.mu.Unlock()
+	k.Link(node, hostIf, netip.Prefix{}, ns, "eth0", netip.PrefixFrom(addr, addr.BitLen()))
+	node.Sysctl("net.ipv4.conf."+hostIf+".proxy_arp", "1")
+	node.IP("route", "add", netip.PrefixFrom(addr, addr.BitLen()).String(), "dev", hostIf)
+	ns.IP("route", "add", "default", "dev", "eth0")
 }
 
 func joinPorts(ps []int) string {

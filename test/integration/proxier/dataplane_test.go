@@ -3,6 +3,7 @@ package proxier
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -252,4 +253,48 @@ func TestEndpointChecksTakeASilentEndpointOut(t *testing.T) {
 	back := time.Since(start)
 	t.Logf("it came back %v after answering again", back)
 	assert.LessOrEqual(t, back, 3*time.Second, "back within 3 s")
+}
+
+// TestPodKeepsItsAddressTowardsARoutedEndpoint: with a routed CNI (a /32
+// route over a veth, no bridge) the node routes an endpoint's every
+// reply, so a pod reaching a ClusterIP keeps its own address towards an
+// endpoint on the node, as in nftables mode. Towards an endpoint on the
+// client's bridge, which would answer the pod directly, it keeps
+// HAProxy's; so does the node itself.
+func TestPodKeepsItsAddressTowardsARoutedEndpoint(t *testing.T) {
+	tp := newTopology(t, netns.NodeOptions{})
+	bridged := tp.Pod("pod1", 10)
+	routedAddr := netip.MustParseAddr("10.244.9.10")
+	routed := tp.RoutedPod("rpod", routedAddr)
+	cpod := tp.Pod("cpod", 20)
+	rclient := tp.RoutedPod("rclient", netip.MustParseAddr("10.244.9.20"))
+
+	toRouted := service("routed", "10.96.0.20", "1", servicePort("http", v1.ProtocolTCP, 80, 8080, 0))
+	toBridged := service("bridged", "10.96.0.21", "1", servicePort("http", v1.ProtocolTCP, 80, 8080, 0))
+	cfg := tp.nodeConfig(t)
+	cfg.ClusterCIDRs = []string{"10.244.0.0/16"}
+	p, _ := startProxier(t, cfg, false, serviceCIDR)
+	p.OnServiceAdd(toRouted)
+	p.OnServiceAdd(toBridged)
+	p.OnServiceSynced()
+	p.OnEndpointSliceAdd(slice(toRouted, "1", routed))
+	p.OnEndpointSliceAdd(slice(toBridged, "1", bridged))
+	p.OnEndpointSlicesSynced()
+	servedBy(t, cpod.Namespace, "http://10.96.0.20/", "rpod")
+	servedBy(t, cpod.Namespace, "http://10.96.0.21/", "pod1")
+
+	client := func(ns *netns.Namespace, url string) string {
+		t.Helper()
+		r, err := ns.HTTPGetWith(url, netns.HTTPOptions{Timeout: 5 * time.Second})
+		require.NoError(t, err, "%s from %s", url, ns.Short)
+		host, _, err := net.SplitHostPort(r.Client)
+		require.NoError(t, err)
+		return host
+	}
+	for range 5 {
+		assert.Equal(t, cpod.IP.String(), client(cpod.Namespace, "http://10.96.0.20/"), "a bridged pod towards a routed endpoint keeps its address")
+		assert.Equal(t, rclient.IP.String(), client(rclient.Namespace, "http://10.96.0.20/"), "a routed pod too")
+		assert.Equal(t, podGW, client(cpod.Namespace, "http://10.96.0.21/"), "towards an endpoint on its bridge, HAProxy's address")
+		assert.Equal(t, podGW, client(rclient.Namespace, "http://10.96.0.21/"), "a bridged endpoint answers through the bridge: HAProxy's address")
+	}
 }
