@@ -53,6 +53,8 @@ type h2Client struct {
 	call  func() (string, error)
 	close func()
 	dials func() int32
+	// start, when set, runs on the measured connection before its calls.
+	start func()
 }
 
 // perRequestSpread waits until every pod has answered (each attempt on a
@@ -80,6 +82,9 @@ func perRequestSpread(t *testing.T, e *env, pods []*localcluster.Pod, connect fu
 	}
 	c := connect()
 	defer c.close()
+	if c.start != nil {
+		c.start()
+	}
 	served := map[string]int{}
 	for range perRequestCalls {
 		name, err := c.call()
@@ -111,10 +116,18 @@ func perRequestSpread(t *testing.T, e *env, pods []*localcluster.Pod, connect fu
 
 // grpcPerRequest: a grpc-go client holds one connection to the ClusterIP
 // of a four-endpoint Service (appProtocol kubernetes.io/h2c) and makes
-// 1,000 unary calls.
+// 1,000 unary calls; a server-streaming call opened first on the same
+// connection stays open throughout.
 func grpcPerRequest(t *testing.T, e *env) string {
 	svc, pods := h2cService(t, e, "grpc", "grpc")
-	return perRequestSpread(t, e, pods, func() h2Client {
+	var watchErr chan error
+	var watchCancel context.CancelFunc
+	defer func() {
+		if watchCancel != nil {
+			watchCancel()
+		}
+	}()
+	note := perRequestSpread(t, e, pods, func() h2Client {
 		var dials atomic.Int32
 		conn, err := grpc.NewClient("passthrough:///"+hostPort(svc.Spec.ClusterIP, 80),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -139,8 +152,29 @@ func grpcPerRequest(t *testing.T, e *env) string {
 			},
 			close: func() { conn.Close() },
 			dials: dials.Load,
+			// A long-lived stream (Health.Watch answers once, then holds the
+			// stream until the status changes) beside the calls.
+			start: func() {
+				var ctx context.Context
+				ctx, watchCancel = context.WithCancel(e.ctx)
+				stream, err := client.Watch(ctx, &healthpb.HealthCheckRequest{})
+				require.NoError(t, err)
+				_, err = stream.Recv()
+				require.NoError(t, err, "the stream's first answer")
+				watchErr = make(chan error, 1)
+				go func() {
+					_, err := stream.Recv()
+					watchErr <- err
+				}()
+			},
 		}
 	})
+	select {
+	case err := <-watchErr:
+		t.Errorf("the long-lived stream ended during the calls: %v", err)
+	default:
+	}
+	return note + "; a streaming call stayed open meanwhile"
 }
 
 // h2cPerRequest: the same with a plain HTTP/2 (h2c, prior knowledge)
