@@ -258,6 +258,30 @@ func (s *stack) proc() *runtimeapi.ProcInfo {
 // reloads is the master's count of reloads.
 func (s *stack) reloads() int { return s.proc().Reloads }
 
+// tableUsed is how many entries the current worker's stick table holds
+// ("show table": "# table: <name>, type: ..., size:..., used:<n>"), or -1.
+func (s *stack) tableUsed(name string) int {
+	c, err := net.DialTimeout("unix", s.global.StatsSocket, time.Second)
+	if err != nil {
+		return -1
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(c, "show table "+name+"\n"); err != nil {
+		return -1
+	}
+	out, _ := io.ReadAll(c)
+	_, used, ok := strings.Cut(string(out), "used:")
+	if !ok {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(used, "\n", 2)[0]))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
 // forceReload applies c with another mworker-max-reloads, a setting only
 // a reload can change, and checks that the applier reloaded once.
 func (s *stack) forceReload(c *haproxycfg.Config) {
@@ -573,6 +597,11 @@ func TestRealAffinitySurvivesChangesAndReload(t *testing.T) {
 	time.Sleep(time.Until(started.Add(6 * time.Second)))
 	s.forceReload(s.model(ports...))
 	require.Equal(t, 1, s.reloads())
+	// The new worker learns the table from the old one over the peer
+	// connection, in the background: a client that connects before it
+	// has may get another endpoint. Under load that takes a moment.
+	require.Eventually(t, func() bool { return s.tableUsed("affinity-ipv4") >= len(clients) }, 10*time.Second, 50*time.Millisecond,
+		"the new worker learned the affinity table")
 	require.Zero(t, moved(), "after a reload")
 	fmt.Printf("RESULT apply: affinity: %d clients over %d endpoints stayed on theirs across 10 new Services, an endpoint change and a reload (show-proc reloads=%d)\n",
 		len(clients), len(distinct), s.reloads())
