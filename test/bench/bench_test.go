@@ -49,7 +49,10 @@ type config struct {
 	memScales    []int
 	memEndpoints int
 	outDir       string
-	docs         string
+	// profile: a CPU profile of node1's kube-proxy during the endpoint
+	// changes of every run, written to outDir (PROFILE=1).
+	profile bool
+	docs    string
 }
 
 // memNewServices is how many Services the memory pass adds (and deletes)
@@ -111,6 +114,7 @@ func loadConfig(t *testing.T) config {
 		memScales:    envScales(t, "MEMORY_SCALES", defaultMemScales),
 		memEndpoints: envInt(t, "MEMORY_ENDPOINTS", defaultMemEndpoints),
 		outDir:       os.Getenv("BENCH_OUT"),
+		profile:      os.Getenv("PROFILE") == "1",
 		docs:         os.Getenv("BENCH_DOCS"),
 	}
 	if m := os.Getenv("MODE"); m != "" {
@@ -379,6 +383,8 @@ type bench struct {
 	failure   atomic.Pointer[string]
 	stopWatch chan struct{}
 	watchDone chan struct{}
+	// stopProfile ends the CPU profile being taken, if any.
+	stopProfile func()
 }
 
 const benchManagedBy = "bench.kube-haproxy.io"
@@ -484,6 +490,10 @@ func (b *bench) run(cfg config, spec passSpec, mode string) Run {
 	// Endpoint changes: a random Service flips to the other pool.
 	reloads0 := b.settle()
 	npl0sum, npl0count := b.npl()
+	if cfg.profile && cfg.outDir != "" && spec.changes > 0 {
+		stop := b.profile(filepath.Join(cfg.outDir, fmt.Sprintf("profile-%s-%d-endpoint-changes.pprof", mode, n)))
+		defer stop()
+	}
 	rng := rand.New(rand.NewPCG(uint64(n), 1))
 	for range spec.changes {
 		i := rng.IntN(n)
@@ -495,6 +505,10 @@ func (b *bench) run(cfg config, spec passSpec, mode string) Run {
 		b.checkCtx()
 	}
 	if spec.changes > 0 {
+		if cfg.profile && cfg.outDir != "" {
+			// The profile covers the changes only.
+			b.stopProfile()
+		}
 		// Let the other node and the metrics settle before reading counters.
 		time.Sleep(time.Second)
 		r.ReloadsEndpoint = b.reloads() - reloads0
@@ -1225,6 +1239,41 @@ func (b *bench) h2load(cfg config, url string) WrkResult {
 	}
 	r.CPU = CPUCores(before, after, wall)
 	return r
+}
+
+// profile takes a CPU profile of node1's kube-proxy (its /debug/pprof,
+// enabled in the local cluster) and writes it to path. net/http/pprof
+// takes the length up front and writes nothing for a request cut short,
+// so the length is about what the changes take at this scale (10 s plus
+// 2 s per 1,000 Services), and the returned function (or b.stopProfile)
+// waits for the profile to end; calling it twice does nothing.
+func (b *bench) profile(path string) func() {
+	seconds := 10 + b.n/500
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		client := b.c.Nodes[0].NS.HTTPClient(time.Duration(seconds+30) * time.Second)
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:10249/debug/pprof/profile?seconds=%d", seconds))
+		if err != nil {
+			b.t.Logf("CPU profile of kube-proxy: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b.t.Logf("CPU profile of kube-proxy: %s %v", resp.Status, err)
+			return
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			b.t.Logf("CPU profile of kube-proxy: %v", err)
+			return
+		}
+		b.t.Logf("CPU profile of kube-proxy (%d s): %s", seconds, path)
+	}()
+	var once sync.Once
+	stop := func() { once.Do(func() { <-done }) }
+	b.stopProfile = stop
+	return stop
 }
 
 // childrenCPU is the CPU seconds of this process's ended children.

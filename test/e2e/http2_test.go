@@ -53,8 +53,9 @@ type h2Client struct {
 	call  func() (string, error)
 	close func()
 	dials func() int32
-	// start, when set, runs on the measured connection before its calls.
-	start func()
+	// start and end, when set, run on the measured connection before and
+	// after its calls (before it is closed).
+	start, end func()
 }
 
 // perRequestSpread waits until every pod has answered (each attempt on a
@@ -90,6 +91,9 @@ func perRequestSpread(t *testing.T, e *env, pods []*localcluster.Pod, connect fu
 		name, err := c.call()
 		require.NoError(t, err)
 		served[name]++
+	}
+	if c.end != nil {
+		c.end()
 	}
 	assert.EqualValues(t, 1, c.dials(), "one connection")
 	total := 0
@@ -167,13 +171,15 @@ func grpcPerRequest(t *testing.T, e *env) string {
 					watchErr <- err
 				}()
 			},
+			end: func() {
+				select {
+				case err := <-watchErr:
+					t.Errorf("the long-lived stream ended during the calls: %v", err)
+				default:
+				}
+			},
 		}
 	})
-	select {
-	case err := <-watchErr:
-		t.Errorf("the long-lived stream ended during the calls: %v", err)
-	default:
-	}
 	return note + "; a streaming call stayed open meanwhile"
 }
 

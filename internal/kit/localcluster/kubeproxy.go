@@ -25,6 +25,9 @@ bindAddress: {{.NodeIP}}
 clusterCIDR: {{.ClusterCIDR}}
 healthzBindAddress: 0.0.0.0:{{.HealthzPort}}
 metricsBindAddress: 127.0.0.1:10249
+# /debug/pprof beside /metrics, on the node's loopback only: the
+# benchmark's CPU profiles (PROFILE=1) read it.
+enableProfiling: true
 mode: {{.Mode}}
 syncPeriod: 30s
 minSyncPeriod: 100ms
