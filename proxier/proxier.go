@@ -425,10 +425,18 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 		OutsideNodes:   p.cfg.Scope != ScopeNode,
 	}
 	if p.keepClientSource() && p.routedEndpoints != nil {
-		if routed, err := p.routedEndpoints(p.ipFamily); err != nil {
-			p.logger.Error(err, "Listing the node's routes failed; pods keep HAProxy's address towards every endpoint this sync")
-		} else {
-			opts.RoutedHere = routed
+		// The routes are listed at the first endpoint on this node that a
+		// changed service port has, not at every sync.
+		var routed func(netip.Addr) bool
+		opts.RoutedHere = func(a netip.Addr) bool {
+			if routed == nil {
+				var err error
+				if routed, err = p.routedEndpoints(p.ipFamily); err != nil {
+					p.logger.Error(err, "Listing the node's routes failed; pods keep HAProxy's address towards every endpoint this sync")
+					routed = func(netip.Addr) bool { return false }
+				}
+			}
+			return routed(a)
 		}
 	}
 	if a, ok := netip.AddrFromSlice(p.nodeIP); ok {
