@@ -1168,38 +1168,12 @@ func (b *bench) wrk(cfg config, d time.Duration, url string, closeEach bool) Wrk
 		args = append(args, "-H", "Connection: close")
 	}
 	args = append(args, url)
-	groups := b.cpuGroups()
-	before, err := TakeCPUSnapshot("/proc", groups)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	// wrk has ended when the second snapshot is taken: its CPU time is
-	// in this process's reaped children's, the only child that ends
-	// meanwhile.
-	children0 := childrenCPU(b.t)
-	t0 := time.Now()
-	out, err := b.from.NS.Exec(args...)
-	if err != nil {
-		b.t.Fatalf("wrk: %v", err)
-	}
-	wall := time.Since(t0)
-	after, err := TakeCPUSnapshot("/proc", groups)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	after[CPUClient] = before[CPUClient] + childrenCPU(b.t) - children0
+	out, cpu := b.loadRun(args)
 	r, err := ParseWrk(out)
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	if r.TooManyErrors() {
-		// Reported with its errors, flagged in the table: a rare reset
-		// must not discard every other number of a long run.
-		b.t.Logf("wrk %s: %d errors in %d requests, more than %.1f%%; the report flags it:\n%s",
-			url, r.Errors, r.Requests, 100*MaxWrkErrorRatio, out)
-	}
-	r.CPU = CPUCores(before, after, wall)
-	return r
+	return b.withCPU(r, cpu, url, out)
 }
 
 // h2load runs h2load (HTTP/2 with prior knowledge) in the client pod
@@ -1208,23 +1182,7 @@ func (b *bench) h2load(cfg config, url string) WrkResult {
 	log := filepath.Join(b.t.TempDir(), "h2load.log")
 	args := append([]string{"h2load"}, strings.Fields(h2loadArgs(cfg))...)
 	args = append(args, "--log-file="+log, url)
-	groups := b.cpuGroups()
-	before, err := TakeCPUSnapshot("/proc", groups)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	children0 := childrenCPU(b.t)
-	t0 := time.Now()
-	out, err := b.from.NS.Exec(args...)
-	if err != nil {
-		b.t.Fatalf("h2load: %v\n%s", err, out)
-	}
-	wall := time.Since(t0)
-	after, err := TakeCPUSnapshot("/proc", groups)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	after[CPUClient] = before[CPUClient] + childrenCPU(b.t) - children0
+	out, cpu := b.loadRun(args)
 	logData, err := os.ReadFile(log)
 	if err != nil {
 		b.t.Fatal(err)
@@ -1233,11 +1191,44 @@ func (b *bench) h2load(cfg config, url string) WrkResult {
 	if err != nil {
 		b.t.Fatal(err)
 	}
+	return b.withCPU(r, cpu, url, out)
+}
+
+// loadRun runs a load generator (args) in the client pod and returns
+// its output and what each CPU group used meanwhile, in cores.
+func (b *bench) loadRun(args []string) (string, map[string]float64) {
+	groups := b.cpuGroups()
+	before, err := TakeCPUSnapshot("/proc", groups)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	// The generator has ended when the second snapshot is taken: its CPU
+	// time is in this process's reaped children's, the only child that
+	// ends meanwhile.
+	children0 := childrenCPU(b.t)
+	t0 := time.Now()
+	out, err := b.from.NS.Exec(args...)
+	if err != nil {
+		b.t.Fatalf("%s: %v\n%s", args[0], err, out)
+	}
+	wall := time.Since(t0)
+	after, err := TakeCPUSnapshot("/proc", groups)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	after[CPUClient] = before[CPUClient] + childrenCPU(b.t) - children0
+	return out, CPUCores(before, after, wall)
+}
+
+// withCPU is r with the CPU of its run, its errors logged when too many.
+func (b *bench) withCPU(r WrkResult, cpu map[string]float64, url, out string) WrkResult {
 	if r.TooManyErrors() {
-		b.t.Logf("h2load %s: %d errors in %d requests, more than %.1f%%; the report flags it:\n%s",
+		// Reported with its errors, flagged in the table: a rare reset
+		// must not discard every other number of a long run.
+		b.t.Logf("%s: %d errors in %d requests, more than %.1f%%; the report flags it:\n%s",
 			url, r.Errors, r.Requests, 100*MaxWrkErrorRatio, out)
 	}
-	r.CPU = CPUCores(before, after, wall)
+	r.CPU = cpu
 	return r
 }
 
