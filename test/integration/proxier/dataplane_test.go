@@ -110,30 +110,19 @@ func TestExternalClientAddressKeptForLocalEndpoints(t *testing.T) {
 
 	localURL := fmt.Sprintf("http://%s:%d/", nodeIP, nodePort)
 	servedBy(t, tp.Client, localURL, "pod1", "pod2")
-	get := func(ns *netns.Namespace, url string) netns.Reply {
-		t.Helper()
-		r, err := ns.HTTPGetWith(url, netns.HTTPOptions{Timeout: 5 * time.Second})
-		require.NoError(t, err, "%s from %s", url, ns.Short)
-		return r
-	}
-	clientAddr := func(r netns.Reply) string {
-		host, _, err := net.SplitHostPort(r.Client)
-		require.NoError(t, err)
-		return host
-	}
 	for range 10 {
-		assert.Equal(t, netns.ClientIP.String(), clientAddr(get(tp.Client, localURL)), "Local: the pod sees the client")
-		assert.Equal(t, podGW, clientAddr(get(cpod.Namespace, localURL)), "a pod of the node is a cluster source")
-		assert.Equal(t, podGW, clientAddr(get(tp.Client, fmt.Sprintf("http://%s:30081/", nodeIP))), "Cluster: the pod sees the node")
+		assert.Equal(t, netns.ClientIP.String(), clientAddr(t, get(t, tp.Client, localURL)), "Local: the pod sees the client")
+		assert.Equal(t, podGW, clientAddr(t, get(t, cpod.Namespace, localURL)), "a pod of the node is a cluster source")
+		assert.Equal(t, podGW, clientAddr(t, get(t, tp.Client, fmt.Sprintf("http://%s:30081/", nodeIP))), "Cluster: the pod sees the node")
 	}
 
 	// pod1 dies unnoticed: connections it refuses are retried on pod2,
 	// still from the client's address.
 	pod1.Proc.Stop()
 	for range 20 {
-		r := get(tp.Client, localURL)
+		r := get(t, tp.Client, localURL)
 		assert.Equal(t, "pod2", r.Name)
-		assert.Equal(t, netns.ClientIP.String(), clientAddr(r))
+		assert.Equal(t, netns.ClientIP.String(), clientAddr(t, r))
 	}
 }
 
@@ -166,24 +155,13 @@ func TestProxyProtocolTowardsEndpoints(t *testing.T) {
 
 	nodePortURL := fmt.Sprintf("http://%s:30082/", nodeIP)
 	servedBy(t, tp.Client, nodePortURL, "pod1", "pod2")
-	get := func(ns *netns.Namespace, url string) netns.Reply {
-		t.Helper()
-		r, err := ns.HTTPGetWith(url, netns.HTTPOptions{Timeout: 5 * time.Second})
-		require.NoError(t, err, "%s from %s", url, ns.Short)
-		return r
-	}
-	clientAddr := func(r netns.Reply) string {
-		host, _, err := net.SplitHostPort(r.Client)
-		require.NoError(t, err)
-		return host
-	}
 	for range 10 {
-		r := get(tp.Client, nodePortURL)
+		r := get(t, tp.Client, nodePortURL)
 		assert.Equal(t, "v2", r.Proxy)
-		assert.Equal(t, netns.ClientIP.String(), clientAddr(r), "the header names the outside client")
-		r = get(cpod.Namespace, "http://10.96.0.13:80/")
+		assert.Equal(t, netns.ClientIP.String(), clientAddr(t, r), "the header names the outside client")
+		r = get(t, cpod.Namespace, "http://10.96.0.13:80/")
 		assert.Equal(t, "v1", r.Proxy)
-		assert.Equal(t, cpod.IP.String(), clientAddr(r), "the header names the pod")
+		assert.Equal(t, cpod.IP.String(), clientAddr(t, r), "the header names the pod")
 	}
 	_, err := cpod.HTTPGetWith("http://10.96.0.15:80/", netns.HTTPOptions{Timeout: 3 * time.Second})
 	require.Error(t, err, "an endpoint that requires the header refuses a connection without it")
@@ -191,10 +169,10 @@ func TestProxyProtocolTowardsEndpoints(t *testing.T) {
 	// pod1 dies unnoticed: the retry on pod2 sends the header too.
 	pod1.Proc.Stop()
 	for range 20 {
-		r := get(tp.Client, nodePortURL)
+		r := get(t, tp.Client, nodePortURL)
 		assert.Equal(t, "pod2", r.Name)
 		assert.Equal(t, "v2", r.Proxy)
-		assert.Equal(t, netns.ClientIP.String(), clientAddr(r))
+		assert.Equal(t, netns.ClientIP.String(), clientAddr(t, r))
 	}
 }
 
@@ -285,11 +263,7 @@ func TestPodKeepsItsAddressTowardsARoutedEndpoint(t *testing.T) {
 
 	client := func(ns *netns.Namespace, url string) string {
 		t.Helper()
-		r, err := ns.HTTPGetWith(url, netns.HTTPOptions{Timeout: 5 * time.Second})
-		require.NoError(t, err, "%s from %s", url, ns.Short)
-		host, _, err := net.SplitHostPort(r.Client)
-		require.NoError(t, err)
-		return host
+		return clientAddr(t, get(t, ns, url))
 	}
 	for range 5 {
 		assert.Equal(t, cpod.IP.String(), client(cpod.Namespace, "http://10.96.0.20/"), "a bridged pod towards a routed endpoint keeps its address")
@@ -297,4 +271,20 @@ func TestPodKeepsItsAddressTowardsARoutedEndpoint(t *testing.T) {
 		assert.Equal(t, podGW, client(cpod.Namespace, "http://10.96.0.21/"), "towards an endpoint on its bridge, HAProxy's address")
 		assert.Equal(t, podGW, client(rclient.Namespace, "http://10.96.0.21/"), "a bridged endpoint answers through the bridge: HAProxy's address")
 	}
+}
+
+// get asks url from ns on a new connection and returns the pod's reply.
+func get(t *testing.T, ns *netns.Namespace, url string) netns.Reply {
+	t.Helper()
+	r, err := ns.HTTPGetWith(url, netns.HTTPOptions{Timeout: 5 * time.Second})
+	require.NoError(t, err, "%s from %s", url, ns.Short)
+	return r
+}
+
+// clientAddr is the client address the pod saw, without its port.
+func clientAddr(t *testing.T, r netns.Reply) string {
+	t.Helper()
+	host, _, err := net.SplitHostPort(r.Client)
+	require.NoError(t, err)
+	return host
 }
