@@ -24,8 +24,8 @@ const DefaultMasqueradeBit = 14
 // proxy, to another proxy.Provider (upstream's nftables proxier of the
 // same family). It shows that provider a filtered view: each Service
 // keeps only its non-TCP ports, a Service with none does not exist, and
-// EndpointSlices pass through (the provider uses only the endpoints of the
-// ports it knows) without their last-change-trigger-time annotation.
+// only the EndpointSlices with a non-TCP port pass, without their
+// last-change-trigger-time annotation.
 //
 // That annotation is what upstream proxiers turn into the
 // kubeproxy_network_programming_duration_seconds histogram after a sync.
@@ -121,16 +121,49 @@ func withoutTriggerTime(s *discovery.EndpointSlice) *discovery.EndpointSlice {
 	return &out
 }
 
-func (d *nonTCPDelegate) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
-	d.provider.OnEndpointSliceAdd(withoutTriggerTime(s))
+// hasNonTCPPort reports whether the slice lists a UDP or SCTP port. The
+// EndpointSlice controller gives a slice the ports of its Service, so a
+// slice without one belongs to a Service (or a part of one) the delegate
+// does not serve: handing it over would only make the delegate count and
+// sync endpoints it never uses, which at 10,000 Services cost a full
+// nftables sync for every TCP endpoint change.
+func hasNonTCPPort(s *discovery.EndpointSlice) bool {
+	if s == nil {
+		return false
+	}
+	for _, p := range s.Ports {
+		if p.Protocol != nil && *p.Protocol != v1.ProtocolTCP {
+			return true
+		}
+	}
+	return false
 }
 
+func (d *nonTCPDelegate) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
+	if hasNonTCPPort(s) {
+		d.provider.OnEndpointSliceAdd(withoutTriggerTime(s))
+	}
+}
+
+// OnEndpointSliceUpdate passes on the change as the delegate sees it: a
+// slice that gains its first non-TCP port is new to it, one that loses
+// its last is gone.
 func (d *nonTCPDelegate) OnEndpointSliceUpdate(oldSlice, s *discovery.EndpointSlice) {
-	d.provider.OnEndpointSliceUpdate(withoutTriggerTime(oldSlice), withoutTriggerTime(s))
+	oldSeen, newSeen := hasNonTCPPort(oldSlice), hasNonTCPPort(s)
+	switch {
+	case oldSeen && newSeen:
+		d.provider.OnEndpointSliceUpdate(withoutTriggerTime(oldSlice), withoutTriggerTime(s))
+	case newSeen:
+		d.provider.OnEndpointSliceAdd(withoutTriggerTime(s))
+	case oldSeen:
+		d.provider.OnEndpointSliceDelete(withoutTriggerTime(oldSlice))
+	}
 }
 
 func (d *nonTCPDelegate) OnEndpointSliceDelete(s *discovery.EndpointSlice) {
-	d.provider.OnEndpointSliceDelete(withoutTriggerTime(s))
+	if hasNonTCPPort(s) {
+		d.provider.OnEndpointSliceDelete(withoutTriggerTime(s))
+	}
 }
 
 func (d *nonTCPDelegate) OnEndpointSlicesSynced() { d.provider.OnEndpointSlicesSynced() }

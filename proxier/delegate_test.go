@@ -38,6 +38,9 @@ type fakeDelegate struct {
 	services map[string]*v1.Service
 	// lastSlice is the EndpointSlice last added or updated.
 	lastSlice *discovery.EndpointSlice
+	// sliceEvents lists the slice handlers called, as "add|update|delete
+	// <resourceVersion>".
+	sliceEvents []string
 }
 
 var _ proxy.Provider = &fakeDelegate{}
@@ -72,13 +75,16 @@ func (f *fakeDelegate) OnServiceDelete(s *v1.Service) { f.OnServiceUpdate(s, nil
 func (f *fakeDelegate) OnServiceSynced()              { f.servicesSynced = true }
 func (f *fakeDelegate) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
 	f.lastSlice = s
+	f.sliceEvents = append(f.sliceEvents, "add "+s.ResourceVersion)
 	f.endpointsChanges.EndpointSliceUpdate(s, false)
 }
 func (f *fakeDelegate) OnEndpointSliceUpdate(_, s *discovery.EndpointSlice) {
 	f.lastSlice = s
+	f.sliceEvents = append(f.sliceEvents, "update "+s.ResourceVersion)
 	f.endpointsChanges.EndpointSliceUpdate(s, false)
 }
 func (f *fakeDelegate) OnEndpointSliceDelete(s *discovery.EndpointSlice) {
+	f.sliceEvents = append(f.sliceEvents, "delete "+s.ResourceVersion)
 	f.endpointsChanges.EndpointSliceUpdate(s, true)
 }
 func (f *fakeDelegate) OnEndpointSlicesSynced()              { f.slicesSynced = true }
@@ -263,6 +269,41 @@ func TestDelegationSplitsServicePortsByProtocol(t *testing.T) {
 	require.NoError(t, p.syncProxyRules())
 	assert.Equal(t, []string{"ns1.web:http:tcp"}, servicePortNames(applier.model(v1.IPv4Protocol)))
 	assert.Empty(t, fd.serves())
+}
+
+// TestDelegateSeesOnlySlicesWithANonTCPPort: a slice of TCP ports only
+// never reaches the delegate (it would sync nftables for nothing); a slice
+// that gains its first UDP port is an add there, one that loses its last
+// a delete, and the delegate's endpoints follow.
+func TestDelegateSeesOnlySlicesWithANonTCPPort(t *testing.T) {
+	p, applier, fd := newDelegatingProxier(t)
+	p.OnServiceAdd(dnsService(port("dns-tcp", v1.ProtocolTCP, 53, 0), port("dns", v1.ProtocolUDP, 53, 0)))
+	p.OnServiceSynced()
+	p.OnEndpointSlicesSynced()
+
+	tcpOnly := dnsSlice("1", epPort("dns-tcp", v1.ProtocolTCP, 53))
+	p.OnEndpointSliceAdd(tcpOnly)
+	tcpAgain := dnsSlice("2", epPort("dns-tcp", v1.ProtocolTCP, 53))
+	p.OnEndpointSliceUpdate(tcpOnly, tcpAgain)
+	require.NoError(t, p.syncProxyRules())
+	assert.Empty(t, fd.sliceEvents, "TCP-only slices are not handed to the delegate")
+	assert.Equal(t, []string{"kube-system/kube-dns:dns/UDP -> "}, fd.serves())
+	runConnectionTests(t, applier, []connectionTest{
+		{name: "TCP 53 to HAProxy", sourceIP: testPodClient, destIP: "172.30.0.10", destPort: 53, output: "10.180.0.1:53"},
+	})
+
+	both := dnsSlice("3", epPort("dns-tcp", v1.ProtocolTCP, 53), epPort("dns", v1.ProtocolUDP, 53))
+	p.OnEndpointSliceUpdate(tcpAgain, both)
+	assert.Equal(t, []string{"add 3"}, fd.sliceEvents, "the first UDP port makes the slice new to the delegate")
+	assert.Equal(t, []string{"kube-system/kube-dns:dns/UDP -> 10.180.0.1:53"}, fd.serves())
+
+	bothAgain := dnsSlice("4", epPort("dns-tcp", v1.ProtocolTCP, 53), epPort("dns", v1.ProtocolUDP, 53))
+	p.OnEndpointSliceUpdate(both, bothAgain)
+	udpGone := dnsSlice("5", epPort("dns-tcp", v1.ProtocolTCP, 53))
+	p.OnEndpointSliceUpdate(bothAgain, udpGone)
+	p.OnEndpointSliceDelete(udpGone)
+	assert.Equal(t, []string{"add 3", "update 4", "delete 4"}, fd.sliceEvents, "losing the last UDP port deletes the slice the delegate knew")
+	assert.Equal(t, []string{"kube-system/kube-dns:dns/UDP -> "}, fd.serves())
 }
 
 // TestDelegationFollowsAProtocolSwitch: a port switched TCP -> UDP -> TCP
