@@ -21,7 +21,7 @@ var errNoApplier = errors.New("haproxy proxier: no HAProxy applier")
 
 // prepare defaults and validates cfg and builds the shared Applier. It
 // returns a nil Applier and no error for InitOnly: nothing is started.
-func prepare(ctx context.Context, cfg *Config, families ...v1.IPFamily) (Applier, error) {
+func prepare(ctx context.Context, cfg *Config, families ...v1.IPFamily) (*appliedLog, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -35,8 +35,13 @@ func prepare(ctx context.Context, cfg *Config, families ...v1.IPFamily) (Applier
 	}
 	// Service IPs are local on this host and nftables dispatches them to
 	// HAProxy, on a node as on a load balancer that Service traffic is
-	// routed to: keep routes and rules in step with every Apply.
-	return withHostNetwork(applier), nil
+	// routed to: keep routes and rules in step with every Apply. The
+	// appliedLog remembers what was applied, for explain.
+	var reloads func() int
+	if r, ok := applier.(interface{ Reloads() int }); ok {
+		reloads = r.Reloads
+	}
+	return newAppliedLog(withHostNetwork(applier), reloads), nil
 }
 
 // NewDualStackProxier returns a Provider serving both IP families through one
@@ -58,7 +63,8 @@ func NewDualStackProxier(ctx context.Context, cfg Config) (proxy.Provider, error
 	if err != nil {
 		return nil, fmt.Errorf("unable to create ipv6 proxier: %w", err)
 	}
-	return metaproxier.NewMetaProxier(ipv4, ipv6), nil
+	e := &explainer{proxiers: []*Proxier{ipv4, ipv6}, applied: applier, api: runtimeapi.New(cfg.RuntimeSocket)}
+	return newProvider(metaproxier.NewMetaProxier(ipv4, ipv6), e), nil
 }
 
 // NewProxier returns a single-family Provider.
@@ -76,7 +82,8 @@ func NewProxier(ctx context.Context, ipFamily v1.IPFamily, cfg Config) (proxy.Pr
 		// Not "return newProxier(...)": a nil *Proxier would be a non-nil Provider.
 		return nil, err
 	}
-	return p, nil
+	e := &explainer{proxiers: []*Proxier{p}, applied: applier, api: runtimeapi.New(cfg.RuntimeSocket)}
+	return newProvider(p, e), nil
 }
 
 // newFamilyProxier builds the Proxier of one family with its real
