@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 
@@ -28,7 +29,32 @@ type hostNetworkApplier struct {
 	mu    sync.Mutex
 	hosts map[v1.IPFamily]*hostnet.Host
 	cidrs map[v1.IPFamily][]netip.Prefix
+
+	// applied holds, per family, the last model the host was prepared
+	// for without an error (with its ServiceCIDRs), and when the host was
+	// last brought to it whole. Only the family's own sync loop touches
+	// its entry.
+	applied map[v1.IPFamily]hostApplied
+	// recheck is how long a host already fit for a model is trusted
+	// without being brought to it again (hostRecheckInterval).
+	recheck time.Duration
+	now     func() time.Time
 }
+
+// hostApplied is a model the host is fit for.
+type hostApplied struct {
+	model *haproxycfg.Config
+	cidrs []netip.Prefix
+	at    time.Time
+}
+
+// hostRecheckInterval bounds how long a route or rule someone removed by
+// hand stays missing while only endpoints change: bringing the host to a
+// model lists its routes, its rules and builds the guard's sets from every
+// Service address, which at 10,000 Services was half of kube-proxy's CPU
+// for an endpoint change that needs none of it. The proxier's periodic
+// sync (syncPeriod) comes at least that often.
+const hostRecheckInterval = 10 * time.Second
 
 var (
 	_ Applier             = &hostNetworkApplier{}
@@ -42,6 +68,9 @@ func withHostNetwork(next Applier) *hostNetworkApplier {
 		newHost: hostnet.New,
 		hosts:   map[v1.IPFamily]*hostnet.Host{},
 		cidrs:   map[v1.IPFamily][]netip.Prefix{},
+		applied: map[v1.IPFamily]hostApplied{},
+		recheck: hostRecheckInterval,
+		now:     time.Now,
 	}
 }
 
@@ -85,6 +114,28 @@ func (a *hostNetworkApplier) Apply(ctx context.Context, family v1.IPFamily, desi
 	if err != nil {
 		return err
 	}
+	a.mu.Lock()
+	last := a.applied[family]
+	delete(a.applied, family)
+	a.mu.Unlock()
+	if last.model != nil && slices.Equal(last.cidrs, cidrs) && sameHostNeeds(last.model, desired) {
+		// Only endpoints (or other map contents) changed: the host is
+		// already fit for the model, so HAProxy gets it first. Once in a
+		// while the host is brought to it again afterwards, off the path
+		// of the change, to repair what someone removed.
+		if err := a.next.Apply(ctx, family, desired); err != nil {
+			return err
+		}
+		at := last.at
+		if a.now().Sub(at) >= a.recheck {
+			if err := h.Sync(ctx, hostDesired(cidrs, desired)); err != nil {
+				return fmt.Errorf("repairing the Service IPs' routes and rules: %w", err)
+			}
+			at = a.now()
+		}
+		a.remember(family, desired, cidrs, at)
+		return nil
+	}
 	want := hostDesired(cidrs, desired)
 	if err := h.Prepare(ctx, want); err != nil {
 		return fmt.Errorf("making Service IPs local, guarded and dispatched: %w", err)
@@ -97,7 +148,40 @@ func (a *hostNetworkApplier) Apply(ctx context.Context, family v1.IPFamily, desi
 	if err := h.Finish(ctx, want); err != nil {
 		return fmt.Errorf("removing unused Service IPs: %w", err)
 	}
+	a.remember(family, desired, cidrs, a.now())
 	return nil
+}
+
+func (a *hostNetworkApplier) remember(family v1.IPFamily, model *haproxycfg.Config, cidrs []netip.Prefix, at time.Time) {
+	a.mu.Lock()
+	a.applied[family] = hostApplied{model: model, cidrs: cidrs, at: at}
+	a.mu.Unlock()
+}
+
+// sameHostNeeds reports whether models a and b need the same host
+// networking (hostDesired): the same listeners, dispatch address, NodePort
+// addresses and source ranges. The proxier hands in the same
+// ServicePort object for a Service port that did not change, so most
+// ports compare by identity and the check costs a pointer comparison per
+// Service port.
+func sameHostNeeds(a, b *haproxycfg.Config) bool {
+	if len(a.Dispatchers) != len(b.Dispatchers) {
+		return false
+	}
+	for i, da := range a.Dispatchers {
+		db := b.Dispatchers[i]
+		if da.Listen != db.Listen || da.KeepClientSource != db.KeepClientSource ||
+			!slices.Equal(da.NodePortAddresses, db.NodePortAddresses) || len(da.ServicePorts) != len(db.ServicePorts) {
+			return false
+		}
+		for j, pa := range da.ServicePorts {
+			pb := db.ServicePorts[j]
+			if pa != pb && (!slices.Equal(pa.Listeners, pb.Listeners) || !slices.Equal(pa.SourceRanges, pb.SourceRanges)) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // hostDesired is what the host needs for the family's model: each

@@ -7,9 +7,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/knftables"
 
@@ -281,4 +284,66 @@ func TestHostNetworkFromAProxier(t *testing.T) {
 	assert.Equal(t, []string{"1.2.3.4 . 80"}, s.set(t, serviceguard.FirewallSet))
 	assert.Equal(t, []string{"1.2.3.4 . 80 . 203.0.113.0/25"}, s.set(t, serviceguard.FirewallAllowSet))
 	assert.Contains(t, s.nft.Dump(), "tproxy to 127.0.0.1:10400")
+}
+
+// TestHostNetworkIsLeftAloneWhenOnlyEndpointsChange: a model that needs
+// the same routes and rules as the last one goes to HAProxy without
+// touching the host (at 10,000 Services, bringing the host to a model was
+// half the CPU of an endpoint change); after hostRecheckInterval the host
+// is brought to the model again, after HAProxy got it, which repairs a
+// route someone removed. A new listener always prepares the host first.
+func TestHostNetworkIsLeftAloneWhenOnlyEndpointsChange(t *testing.T) {
+	ctx := context.Background()
+	var got []*haproxycfg.Config
+	next := &observingApplier{observe: func(c *haproxycfg.Config) { got = append(got, c) }}
+	a, s := newObservedHostNetwork(next)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	a.now = func() time.Time { return now }
+	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, webModel("203.0.113.10")))
+	require.Equal(t, []string{"10.96.0.10/32", "203.0.113.10/32"}, s.ourRoutes())
+
+	removeRoute := func(dst string) {
+		t.Helper()
+		routes, err := s.routes.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+		require.NoError(t, err)
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.String() == dst {
+				require.NoError(t, s.routes.RouteDel(&r))
+				return
+			}
+		}
+		t.Fatalf("no local route to %s", dst)
+	}
+	// Someone removes a route; then endpoints change (new ServicePort
+	// objects, the same listeners).
+	removeRoute("203.0.113.10/32")
+	endpointsChanged := webModel("203.0.113.10")
+	endpointsChanged.Dispatchers[0].ServicePorts[0].Cluster = &haproxycfg.EndpointSet{Name: "default.web:http:tcp",
+		Endpoints: []netip.AddrPort{netip.MustParseAddrPort("10.244.1.5:8080")}}
+	now = now.Add(hostRecheckInterval / 2)
+	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, endpointsChanged))
+	assert.Same(t, endpointsChanged, got[len(got)-1], "HAProxy got the model")
+	assert.Equal(t, []string{"10.96.0.10/32"}, s.ourRoutes(), "the host was not looked at")
+
+	now = now.Add(hostRecheckInterval)
+	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, webModel("203.0.113.10")))
+	assert.Equal(t, []string{"10.96.0.10/32", "203.0.113.10/32"}, s.ourRoutes(), "repaired after the recheck interval")
+
+	// A new LoadBalancer IP, right after: the host is prepared before
+	// HAProxy sees the model, as always.
+	removeRoute("10.96.0.10/32")
+	var routesAtApply []string
+	next.observe = func(*haproxycfg.Config) { routesAtApply = s.ourRoutes() }
+	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, webModel("203.0.113.20")))
+	assert.Equal(t, []string{"10.96.0.10/32", "203.0.113.10/32", "203.0.113.20/32"}, routesAtApply)
+	assert.Equal(t, []string{"10.96.0.10/32", "203.0.113.20/32"}, s.ourRoutes())
+
+	// A failed Apply forgets what the host was fit for: the next one
+	// prepares it whole.
+	next.fail = errors.New("runtime API down")
+	require.Error(t, a.Apply(ctx, v1.IPv4Protocol, webModel("203.0.113.20")))
+	next.fail = nil
+	removeRoute("203.0.113.20/32")
+	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, webModel("203.0.113.20")))
+	assert.Equal(t, []string{"10.96.0.10/32", "203.0.113.20/32"}, s.ourRoutes())
 }

@@ -30,7 +30,7 @@ metricsBindAddress: 127.0.0.1:10249
 enableProfiling: true
 mode: {{.Mode}}
 syncPeriod: 30s
-minSyncPeriod: 100ms
+minSyncPeriod: 10ms
 conntrack:
   maxPerCore: 0
   min: 0
@@ -41,14 +41,14 @@ nftables:
   # another pod of the same node would bypass the node's conntrack.
   masqueradeAll: true
   syncPeriod: 30s
-  minSyncPeriod: 100ms
+  minSyncPeriod: 10ms
 {{- if eq .Mode "haproxy"}}
 haproxy:
   binaryPath: {{.HAProxy}}
   stateDir: {{.StateDir}}
   scope: {{.Scope}}
   syncPeriod: 30s
-  minSyncPeriod: 100ms
+  minSyncPeriod: 10ms
 {{- end}}
 `))
 
