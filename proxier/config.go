@@ -58,6 +58,11 @@ const (
 	// DefaultDispatchPort+1 is HAProxy's local peer port, over which a
 	// reloaded worker takes the session-affinity table over.
 	DefaultDispatchPort = 10400
+	// PrometheusExporterOff disables HAProxy's Prometheus exporter
+	// (Config.PrometheusExporterAddress). Unset, it listens on
+	// 127.0.0.1, port DispatchPort+2 (10402 by default): loopback,
+	// because it tells whoever reaches it about every Service.
+	PrometheusExporterOff = "off"
 	// DefaultMaxOldWorkers bounds the old workers a series of reloads can
 	// leave draining (mworker-max-reloads): reloads are rare (global
 	// settings only), and each old worker holds a copy of the maps. The
@@ -155,6 +160,10 @@ type Config struct {
 	// has the same number) and is rejected.
 	// Default DefaultDispatchPort.
 	DispatchPort int
+	// PrometheusExporterAddress is the IP:port where HAProxy serves its
+	// own metrics (its built-in Prometheus exporter, GET /metrics), or
+	// PrometheusExporterOff. Default 127.0.0.1:<DispatchPort+2>.
+	PrometheusExporterAddress string
 }
 
 // SetDefaults fills empty fields with their defaults.
@@ -211,6 +220,13 @@ func (c *Config) SetDefaults() {
 	if c.DispatchPort == 0 {
 		c.DispatchPort = DefaultDispatchPort
 	}
+	if c.PrometheusExporterAddress == "" {
+		port := c.DispatchPort + 2
+		if port > 65535 {
+			port = c.DispatchPort - 1
+		}
+		c.PrometheusExporterAddress = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port)).String()
+	}
 }
 
 // processFileLimit is the hard RLIMIT_NOFILE of this process, at most
@@ -232,6 +248,8 @@ func (c *Config) haproxySections() (haproxycfg.Global, haproxycfg.Defaults) {
 			HardStopAfter: c.HardStopAfter,
 			MaxOldWorkers: c.MaxOldWorkers,
 			PeerPort:      uint16(c.DispatchPort + 1),
+			// Validated: off or an address.
+			PrometheusExporter: c.prometheusExporter(),
 		}, haproxycfg.Defaults{
 			TimeoutConnect: c.TimeoutConnect,
 			TimeoutClient:  c.TimeoutClient,
@@ -276,6 +294,9 @@ func (c *Config) Validate() error {
 	if c.MaxOldWorkers < 0 {
 		return fmt.Errorf("haproxy.maxOldWorkers: %d is negative", c.MaxOldWorkers)
 	}
+	if err := ValidatePrometheusExporterAddress(c.PrometheusExporterAddress); err != nil {
+		return fmt.Errorf("haproxy.prometheusExporterAddress: %w", err)
+	}
 	if c.HardStopAfter < 0 {
 		return fmt.Errorf("haproxy.hardStopAfter: %v is negative", c.HardStopAfter)
 	}
@@ -296,3 +317,25 @@ func (c *Config) Validate() error {
 // delegating reports whether UDP and SCTP service ports go to the nftables
 // proxier.
 func (c *Config) delegating() bool { return c.DelegateNonTCP != nil && *c.DelegateNonTCP }
+
+// ValidatePrometheusExporterAddress accepts PrometheusExporterOff or an
+// IP:port with a port (IPv6 in brackets), as HAProxy's bind line takes it.
+func ValidatePrometheusExporterAddress(addr string) error {
+	if addr == PrometheusExporterOff {
+		return nil
+	}
+	a, err := netip.ParseAddrPort(addr)
+	if err != nil || a.Port() == 0 || a.Addr().Zone() != "" {
+		return fmt.Errorf("%q is not %q nor an IP:port with a port", addr, PrometheusExporterOff)
+	}
+	return nil
+}
+
+// prometheusExporter is the exporter's address; invalid when off.
+func (c *Config) prometheusExporter() netip.AddrPort {
+	a, err := netip.ParseAddrPort(c.PrometheusExporterAddress)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}

@@ -663,7 +663,7 @@ func (p *Proxier) takenNodePorts(nodePortAddresses []netip.Addr) map[uint16]bool
 	}
 	taken := map[uint16]bool{}
 	for port, addrs := range listening {
-		if int(port) == p.cfg.DispatchPort || int(port) == p.cfg.DispatchPort+1 {
+		if int(port) == p.cfg.DispatchPort || int(port) == p.cfg.DispatchPort+1 || port == p.global.PrometheusExporter.Port() {
 			continue // HAProxy's own listeners
 		}
 		for _, a := range addrs {

@@ -17,7 +17,8 @@ import (
 // settings; -update rewrites the listing.
 func TestReadmeListsTheRenderedConfig(t *testing.T) {
 	c := &haproxycfg.Config{
-		Global:   haproxycfg.Global{MaxConn: 32667, NBThread: 2, StatsSocket: "/var/run/kube-haproxy/haproxy.sock", MaxOldWorkers: 5, PeerPort: 10401},
+		Global: haproxycfg.Global{MaxConn: 32667, NBThread: 2, StatsSocket: "/var/run/kube-haproxy/haproxy.sock", MaxOldWorkers: 5, PeerPort: 10401,
+			PrometheusExporter: netip.MustParseAddrPort("127.0.0.1:10402")},
 		Defaults: haproxycfg.Defaults{TimeoutConnect: 2 * time.Second, TimeoutClient: time.Hour, TimeoutServer: time.Hour},
 		Dispatchers: []*haproxycfg.Dispatcher{{
 			Listen:           netip.MustParseAddrPort("0.0.0.0:10400"),

@@ -44,6 +44,10 @@ type Global struct {
 	// session-affinity tables from the old one over it, so affinity
 	// survives a reload.
 	PeerPort uint16
+	// PrometheusExporter, when set, is where HAProxy's built-in Prometheus
+	// exporter serves HAProxy's own metrics (GET /metrics). A fixed part
+	// of haproxy.cfg: no Service change touches it.
+	PrometheusExporter netip.AddrPort
 }
 
 // Defaults is the defaults section. Mode is always tcp: Services are L4.

@@ -46,7 +46,25 @@ func Render(c *Config) ([]byte, error) {
 		renderDispatcher(&b, d, c.Global.PeerPort != 0)
 		renderChecks(&b, d)
 	}
+	renderPrometheusExporter(&b, c.Global.PrometheusExporter)
 	return b.Bytes(), nil
+}
+
+// PrometheusFrontend is the frontend of HAProxy's Prometheus exporter.
+const PrometheusFrontend = "prometheus"
+
+// renderPrometheusExporter writes the frontend that serves HAProxy's own
+// metrics (the exporter HAProxy is built with, USE_PROMEX) at addr.
+func renderPrometheusExporter(b *bytes.Buffer, addr netip.AddrPort) {
+	if !addr.IsValid() {
+		return
+	}
+	b.WriteString("\n# HAProxy's own metrics for Prometheus (its built-in exporter): GET /metrics.\n")
+	b.WriteString("frontend " + PrometheusFrontend + "\n")
+	line(b, "mode", "http")
+	line(b, "bind", FormatAddrPort(addr.Addr(), addr.Port()), "name", PrometheusFrontend)
+	line(b, "http-request", "use-service", "prometheus-exporter", "if", "{", "path", "/metrics", "}")
+	line(b, "http-request", "return", "status", "404")
 }
 
 // renderDispatcher writes the frontend, the endpoint backend and the
@@ -347,10 +365,13 @@ func line(b *bytes.Buffer, words ...string) {
 }
 
 // Listeners counts the listening sockets of c: two per dispatcher (its
-// listener and its retry socket), and the local peer.
+// listener and its retry socket), the local peer and the exporter.
 func (c *Config) Listeners() int {
 	n := 2 * len(c.Dispatchers)
 	if c.Global.PeerPort != 0 {
+		n++
+	}
+	if c.Global.PrometheusExporter.IsValid() {
 		n++
 	}
 	return n

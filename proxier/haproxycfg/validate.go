@@ -209,6 +209,9 @@ func validateGlobal(g *Global) error {
 	if g.PIDFile != "" && !validPath(g.PIDFile) {
 		return fmt.Errorf("pidfile %q: must be an absolute path of [A-Za-z0-9._:/+@-]", g.PIDFile)
 	}
+	if a := g.PrometheusExporter; a.IsValid() && (a.Port() == 0 || a.Addr().Zone() != "") {
+		return fmt.Errorf("prometheus exporter %v: needs a port and an address without zone", a)
+	}
 	return nil
 }
 
