@@ -6,9 +6,9 @@
 // endpoints are entries of the dispatchers' map files, which the runtime
 // API changes in place ("add map", "set map", "del map"), in one batch over
 // one connection, ordered so that no connection ever meets an entry that
-// points at something not there yet (maps.go). After each batch the map
-// files are rewritten, so HAProxy's files and memory agree and a restarted
-// or reloaded HAProxy starts from today's Services.
+// points at something not there yet (maps.go). The map files are
+// rewritten after the batches, so HAProxy's files and memory agree and a
+// restarted or reloaded HAProxy starts from today's Services.
 //
 // The Applier keeps no copy of HAProxy's maps in steady state: it compares
 // the Service ports of the new model with those of the last model applied
@@ -17,7 +17,10 @@
 // ("show map") whenever HAProxy's content may differ from the last model:
 // after adopting a running HAProxy, after a failed batch, after HAProxy
 // restarted, and every FullReadInterval, which also repairs entries
-// someone changed by hand.
+// someone changed by hand (that periodic read comes after the change of
+// the sync that runs it has been sent). The map files on disk follow
+// HAProxy's memory within MapFilesLag, written by a timer, off the path
+// of the change; a reload writes them first.
 //
 // A change of haproxy.cfg (a setting, a new IP family) is rendered,
 // validated with "haproxy -c" together with the map files, written
@@ -82,6 +85,12 @@ type Options struct {
 	// FullReadInterval bounds how long the maps are trusted to equal the
 	// last model without reading them back.
 	FullReadInterval time.Duration
+	// MapFilesLag bounds how long the map files on disk may trail what
+	// the runtime API gave HAProxy (default DefaultMapFilesLag). A reload
+	// always writes them first; only a restarted HAProxy would start
+	// from older files, and the applier's read-back after a restart
+	// repairs that.
+	MapFilesLag time.Duration
 	// RetryBackoff is the first delay before the same rejected
 	// configuration is tried again; it doubles up to MaxRetryBackoff.
 	RetryBackoff, MaxRetryBackoff time.Duration
@@ -101,6 +110,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.FullReadInterval == 0 {
 		o.FullReadInterval = time.Minute
+	}
+	if o.MapFilesLag == 0 {
+		o.MapFilesLag = DefaultMapFilesLag
 	}
 	if o.RetryBackoff == 0 {
 		o.RetryBackoff = 10 * time.Second
@@ -141,8 +153,17 @@ type Applier struct {
 	// lastRead when the maps were last read or fully written.
 	applied  map[bool]*haproxycfg.Dispatcher
 	lastRead time.Time
+	// filesMu guards files, pendingFiles and flushTimer: the files are
+	// written after the runtime update, by a timer, so that writing
+	// megabytes of map text is not on the path of a change (see
+	// queueMapFiles). Lock order: mu, then filesMu.
+	filesMu sync.Mutex
 	// files writes each family's map files.
 	files map[bool]*mapFiles
+	// pendingFiles are the map files HAProxy's memory is ahead of, by
+	// family; flushTimer writes them.
+	pendingFiles map[bool]*pendingFiles
+	flushTimer   *time.Timer
 	// indexes validate each family's Service ports.
 	indexes map[bool]*portIndex
 	// rejectedKey/rejectedErr/retryAt/backoff remember the last rejected
@@ -174,15 +195,19 @@ func New(opts Options) (*Applier, error) {
 		applied: map[bool]*haproxycfg.Dispatcher{},
 		files:   map[bool]*mapFiles{},
 		indexes: map[bool]*portIndex{},
+
+		pendingFiles: map[bool]*pendingFiles{},
 	}, nil
 }
 
 // Stop makes the Applier leave HAProxy alone from now on, as when
-// kube-proxy shuts down: HAProxy keeps serving what it has.
+// kube-proxy shuts down: HAProxy keeps serving what it has, and the map
+// files are brought up to date with it.
 func (a *Applier) Stop() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.stopped = true
+	a.FlushMapFiles()
 }
 
 // Reloads returns how many reloads (and starts) this Applier made.
@@ -264,11 +289,17 @@ func (a *Applier) syncLocked(ctx context.Context, fullRead bool) error {
 	}
 
 	if a.started && key == a.loadedKey {
-		now := a.opts.Clock.Now()
-		if fullRead || now.Sub(a.lastRead) >= a.opts.FullReadInterval {
+		if fullRead {
 			clear(a.applied)
 		}
 		err := a.runtimeUpdate(ctx, want, false)
+		if err == nil && a.opts.Clock.Now().Sub(a.lastRead) >= a.opts.FullReadInterval {
+			// The change is served; reading every map back (megabytes
+			// at 10,000 Services) and repairing what differs comes
+			// after it, not before.
+			clear(a.applied)
+			err = a.runtimeUpdate(ctx, want, false)
+		}
 		if err == nil {
 			return nil
 		}

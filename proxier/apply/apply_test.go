@@ -134,11 +134,14 @@ type recordingRuntime struct {
 	showMaps int
 	// checkOrder enables the replay.
 	checkOrder bool
+	// readsAtRun is showMaps at each batch.
+	readsAtRun []int
 }
 
 func (r *recordingRuntime) Run(ctx context.Context, b *runtimeapi.Batch) error {
 	r.mu.Lock()
 	check := r.checkOrder
+	r.readsAtRun = append(r.readsAtRun, r.showMaps)
 	r.mu.Unlock()
 	if check {
 		r.replay(b.Commands())
@@ -322,6 +325,9 @@ func (h *harness) newApplier(families []v1.IPFamily, logger klog.Logger) *Applie
 		Logger:          logger,
 	})
 	require.NoError(h.t, err)
+	// Before the test's directory goes: the map files are written by a
+	// timer.
+	h.t.Cleanup(a.Stop)
 	return a
 }
 
@@ -426,6 +432,7 @@ func wantEntries(d *haproxycfg.Dispatcher) (services, endpoints []runtimeapi.Map
 // restarted HAProxy serves the same).
 func (h *harness) requireServes(c *haproxycfg.Config) {
 	h.t.Helper()
+	h.a.FlushMapFiles()
 	for _, d := range c.Dispatchers {
 		services, endpoints, sources := wantEntries(d)
 		require.ElementsMatch(h.t, services, h.api.Map(d.ServicesMap()), "services map in HAProxy")
@@ -878,6 +885,21 @@ func TestFullReadInterval(t *testing.T) {
 	assert.NotZero(t, h.rt.reads())
 	h.requireServes(c)
 	assert.Equal(t, 0, h.proc.reloads)
+
+	// When the interval ends with a change, the change goes first: its
+	// batch is sent before any map is read back.
+	h.clock.Step(time.Minute)
+	reads := h.rt.reads()
+	h.rt.mu.Lock()
+	h.rt.readsAtRun = nil
+	h.rt.mu.Unlock()
+	c = h.config(port(1, "10.1.0.2:8080"))
+	require.NoError(t, h.apply(c))
+	assert.Greater(t, h.rt.reads(), reads, "the maps were read back")
+	h.rt.mu.Lock()
+	assert.Equal(t, []int{reads}, h.rt.readsAtRun, "one batch, sent before the read-back (which found nothing to repair)")
+	h.rt.mu.Unlock()
+	h.requireServes(c)
 }
 
 // A new proxier process adopts the running HAProxy: no start, no reload;
@@ -956,6 +978,7 @@ func TestMaxConnFitsTheFileLimit(t *testing.T) {
 		Validate: func(context.Context, string) error { return nil }, FileLimit: 1024, Clock: h.clock, Logger: logger,
 		Recorder: h.recorder, NodeName: "node-1"})
 	require.NoError(t, err)
+	t.Cleanup(a.Stop)
 	c := h.config(port(1, "10.1.0.1:8080"))
 	c.Global.MaxConn = 0
 	c.Global.PeerPort = 10401 // binds: the dispatcher, its retry socket and the peer
@@ -1205,5 +1228,31 @@ func TestReloadWhileHAProxyIsDown(t *testing.T) {
 
 	require.NoError(t, h.apply(c), "tried again at once")
 	assert.Equal(t, 1, h.proc.reloads)
+	h.requireServes(c)
+}
+
+// TestMapFilesFollowWithinTheLag: after a runtime update HAProxy's memory
+// is ahead of the map files on disk; the files catch up within
+// MapFilesLag, with no call from the proxier, and at once on Stop.
+func TestMapFilesFollowWithinTheLag(t *testing.T) {
+	h := newHarness(t)
+	h.a.opts.MapFilesLag = 500 * time.Millisecond
+	onDisk := func(c *haproxycfg.Config) string {
+		b, err := os.ReadFile(c.Dispatchers[0].EndpointsMap())
+		require.NoError(t, err)
+		return string(b)
+	}
+	require.NoError(t, h.apply(h.config(port(1, "10.1.0.1:8080"))))
+	c := h.config(port(1, "10.1.0.2:8080"))
+	require.NoError(t, h.apply(c))
+	assert.Contains(t, onDisk(c), "10.1.0.1|8080", "the files trail HAProxy right after the update")
+	assert.Contains(t, fmt.Sprint(h.api.Map(c.Dispatchers[0].EndpointsMap())), "10.1.0.2|8080")
+	require.Eventually(t, func() bool { return strings.Contains(onDisk(c), "10.1.0.2|8080") }, 5*time.Second, 20*time.Millisecond,
+		"the files caught up within the lag")
+
+	c = h.config(port(1, "10.1.0.3:8080"))
+	require.NoError(t, h.apply(c))
+	h.a.Stop()
+	assert.Contains(t, onDisk(c), "10.1.0.3|8080", "Stop writes what trails")
 	h.requireServes(c)
 }

@@ -221,6 +221,7 @@ func (s *stack) connect() {
 		Logger:     s.logger,
 	})
 	require.NoError(s.t, err)
+	s.t.Cleanup(a.Stop)
 	s.a = a
 }
 

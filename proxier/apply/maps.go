@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
 	"kube-haproxy.io/kube-haproxy/proxier/runtimeapi"
@@ -382,7 +383,7 @@ func (a *Applier) runtimeUpdate(ctx context.Context, want *haproxycfg.Config, lo
 		// After a full read the files are written whole: whoever changed
 		// HAProxy's maps may have changed the files too.
 		if p.full || !p.diff.empty() {
-			a.writeMaps(p.d, p.full || !p.diff.services.empty(), p.full || !p.diff.endpoints.empty(), p.full || !p.diff.sources.empty())
+			a.queueMapFiles(p.d, p.full || !p.diff.services.empty(), p.full || !p.diff.endpoints.empty(), p.full || !p.diff.sources.empty())
 		}
 		a.applied[p.d.IPv6] = p.d
 		setMapEntries(p.d)
@@ -426,20 +427,67 @@ func familyLabel(d *haproxycfg.Dispatcher) string {
 	return "IPv4"
 }
 
-// writeMaps writes the chosen files of d. The runtime API has already
-// changed HAProxy's memory, so a failure here only means a restarted
-// HAProxy starts from older files; it is logged, and the next full read
-// (after a restart, or FullReadInterval) repairs the difference.
-func (a *Applier) writeMaps(d *haproxycfg.Dispatcher, services, endpoints, sources bool) {
-	if err := a.mapFilesOf(d).write(d, services, endpoints, sources, false); err != nil {
-		a.logger.Error(err, "Writing HAProxy's map files failed", "dir", d.MapDir)
+// DefaultMapFilesLag is Options.MapFilesLag's default. Under steady
+// churn the files are rewritten about once per lag, each time whole (at
+// 10,000 Service ports of 10 endpoints, megabytes).
+const DefaultMapFilesLag = time.Second
+
+// pendingFiles are the map files of a family that trail HAProxy's memory:
+// d is the latest dispatcher HAProxy was given, the flags say which
+// files differ.
+type pendingFiles struct {
+	d                            *haproxycfg.Dispatcher
+	services, endpoints, sources bool
+}
+
+// queueMapFiles notes that the chosen files of d trail HAProxy, which the
+// runtime API has already changed; they are written within MapFilesLag,
+// together with every change queued until then. A failure to write only
+// means a restarted HAProxy starts from older files: it is logged, and
+// the read-back after the restart repairs the difference. d is not
+// modified after Apply (the proxier hands in new objects), so the timer
+// may read it later.
+func (a *Applier) queueMapFiles(d *haproxycfg.Dispatcher, services, endpoints, sources bool) {
+	a.filesMu.Lock()
+	defer a.filesMu.Unlock()
+	p := a.pendingFiles[d.IPv6]
+	if p == nil {
+		p = &pendingFiles{}
+		a.pendingFiles[d.IPv6] = p
 	}
+	p.d = d
+	p.services = p.services || services
+	p.endpoints = p.endpoints || endpoints
+	p.sources = p.sources || sources
+	if a.flushTimer == nil {
+		a.flushTimer = time.AfterFunc(a.opts.MapFilesLag, a.FlushMapFiles)
+	}
+}
+
+// FlushMapFiles writes the map files that trail HAProxy now.
+func (a *Applier) FlushMapFiles() {
+	a.filesMu.Lock()
+	defer a.filesMu.Unlock()
+	if a.flushTimer != nil {
+		a.flushTimer.Stop()
+		a.flushTimer = nil
+	}
+	for _, p := range a.pendingFiles {
+		if err := a.mapFilesOf(p.d).write(p.d, p.services, p.endpoints, p.sources, false); err != nil {
+			a.logger.Error(err, "Writing HAProxy's map files failed", "dir", p.d.MapDir)
+		}
+	}
+	clear(a.pendingFiles)
 }
 
 // writeAllMaps writes every map file of want durably, before a reload
 // makes HAProxy read them.
 func (a *Applier) writeAllMaps(want *haproxycfg.Config) error {
+	a.filesMu.Lock()
+	defer a.filesMu.Unlock()
 	for _, d := range want.Dispatchers {
+		// want is newer than what is queued.
+		delete(a.pendingFiles, d.IPv6)
 		if err := os.MkdirAll(d.MapDir, 0o750); err != nil {
 			return err
 		}
@@ -450,7 +498,8 @@ func (a *Applier) writeAllMaps(want *haproxycfg.Config) error {
 	return nil
 }
 
-// mapFilesOf returns the map file writer of d's family.
+// mapFilesOf returns the map file writer of d's family. filesMu must be
+// held.
 func (a *Applier) mapFilesOf(d *haproxycfg.Dispatcher) *mapFiles {
 	m := a.files[d.IPv6]
 	if m == nil {
