@@ -471,8 +471,14 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 
 	// Phase 3: translate Services and endpoints into the model.
 	// Only the service ports whose Service or endpoints changed are
-	// translated again.
-	res := p.translator.Translate(opts, p.svcPortMap, p.endpointsMap)
+	// translated again; when no Service changed, those of the Services
+	// whose endpoints changed are found without looking at the others.
+	var res *translate.Result
+	if serviceUpdateResult.UpdatedServices.Len() == 0 {
+		res = p.translator.TranslateEndpointChanges(opts, p.svcPortMap, p.endpointsMap, endpointUpdateResult.UpdatedServices)
+	} else {
+		res = p.translator.Translate(opts, p.svcPortMap, p.endpointsMap)
+	}
 	p.reportSkipped(res)
 	ports := res.ServicePorts
 	if nodePortsNowhere {

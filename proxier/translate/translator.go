@@ -1,11 +1,15 @@
 package translate
 
 import (
+	"cmp"
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/kubernetes/pkg/proxy"
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
@@ -70,6 +74,56 @@ func (t *Translator) Translate(opts Options, services proxy.ServicePortMap, endp
 		t.ports = append(t.ports, old[n])
 	}
 	res, _ := t.translate(services, endpoints)
+	return res
+}
+
+// TranslateEndpointChanges is Translate for a sync in which no Service
+// was added, changed or removed, and only the endpoints of the Services in
+// changed may differ from the last call (upstream's
+// UpdateServiceMapResult was empty, and changed is the
+// UpdateEndpointsMapResult's UpdatedServices). It translates again only
+// the service ports of those Services, found by binary search, so an
+// endpoint change costs work in proportion to its Service and a copy of
+// the list of translations, not a lookup of every Service. When the
+// options or the Services are not those of the last call, it is
+// Translate.
+func (t *Translator) TranslateEndpointChanges(opts Options, services proxy.ServicePortMap, endpoints proxy.EndpointsMap, changed sets.Set[types.NamespacedName]) *Result {
+	if t.ports == nil || len(t.names) != len(services) || !sameOptions(opts, t.opts) ||
+		!maps.Equal(opts.TakenNodePorts, t.opts.TakenNodePorts) {
+		return t.Translate(opts, services, endpoints)
+	}
+	t.opts.TakenNodePorts = opts.TakenNodePorts
+	t.opts.RoutedHere = opts.RoutedHere
+	for nn := range changed {
+		i, _ := slices.BinarySearchFunc(t.names, nn, func(n proxy.ServicePortName, nn types.NamespacedName) int {
+			return cmp.Or(strings.Compare(n.Namespace, nn.Namespace), strings.Compare(n.Name, nn.Name))
+		})
+		for ; i < len(t.names) && t.names[i].NamespacedName == nn; i++ {
+			name, pt := t.names[i], t.ports[i]
+			svc, ok := services[name]
+			if !ok || pt == nil || pt.svc != svc {
+				// Not the Services of the last call after all.
+				return t.Translate(opts, services, endpoints)
+			}
+			eps := endpoints[name]
+			if sameEndpoints(pt.eps, eps) {
+				continue
+			}
+			// The Service is unchanged, so its listeners meet the owners
+			// they met last time: those claims are all it needs to see.
+			listeners := make(map[string]string, len(pt.claims))
+			for _, c := range pt.claims {
+				if c.owner != "" {
+					listeners[c.key] = c.owner
+				}
+			}
+			t.ports[i] = translatePort(t.opts, name, svc, eps, listeners)
+		}
+	}
+	res := &Result{ServicePorts: make([]*haproxycfg.ServicePort, 0, len(t.ports))}
+	for _, pt := range t.ports {
+		res.add(&pt.res)
+	}
 	return res
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/kubernetes/pkg/proxy"
 	"k8s.io/utils/ptr"
 
@@ -39,9 +40,8 @@ func newTrackedMaps() *trackedMaps {
 	}
 }
 
-func (m *trackedMaps) update() {
-	m.sm.Update(m.sct)
-	m.em.Update(m.ect)
+func (m *trackedMaps) update() (proxy.UpdateServiceMapResult, proxy.UpdateEndpointsMapResult) {
+	return m.sm.Update(m.sct), m.em.Update(m.ect)
 }
 
 // setService adds or replaces Service ns/name.
@@ -248,6 +248,10 @@ func TestTranslatorRandomChanges(t *testing.T) {
 	}
 
 	var tr Translator
+	// endpointsOnly is a Translator called as the proxier calls it: with
+	// the changed Services when only endpoints changed.
+	var endpointsOnly Translator
+	incremental := 0
 	// inputs of each service port at the last sync, and its translation.
 	type state struct {
 		svc     proxy.ServicePort
@@ -278,10 +282,18 @@ func TestTranslatorRandomChanges(t *testing.T) {
 				opts.TakenNodePorts = taken
 			}
 		}
-		m.update()
+		services, endpoints := m.update()
 		got := tr.Translate(opts, m.sm, m.em)
 		require.Equal(t, Translate(opts, m.sm, m.em), got, "step %d", step)
 		dispatcher(t, opts, got)
+		var gotIncremental *Result
+		if services.UpdatedServices.Len() == 0 {
+			incremental++
+			gotIncremental = endpointsOnly.TranslateEndpointChanges(opts, m.sm, m.em, endpoints.UpdatedServices)
+		} else {
+			gotIncremental = endpointsOnly.Translate(opts, m.sm, m.em)
+		}
+		require.Equal(t, got, gotIncremental, "step %d", step)
 
 		// A service port is translated again only when its Service, its
 		// endpoints, or what it was refused changed.
@@ -314,7 +326,12 @@ func TestTranslatorRandomChanges(t *testing.T) {
 		for i := range got.ServicePorts {
 			require.Same(t, got.ServicePorts[i], again.ServicePorts[i], "step %d", step)
 		}
+		again = endpointsOnly.TranslateEndpointChanges(opts, m.sm, m.em, nil)
+		for i := range gotIncremental.ServicePorts {
+			require.Same(t, gotIncremental.ServicePorts[i], again.ServicePorts[i], "step %d", step)
+		}
 	}
+	require.Greater(t, incremental, 30, "steps that changed endpoints only")
 }
 
 // BenchmarkTranslatorEndpointChange: one endpoint of one Service changes
@@ -338,6 +355,31 @@ func BenchmarkTranslatorEndpointChange(b *testing.B) {
 		em[name] = append([]proxy.Endpoint(nil), variants[i%2]...)
 		i++
 		if res := tr.Translate(opts, sm, em); len(res.ServicePorts) != 10000 {
+			b.Fatalf("got %d service ports", len(res.ServicePorts))
+		}
+	}
+}
+
+// BenchmarkTranslatorEndpointChangeOnly: the same change, with the
+// proxier's knowledge that only this Service's endpoints changed.
+func BenchmarkTranslatorEndpointChangeOnly(b *testing.B) {
+	sm, em := benchmarkMaps(10000, 10)
+	opts := options(v1.IPv4Protocol)
+	var tr Translator
+	tr.Translate(opts, sm, em)
+	var name proxy.ServicePortName
+	for n := range em {
+		name = n
+		break
+	}
+	changed := sets.New(name.NamespacedName)
+	variants := [2][]proxy.Endpoint{em[name], em[name][1:]}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		em[name] = append([]proxy.Endpoint(nil), variants[i%2]...)
+		i++
+		if res := tr.TranslateEndpointChanges(opts, sm, em, changed); len(res.ServicePorts) != 10000 {
 			b.Fatalf("got %d service ports", len(res.ServicePorts))
 		}
 	}
