@@ -99,7 +99,13 @@ func newFamilyProxier(ctx context.Context, family v1.IPFamily, cfg Config, appli
 		}
 		d.delegate = delegate
 	}
-	return newProxier(ctx, family, cfg, d)
+	p, err := newProxier(ctx, family, cfg, d)
+	if err == nil {
+		// At 0 from the start (once registered), like apply's counters: a
+		// dashboard sees the first failure (docs/observability.md).
+		syncFailuresTotal.WithLabelValues(string(family))
+	}
+	return p, err
 }
 
 // CleanupLeftovers removes what the haproxy mode created on this host (HAProxy

@@ -40,7 +40,7 @@ var (
 		&metrics.CounterOpts{
 			Subsystem:      "kubeproxy",
 			Name:           "haproxy_config_rejected_total",
-			Help:           "Cumulative number of HAProxy configurations not loaded, by reason (model, validation, reload, start, binary); the last good configuration keeps serving",
+			Help:           "Cumulative number of HAProxy configurations not loaded, by reason (model, binary, file-limit, validation, reload, start); the last good configuration keeps serving",
 			StabilityLevel: metrics.ALPHA,
 		},
 		[]string{"reason"},
@@ -103,5 +103,16 @@ func registerMetrics() {
 		legacyregistry.MustRegister(runtimeCommandsTotal)
 		legacyregistry.MustRegister(mapEntries)
 		legacyregistry.MustRegister(RestartsTotal)
+		// Every known label value from the start, at 0: a dashboard's
+		// rate() sees the first rejection or failed reload, and a scrape
+		// shows each series before anything happened (docs/observability.md).
+		for _, reason := range []string{"model", "binary", "file-limit", "validation", "reload", "start"} {
+			configRejectedTotal.WithLabelValues(reason)
+		}
+		for _, result := range []string{"success", "failed"} {
+			reloadsTotal.WithLabelValues(result)
+			runtimeUpdatesTotal.WithLabelValues(result)
+			RestartsTotal.WithLabelValues(result)
+		}
 	})
 }
