@@ -82,6 +82,13 @@ func TestLocalUpDown(t *testing.T) {
 		`exec 3<>/dev/tcp/192.0.2.10/80 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && timeout 5 cat <&3`).CombinedOutput()
 	require.NoError(t, err, string(answer))
 	assert.Contains(t, string(answer), `"name":"demo-node`)
+	// So does the printed explain of the demo Service.
+	assert.Contains(t, out, "ip netns exec "+netns.Prefix+first+"-1-node1 curl -s http://127.0.0.1:10249/haproxy/explain/default/demo")
+	explained, err := exec.Command("ip", "netns", "exec", netns.Prefix+first+"-1-node1", "bash", "-c",
+		`exec 3<>/dev/tcp/127.0.0.1/10249 && printf 'GET /haproxy/explain/default/demo HTTP/1.0\r\n\r\n' >&3 && timeout 5 cat <&3`).CombinedOutput()
+	require.NoError(t, err, string(explained))
+	assert.Contains(t, string(explained), "port http 80/TCP: default.demo:http:tcp")
+	assert.Contains(t, string(explained), "port echo 53/UDP: not served by HAProxy: HAProxy proxies TCP only; served by upstream's nftables proxier on this host")
 
 	out, err = script(t, dir, "local-up")
 	require.NoError(t, err, out)

@@ -192,14 +192,16 @@ func (c *Cluster) demoHelp(client *Pod) string {
 		fmt.Fprintf(&b, "  %s --kubeconfig %s get service demo-lb-class   # its ingress IP (%s), from lb-controller\n", kubectl, c.Kubeconfig, IngressPrefix)
 		fmt.Fprintf(&b, "  ip netns exec %s ip -br addr show eth0                       # which load balancer holds %s\n", c.LBs[0].NS.Name, LBVIP)
 	}
-	haproxyHost := ""
+	haproxyHost, haproxyNS := "", ""
 	if c.Opts.Mode == ModeHAProxy {
-		haproxyHost = c.Nodes[0].Name
+		haproxyHost, haproxyNS = c.Nodes[0].Name, c.Nodes[0].NS.Name
 	}
 	if len(c.LBs) > 0 {
-		haproxyHost = c.LBs[0].Name
+		haproxyHost, haproxyNS = c.LBs[0].Name, c.LBs[0].NS.Name
 	}
 	if haproxyHost != "" {
+		fmt.Fprintf(&b, "  ip netns exec %s curl -s http://127.0.0.1:10249/haproxy/explain/default/demo   # where traffic for default/demo goes (?format=json for scripts)\n", haproxyNS)
+		fmt.Fprintf(&b, "  ip netns exec %s curl -s http://127.0.0.1:10402/metrics                        # HAProxy's own metrics (kube-proxy's: :10249/metrics)\n", haproxyNS)
 		fmt.Fprintf(&b, "  cat %s/%s/haproxy/haproxy.cfg                                # HAProxy's settings and its one listener\n", c.Opts.Dir, haproxyHost)
 		fmt.Fprintf(&b, "  cat %s/%s/haproxy/services-ipv4.map                          # every Service address it dispatches\n", c.Opts.Dir, haproxyHost)
 		fmt.Fprintf(&b, "  cat %s/%s/haproxy/endpoints-ipv4.map                         # and their endpoints\n", c.Opts.Dir, haproxyHost)
