@@ -175,6 +175,8 @@ func match(want, have string, ok bool, read bool) explain.Match {
 func (p *Proxier) explainPort(pf portFacts, applied *appliedLog, l *live, checker *endpointcheck.Checker, zone string) explain.Port {
 	svc := pf.svc
 	port := explain.Port{
+		Dispatch:              []explain.DispatchEntry{},
+		Sets:                  []explain.Set{},
 		Port:                  pf.name.Port,
 		Number:                svc.Port(),
 		Protocol:              string(svc.Protocol()),
