@@ -221,3 +221,78 @@ func TestExplainHandler(t *testing.T) {
 		assert.NotContains(t, body, "\nb", "the request is not echoed")
 	}
 }
+
+// Each reason, in upstream's order: readiness, then the node of a Local
+// set, then terminating, then what this proxier adds.
+func TestExplainExclusionReasons(t *testing.T) {
+	for _, tc := range []struct {
+		policy string
+		ep     explain.Endpoint
+		valid  bool
+		want   explain.Reason
+	}{
+		{"Cluster", explain.Endpoint{Ready: true, Serving: true}, false, explain.BadAddress},
+		{"Local", explain.Endpoint{Terminating: true}, true, explain.NotReady},
+		{"Local", explain.Endpoint{Serving: true, Terminating: true}, true, explain.OtherNode},
+		{"Local", explain.Endpoint{Local: true, Serving: true, Terminating: true}, true, explain.Terminating},
+		{"Cluster", explain.Endpoint{Ready: true, Serving: true, Check: &explain.Check{Down: true}}, true, explain.FailingCheck},
+		{"Cluster", explain.Endpoint{Ready: true, Serving: true, ZoneHints: []string{"zone-b"}}, true, explain.Topology},
+		{"Cluster", explain.Endpoint{Ready: true, Serving: true}, true, explain.Pending},
+	} {
+		x := exclusion(tc.policy, tc.ep, tc.valid, "zone-a")
+		assert.Equal(t, tc.want, x.Reason, "%+v", tc.ep)
+		assert.Equal(t, tc.policy, x.Policy)
+		assert.NotEmpty(t, x.Detail)
+	}
+	x := exclusion("Cluster", explain.Endpoint{Ready: true, Serving: true, ZoneHints: []string{"zone-b"}}, true, "zone-a")
+	assert.Equal(t, `topology hints for zones [zone-b] nodes [], this node's zone "zone-a"`, x.Detail)
+}
+
+// A dual-stack Service is explained in both families, each from its own
+// proxier and model.
+func TestExplainDualStack(t *testing.T) {
+	applier := newFakeApplier()
+	log := newAppliedLog(applier, nil)
+	p4, _, _ := newFakeProxierWithApplier(t, v1.IPv4Protocol, applier)
+	p6, _, _ := newFakeProxierWithApplier(t, v1.IPv6Protocol, applier)
+	svc := makeTestService("ns1", "svc1", func(svc *v1.Service) {
+		svc.Spec.ClusterIP = "172.30.0.41"
+		svc.Spec.ClusterIPs = []string{"172.30.0.41", "fd00::41"}
+		svc.Spec.IPFamilies = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+		svc.Spec.Ports = addTestPort(nil, "p80", v1.ProtocolTCP, 80, 0, 0)
+	})
+	for _, p := range []*Proxier{p4, p6} {
+		p.applier = log
+		makeServiceMap(p, svc)
+	}
+	populateEndpointSlices(p4, lbEndpoints(nil))
+	populateEndpointSlices(p6, makeTestEndpointSlice("ns1", "svc1", 2, func(eps *discovery.EndpointSlice) {
+		eps.AddressType = discovery.AddressTypeIPv6
+		eps.Endpoints = []discovery.Endpoint{endpoint("fd00:180::1", testHostname, nil, nil, nil)}
+		eps.Ports = []discovery.EndpointPort{tcpPort("p80", 80)}
+	}))
+	require.NoError(t, p4.syncProxyRules())
+	require.NoError(t, p6.syncProxyRules())
+
+	e := &explainer{proxiers: []*Proxier{p4, p6}, applied: log}
+	s, found := e.Explain(context.Background(), "ns1", "svc1")
+	require.True(t, found)
+	require.Len(t, s.Families, 2)
+	got := map[string][]string{}
+	for _, f := range s.Families {
+		require.Len(t, f.Ports, 1)
+		port := f.Ports[0]
+		assert.True(t, port.Served, f.Family)
+		for _, d := range port.Dispatch {
+			got[f.Family] = append(got[f.Family], d.Key)
+		}
+		for _, ep := range port.Endpoints {
+			got[f.Family] = append(got[f.Family], ep.Address+" "+strings.Join(ep.InSets, ","))
+		}
+	}
+	assert.Equal(t, map[string][]string{
+		"IPv4": {"172.30.0.41:80", "10.180.0.1:80 Cluster", "10.180.2.1:80 Cluster"},
+		"IPv6": {"[fd00::41]:80", "[fd00:180::1]:80 Cluster"},
+	}, got)
+	assert.Equal(t, "services-ipv6", s.Families[1].Frontend)
+}
