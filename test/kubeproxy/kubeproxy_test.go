@@ -43,6 +43,7 @@ func TestHelpListsHAProxyFlags(t *testing.T) {
 		"--haproxy-runtime-socket", "--haproxy-scope", "--haproxy-manage-process",
 		"--haproxy-service-proxy-name", "--haproxy-load-balancer-class",
 		"--haproxy-hard-stop-after", "--haproxy-max-old-workers", "--haproxy-dispatch-port",
+		"--haproxy-prometheus-exporter-address",
 	} {
 		require.Contains(t, out, flag)
 	}
@@ -106,6 +107,10 @@ func TestBadInputRefused(t *testing.T) {
 		"dispatch port without a peer port": {
 			args:  []string{"--haproxy-dispatch-port=65535"},
 			field: "KubeProxyConfiguration.HAProxy.DispatchPort",
+		},
+		"exporter address with a second line": {
+			args:  []string{"--haproxy-prometheus-exporter-address=127.0.0.1:9101\nfrontend x"},
+			field: "KubeProxyConfiguration.HAProxy.PrometheusExporterAddress",
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
