@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/kubernetes/pkg/proxy"
 	"k8s.io/utils/ptr"
@@ -338,31 +339,20 @@ func TestTranslatorRandomChanges(t *testing.T) {
 // among 10,000 Services x 10 endpoints; compare BenchmarkTranslate, the
 // whole translation.
 func BenchmarkTranslatorEndpointChange(b *testing.B) {
-	sm, em := benchmarkMaps(10000, 10)
-	opts := options(v1.IPv4Protocol)
-	var tr Translator
-	tr.Translate(opts, sm, em)
-	var name proxy.ServicePortName
-	for n := range em {
-		name = n
-		break
-	}
-	variants := [2][]proxy.Endpoint{em[name], em[name][1:]}
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		// A new slice, as the endpoints tracker makes at each change.
-		em[name] = append([]proxy.Endpoint(nil), variants[i%2]...)
-		i++
-		if res := tr.Translate(opts, sm, em); len(res.ServicePorts) != 10000 {
-			b.Fatalf("got %d service ports", len(res.ServicePorts))
-		}
-	}
+	benchmarkEndpointChange(b, func(tr *Translator, opts Options, sm proxy.ServicePortMap, em proxy.EndpointsMap, _ sets.Set[types.NamespacedName]) *Result {
+		return tr.Translate(opts, sm, em)
+	})
 }
 
 // BenchmarkTranslatorEndpointChangeOnly: the same change, with the
 // proxier's knowledge that only this Service's endpoints changed.
 func BenchmarkTranslatorEndpointChangeOnly(b *testing.B) {
+	benchmarkEndpointChange(b, (*Translator).TranslateEndpointChanges)
+}
+
+// benchmarkEndpointChange flips the endpoints of one Service among
+// 10,000 and translates with translate.
+func benchmarkEndpointChange(b *testing.B, translate func(*Translator, Options, proxy.ServicePortMap, proxy.EndpointsMap, sets.Set[types.NamespacedName]) *Result) {
 	sm, em := benchmarkMaps(10000, 10)
 	opts := options(v1.IPv4Protocol)
 	var tr Translator
@@ -377,9 +367,10 @@ func BenchmarkTranslatorEndpointChangeOnly(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
+		// A new slice, as the endpoints tracker makes at each change.
 		em[name] = append([]proxy.Endpoint(nil), variants[i%2]...)
 		i++
-		if res := tr.TranslateEndpointChanges(opts, sm, em, changed); len(res.ServicePorts) != 10000 {
+		if res := translate(&tr, opts, sm, em, changed); len(res.ServicePorts) != 10000 {
 			b.Fatalf("got %d service ports", len(res.ServicePorts))
 		}
 	}
