@@ -25,6 +25,7 @@ import (
 	"kube-haproxy.io/kube-haproxy/internal/kit/localcluster"
 	"kube-haproxy.io/kube-haproxy/internal/kit/netns"
 	"kube-haproxy.io/kube-haproxy/proxier"
+	"kube-haproxy.io/kube-haproxy/proxier/apply"
 )
 
 type scenario struct {
@@ -455,14 +456,18 @@ func headlessIgnored(t *testing.T, e *env) string {
 	servedBy(t, e.client.NS.Namespace, netip.Addr{}, "http://"+hostPort(svc.Spec.ClusterIP, 80)+"/", names(e.web...)...)
 	if e.haproxy() {
 		for host, dir := range e.haproxyDirs() {
-			// The Services are in the maps; haproxy.cfg has no Service.
+			// The Services are in the maps; haproxy.cfg has no Service. The
+			// map files follow HAProxy's memory within apply.DefaultMapFilesLag.
 			var state string
-			for _, f := range []string{"haproxy.cfg", "services-ipv4.map", "endpoints-ipv4.map"} {
-				b, err := os.ReadFile(filepath.Join(dir, f))
-				require.NoError(t, err)
-				state += string(b)
-			}
-			require.Contains(t, state, "default.after-headless", "the maps of %s are current", host)
+			require.Eventually(t, func() bool {
+				state = ""
+				for _, f := range []string{"haproxy.cfg", "services-ipv4.map", "endpoints-ipv4.map"} {
+					b, err := os.ReadFile(filepath.Join(dir, f))
+					require.NoError(t, err)
+					state += string(b)
+				}
+				return strings.Contains(state, "default.after-headless")
+			}, apply.DefaultMapFilesLag+5*time.Second, 50*time.Millisecond, "the map files of %s follow HAProxy within the lag", host)
 			assert.NotRegexp(t, `default[./]headless\b`, state, "%s has nothing for the headless Service", host)
 		}
 		return ""

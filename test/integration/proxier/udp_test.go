@@ -103,9 +103,18 @@ func TestUDPAndSCTPPortsAreServedByNFTables(t *testing.T) {
 	assert.NotContains(t, table, "Drop traffic to unallocated ClusterIPs", "the ServiceCIDRs are not handed to the nftables proxier")
 	// HAProxy's maps hold the TCP port of the DNS-like Service, and no
 	// UDP or SCTP port.
-	services, err := os.ReadFile(filepath.Join(cfg.StateDir, "services-ipv4.map"))
-	require.NoError(t, err)
-	assert.Contains(t, string(services), "default.dns:dns-tcp:tcp")
+	// The map files follow HAProxy's memory within a lag (apply.DefaultMapFilesLag).
+	var services []byte
+	eventually(t, "the DNS-like Service's TCP port in the map file", func() error {
+		var err error
+		if services, err = os.ReadFile(filepath.Join(cfg.StateDir, "services-ipv4.map")); err != nil {
+			return err
+		}
+		if !strings.Contains(string(services), "default.dns:dns-tcp:tcp") {
+			return fmt.Errorf("not in services-ipv4.map yet")
+		}
+		return nil
+	})
 	assert.NotContains(t, string(services), ":udp")
 	assert.NotContains(t, string(services), ":sctp")
 
