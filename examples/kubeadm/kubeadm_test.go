@@ -65,7 +65,7 @@ func TestKubeProxyLoadsExample(t *testing.T) {
 	require.Equal(t, "node", got.HAProxy.Scope)
 	require.True(t, got.HAProxy.ManageProcess)
 	require.Equal(t, "30s", got.HAProxy.SyncPeriod)
-	require.Equal(t, "1s", got.HAProxy.MinSyncPeriod)
+	require.Equal(t, "10ms", got.HAProxy.MinSyncPeriod)
 	require.Equal(t, []string{"primary"}, got.NodePortAddresses)
 }
 
