@@ -107,9 +107,8 @@ func (p *Proxier) explain(ctx context.Context, name types.NamespacedName, applie
 
 // live is what HAProxy's runtime API holds for a family.
 type live struct {
-	state     explain.RuntimeState
-	services  map[string]string
-	endpoints map[string]string
+	state    explain.RuntimeState
+	services map[string]string
 	// checks are the rows of the checks backend by server name.
 	checks map[string]runtimeapi.StatRow
 	// frontendSessions is the dispatcher's current connection count (-1:
@@ -137,12 +136,9 @@ func readLive(ctx context.Context, api runtimeapi.Interface, d *haproxycfg.Dispa
 		l.state.Error = err.Error()
 		return l
 	}
-	eps, err := api.ShowMap(ctx, d.EndpointsMap())
-	if err != nil {
-		l.state.Error = err.Error()
-		return l
-	}
-	l.services, l.endpoints = toMap(svcs), toMap(eps)
+	// The services map holds every set's count and generation too; the
+	// endpoints map (the large one) is not read.
+	l.services = toMap(svcs)
 	l.state.Read = true
 	// The checks backend and the frontend are informative: without them
 	// the maps still say what is served.
@@ -239,11 +235,13 @@ func (p *Proxier) explainPort(pf portFacts, applied *appliedLog, l *live, checke
 		if set.set == nil {
 			continue
 		}
-		want := strconv.Itoa(len(set.set.Endpoints))
-		have, found := l.endpoints[set.set.Name]
+		// The set's count and generation, in the services map.
+		want := set.set.SetValue()
+		have, found := l.services[set.set.Name]
 		n := -1
 		if found {
-			if v, err := strconv.Atoi(have); err == nil {
+			count, _, _ := strings.Cut(have, haproxycfg.FieldSeparator)
+			if v, err := strconv.Atoi(count); err == nil {
 				n = v
 			}
 		}

@@ -242,19 +242,23 @@ func checkConsistent(state map[string][]runtimeapi.MapEntry) error {
 		}
 		endpoints := filepath.Join(filepath.Dir(file), "endpoints-"+strings.TrimPrefix(base, "services-"))
 		for _, e := range entries {
+			if !haproxycfg.IsListenerKey(e.Key) {
+				continue
+			}
 			fields := strings.Split(e.Value, haproxycfg.FieldSeparator)
 			for _, set := range fields[:2] {
-				count, ok := lookup(endpoints, set)
+				value, ok := lookup(file, set)
 				if !ok {
 					return fmt.Errorf("%s points at endpoint set %s, which has no count", e.Key, set)
 				}
+				count, gen, _ := strings.Cut(value, haproxycfg.FieldSeparator)
 				n, err := strconv.Atoi(count)
-				if err != nil {
-					return fmt.Errorf("endpoint set %s: count %q", set, count)
+				if err != nil || gen == "" {
+					return fmt.Errorf("endpoint set %s: count and generation %q", set, value)
 				}
 				for i := range n {
-					if _, ok := lookup(endpoints, set+"/"+strconv.Itoa(i)); !ok {
-						return fmt.Errorf("%s: endpoint set %s counts %d endpoints but has no index %d", e.Key, set, n, i)
+					if _, ok := lookup(endpoints, set+"/"+gen+"/"+strconv.Itoa(i)); !ok {
+						return fmt.Errorf("%s: endpoint set %s counts %d endpoints in generation %s but has no index %d", e.Key, set, n, gen, i)
 					}
 				}
 			}
@@ -524,8 +528,8 @@ func TestServiceChangesWithoutReload(t *testing.T) {
 		}, func(t *testing.T, c *haproxycfg.Config, batch []string) {
 			d := c.Dispatchers[0]
 			assert.Len(t, batch, 4, "two endpoints, a count, a services entry; nothing for the unchanged ports")
-			eps := commandIndex(batch, "add map "+d.EndpointsMap()+" "+portName(3)+"/")
-			count := commandIndex(batch, "add map "+d.EndpointsMap()+" "+portName(3)+" 2")
+			eps := commandIndex(batch, "add map "+d.EndpointsMap()+" "+portName(3)+"/0/")
+			count := commandIndex(batch, "add map "+d.ServicesMap()+" "+portName(3)+" 2|0")
 			svc := commandIndex(batch, "add map "+d.ServicesMap()+" 10.96.0.3:80 ")
 			require.Len(t, eps, 2)
 			require.Len(t, count, 1)
@@ -538,8 +542,8 @@ func TestServiceChangesWithoutReload(t *testing.T) {
 				d := c.Dispatchers[0]
 				assert.Len(t, batch, 4)
 				svc := slices.Index(batch, "del map "+d.ServicesMap()+" 10.96.0.3:80")
-				count := slices.Index(batch, "del map "+d.EndpointsMap()+" "+portName(3))
-				eps := commandIndex(batch, "del map "+d.EndpointsMap()+" "+portName(3)+"/")
+				count := slices.Index(batch, "del map "+d.ServicesMap()+" "+portName(3))
+				eps := commandIndex(batch, "del map "+d.EndpointsMap()+" "+portName(3)+"/0/")
 				require.Len(t, eps, 2)
 				assert.Less(t, svc, count, "the Service entry before the count")
 				assert.Less(t, count, slices.Min(eps), "the count before the endpoints")
@@ -548,19 +552,32 @@ func TestServiceChangesWithoutReload(t *testing.T) {
 			return []*haproxycfg.ServicePort{port(1, "10.1.0.1:8080", "10.1.0.9:8080"), p2}
 		}, func(t *testing.T, c *haproxycfg.Config, batch []string) {
 			d := c.Dispatchers[0]
+			// A new generation beside the old one, the count switched to
+			// it, the old one deleted: no "set map" on the endpoints map,
+			// which HAProxy 2.6 does in time proportional to the map.
+			value := func(ep string) string {
+				return string(haproxycfg.EndpointValue(nil, netip.MustParseAddrPort(ep), haproxycfg.EndpointIDs(endpoints(ep))[0]))
+			}
+			require.Len(t, batch, 4)
+			assert.ElementsMatch(t, []string{
+				"add map " + d.EndpointsMap() + " " + portName(1) + "/1/0 " + value("10.1.0.1:8080"),
+				"add map " + d.EndpointsMap() + " " + portName(1) + "/1/1 " + value("10.1.0.9:8080"),
+			}, batch[:2])
 			assert.Equal(t, []string{
-				"add map " + d.EndpointsMap() + " " + portName(1) + "/1 " + string(haproxycfg.EndpointValue(nil, netip.MustParseAddrPort("10.1.0.9:8080"), haproxycfg.EndpointIDs(endpoints("10.1.0.9:8080"))[0])),
-				"set map " + d.EndpointsMap() + " " + portName(1) + " 2",
-			}, batch)
+				"set map " + d.ServicesMap() + " " + portName(1) + " 2|1",
+				"del map " + d.EndpointsMap() + " " + portName(1) + "/0/0",
+			}, batch[2:])
 		}},
 		{"endpoint removed", func() []*haproxycfg.ServicePort {
 			return []*haproxycfg.ServicePort{port(1, "10.1.0.9:8080"), p2}
 		}, func(t *testing.T, c *haproxycfg.Config, batch []string) {
 			d := c.Dispatchers[0]
-			require.Len(t, batch, 3)
-			assert.True(t, strings.HasPrefix(batch[0], "set map "+d.EndpointsMap()+" "+portName(1)+"/0 10.1.0.9|8080|"), batch[0])
-			assert.Equal(t, "set map "+d.EndpointsMap()+" "+portName(1)+" 1", batch[1])
-			assert.Equal(t, "del map "+d.EndpointsMap()+" "+portName(1)+"/1", batch[2], "the index goes once no count covers it")
+			require.Len(t, batch, 4)
+			assert.True(t, strings.HasPrefix(batch[0], "add map "+d.EndpointsMap()+" "+portName(1)+"/2/0 10.1.0.9|8080|"), batch[0])
+			assert.Equal(t, "set map "+d.ServicesMap()+" "+portName(1)+" 1|2", batch[1])
+			assert.ElementsMatch(t, []string{"del map " + d.EndpointsMap() + " " + portName(1) + "/1/0", "del map " + d.EndpointsMap() + " " + portName(1) + "/1/1"}, batch[2:],
+				"the old generation goes once no count points at it")
+			assert.Empty(t, commandIndex(batch, "set map "+d.EndpointsMap()))
 		}},
 		{"every endpoint gone", func() []*haproxycfg.ServicePort { return []*haproxycfg.ServicePort{port(1), p2} }, nil},
 		{"endpoints back", func() []*haproxycfg.ServicePort {
@@ -570,8 +587,10 @@ func TestServiceChangesWithoutReload(t *testing.T) {
 			return []*haproxycfg.ServicePort{withAffinity(port(1, "10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"), 3*time.Hour), p2}
 		}, func(t *testing.T, c *haproxycfg.Config, batch []string) {
 			d := c.Dispatchers[0]
-			assert.Len(t, commandIndex(batch, "add map "+d.EndpointsMap()+" "+portName(1)+"/ep"), 3)
-			assert.Equal(t, []int{len(batch) - 1}, commandIndex(batch, "set map "+d.ServicesMap()+" 10.96.0.1:80 "+portName(1)+"|"+portName(1)+"|reject|10800"))
+			assert.Len(t, commandIndex(batch, "add map "+d.EndpointsMap()+" "+portName(1)+"/5/ep"), 3)
+			svc := commandIndex(batch, "set map "+d.ServicesMap()+" 10.96.0.1:80 "+portName(1)+"|"+portName(1)+"|reject|10800")
+			require.Len(t, svc, 1)
+			assert.Less(t, slices.Max(commandIndex(batch, "add map "+d.EndpointsMap()+" "+portName(1)+"/5/ep")), svc[0], "the ids exist before the Service uses them")
 		}},
 		{"affinity endpoint change", func() []*haproxycfg.ServicePort {
 			return []*haproxycfg.ServicePort{withAffinity(port(1, "10.1.0.1:8080", "10.1.0.3:8080"), 3*time.Hour), p2}
@@ -580,8 +599,10 @@ func TestServiceChangesWithoutReload(t *testing.T) {
 			return []*haproxycfg.ServicePort{port(1, "10.1.0.1:8080", "10.1.0.3:8080"), p2}
 		}, func(t *testing.T, c *haproxycfg.Config, batch []string) {
 			d := c.Dispatchers[0]
-			assert.Len(t, commandIndex(batch, "del map "+d.EndpointsMap()+" "+portName(1)+"/ep"), 2)
-			assert.Equal(t, []int{0}, commandIndex(batch, "set map "+d.ServicesMap()+" 10.96.0.1:80 "+portName(1)+"|"+portName(1)+"|reject|0"),
+			assert.Len(t, commandIndex(batch, "del map "+d.EndpointsMap()+" "+portName(1)+"/6/ep"), 2)
+			svc := commandIndex(batch, "set map "+d.ServicesMap()+" 10.96.0.1:80 "+portName(1)+"|"+portName(1)+"|reject|0")
+			require.Len(t, svc, 1)
+			assert.Less(t, svc[0], slices.Min(commandIndex(batch, "del map "+d.EndpointsMap()+" "+portName(1)+"/6/ep")),
 				"the Service stops using the ids before they go")
 		}},
 		{"externalTrafficPolicy Local", func() []*haproxycfg.ServicePort {
@@ -785,12 +806,13 @@ func TestFailedBatchFallsBackToReload(t *testing.T) {
 	c := h.config(port(1, "10.1.0.1:8080", "10.1.0.2:8080"))
 	require.NoError(t, h.apply(c))
 	var b runtimeapi.Batch
-	b.DelMap(c.Dispatchers[0].EndpointsMap(), portName(1)+"/1")
+	b.DelMap(c.Dispatchers[0].EndpointsMap(), portName(1)+"/0/1")
 	require.NoError(t, h.api.Run(context.Background(), &b))
 	h.rt.checkOrder = false
 
 	failed := counterValue(t, "kubeproxy_haproxy_runtime_updates_total", "result", "failed")
-	// Changing index 1 is a "set map" of a key HAProxy no longer has.
+	// The change deletes the old generation, whose index 1 HAProxy no
+	// longer has.
 	c2 := h.config(port(1, "10.1.0.1:8080", "10.1.0.3:8080"))
 	require.NoError(t, h.apply(c2))
 	assert.Equal(t, 1, h.proc.reloads)
@@ -829,8 +851,8 @@ func TestResyncRepairsTheMaps(t *testing.T) {
 	var b runtimeapi.Batch
 	b.AddMap(d.ServicesMap(), "10.96.9.9:80", portName(1)+"|"+portName(1)+"|reject|0") // stale
 	b.AddMap(d.ServicesMap(), "10.96.0.2:80", "wrong|wrong|reject|0")                  // duplicated
-	b.SetMap(d.EndpointsMap(), portName(2)+"/1", "10.9.9.9|80|1")                      // changed
-	b.DelMap(d.EndpointsMap(), portName(1)+"/0")                                       // missing
+	b.SetMap(d.EndpointsMap(), portName(2)+"/0/1", "10.9.9.9|80|1")                    // changed
+	b.DelMap(d.EndpointsMap(), portName(1)+"/0/0")                                     // missing
 	b.AddACL(d.ClusterSourcesACL(), "10.10.0.0/16")                                    // stale
 	b.AddACL(d.ClusterSourcesACL(), "10.244.0.0/16")                                   // duplicated
 	require.NoError(t, h.api.Run(context.Background(), &b))
@@ -846,8 +868,8 @@ func TestResyncRepairsTheMaps(t *testing.T) {
 		"del map " + d.ServicesMap() + " 10.96.9.9:80",
 		"del map " + d.ServicesMap() + " 10.96.0.2:80",
 		"add map " + d.ServicesMap() + " 10.96.0.2:80 " + value(services, "10.96.0.2:80"),
-		"set map " + d.EndpointsMap() + " " + portName(2) + "/1 " + value(endpoints, portName(2)+"/1"),
-		"add map " + d.EndpointsMap() + " " + portName(1) + "/0 " + value(endpoints, portName(1)+"/0"),
+		"set map " + d.EndpointsMap() + " " + portName(2) + "/0/1 " + value(endpoints, portName(2)+"/0/1"),
+		"add map " + d.EndpointsMap() + " " + portName(1) + "/0/0 " + value(endpoints, portName(1)+"/0/0"),
 		"del acl " + d.ClusterSourcesACL() + " 10.10.0.0/16",
 		"del acl " + d.ClusterSourcesACL() + " 10.244.0.0/16",
 		"add acl " + d.ClusterSourcesACL() + " 10.244.0.0/16",
@@ -873,13 +895,13 @@ func TestFullReadInterval(t *testing.T) {
 	c := h.config(p1)
 	require.NoError(t, h.apply(c))
 	var b runtimeapi.Batch
-	b.SetMap(c.Dispatchers[0].EndpointsMap(), portName(1)+"/0", "10.9.9.9|80|1")
+	b.SetMap(c.Dispatchers[0].EndpointsMap(), portName(1)+"/0/0", "10.9.9.9|80|1")
 	require.NoError(t, h.api.Run(context.Background(), &b))
 
 	h.clock.Step(59 * time.Second)
 	require.NoError(t, h.apply(c))
 	assert.Zero(t, h.rt.reads())
-	assert.Equal(t, "10.9.9.9|80|1", h.api.Map(c.Dispatchers[0].EndpointsMap())[1].Value)
+	assert.Equal(t, "10.9.9.9|80|1", h.api.Map(c.Dispatchers[0].EndpointsMap())[0].Value)
 	h.clock.Step(time.Second)
 	require.NoError(t, h.apply(c))
 	assert.NotZero(t, h.rt.reads())
@@ -903,25 +925,35 @@ func TestFullReadInterval(t *testing.T) {
 }
 
 // A new proxier process adopts the running HAProxy: no start, no reload;
-// its first sync reads the maps back and repairs what changed meanwhile.
+// its first sync reads the maps back, takes the endpoint sets'
+// generations from them, and repairs only what changed meanwhile.
 func TestAdoption(t *testing.T) {
 	h := newHarness(t)
-	c := h.config(port(1, "10.1.0.1:8080"), port(2, "10.1.0.2:8080"))
+	require.NoError(t, h.apply(h.config(port(1, "10.1.0.1:8080"), port(2, "10.1.0.2:8080"))))
+	// Service port 1's set is in its second generation.
+	c := h.config(port(1, "10.1.0.1:8080", "10.1.0.4:8080"), port(2, "10.1.0.2:8080"))
 	require.NoError(t, h.apply(c))
+	require.Equal(t, uint32(1), c.Dispatchers[0].ServicePorts[0].Cluster.Generation)
 	var b runtimeapi.Batch
-	b.SetMap(c.Dispatchers[0].EndpointsMap(), portName(2)+"/0", "10.9.9.9|80|1")
+	b.SetMap(c.Dispatchers[0].EndpointsMap(), portName(2)+"/0/0", "10.9.9.9|80|1")
 	require.NoError(t, h.api.Run(context.Background(), &b))
 
 	logger, _ := ktesting.NewTestContext(t)
 	h.a = h.newApplier([]v1.IPFamily{v1.IPv4Protocol}, logger)
+	h.rt.checkOrder = false
 	c2 := h.config(port(1, "10.1.0.1:8080", "10.1.0.4:8080"), port(2, "10.1.0.2:8080"))
 	require.NoError(t, h.apply(c2))
 	assert.Equal(t, 1, h.proc.starts)
 	assert.Equal(t, 0, h.proc.reloads)
 	assert.Equal(t, 0, h.a.Reloads())
 	assert.NotZero(t, h.rt.reads(), "an adopted HAProxy's maps are read back")
+	d := c2.Dispatchers[0]
+	_, endpoints, _ := wantEntries(d)
+	assert.Equal(t, []string{"set map " + d.EndpointsMap() + " " + portName(2) + "/0/0 " + endpoints[2].Value}, h.lastBatch(),
+		"the generation HAProxy has is kept: only the entry changed by hand is repaired")
+	assert.Equal(t, uint32(1), d.ServicePorts[0].Cluster.Generation)
 	h.requireServes(c2)
-
+	h.rt.checkOrder = true
 	// A configuration file edited by hand is not trusted: the next
 	// proxier reloads it.
 	require.NoError(t, os.WriteFile(h.proc.file, []byte(h.file()+"\n# edited\n"), 0o644))

@@ -704,7 +704,7 @@ func TestRealAdoption(t *testing.T) {
 	var b runtimeapi.Batch
 	d := c.Dispatchers[0]
 	ids := haproxycfg.EndpointIDs([]netip.AddrPort{e2.addr})
-	b.SetMap(d.EndpointsMap(), portName(1)+"/0", string(haproxycfg.EndpointValue(nil, e2.addr, ids[0])))
+	b.SetMap(d.EndpointsMap(), d.ServicePorts[0].Cluster.EntryPrefix()+"0", string(haproxycfg.EndpointValue(nil, e2.addr, ids[0])))
 	require.NoError(t, s.api.Run(context.Background(), &b))
 	servedBy(t, 1, e2)
 

@@ -34,8 +34,22 @@ type mapFiles struct {
 }
 
 type portText struct {
-	sp                  *haproxycfg.ServicePort
+	sp *haproxycfg.ServicePort
+	// gens are the generations of sp's sets the text was rendered with: a
+	// full read of HAProxy's maps may give the same sp other ones.
+	gens                [2]uint32
 	services, endpoints []byte
+}
+
+func generations(sp *haproxycfg.ServicePort) [2]uint32 {
+	var g [2]uint32
+	if sp.Cluster != nil {
+		g[0] = sp.Cluster.Generation
+	}
+	if sp.Local != nil {
+		g[1] = sp.Local.Generation
+	}
+	return g
 }
 
 func newMapFiles() *mapFiles {
@@ -49,14 +63,14 @@ func (m *mapFiles) texts(d *haproxycfg.Dispatcher) ([]*portText, error) {
 	out := make([]*portText, len(d.ServicePorts))
 	for i, sp := range d.ServicePorts {
 		t := m.ports[sp.Name]
-		if t == nil || t.sp != sp {
+		if t == nil || t.sp != sp || t.gens != generations(sp) {
 			s, e, _ := haproxycfg.RenderMaps(&haproxycfg.Dispatcher{ServicePorts: []*haproxycfg.ServicePort{sp}})
 			if !bytes.HasPrefix(s, m.servicesHeader) || !bytes.HasPrefix(e, m.endpointsHeader) {
 				return nil, fmt.Errorf("rendering the map entries of %s: unexpected file header", sp.Name)
 			}
 			// Copies of the exact size: the buffers RenderMaps grew are
 			// up to twice as large, and the texts are kept.
-			t = &portText{sp: sp, services: bytes.Clone(s[len(m.servicesHeader):]), endpoints: bytes.Clone(e[len(m.endpointsHeader):])}
+			t = &portText{sp: sp, gens: generations(sp), services: bytes.Clone(s[len(m.servicesHeader):]), endpoints: bytes.Clone(e[len(m.endpointsHeader):])}
 			m.ports[sp.Name] = t
 		}
 		out[i] = t

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -91,12 +92,76 @@ func incrementalDiff(prev, d *haproxycfg.Dispatcher) *mapDiff {
 	if !ok {
 		before, after = changedByName(prev.ServicePorts, d.ServicePorts)
 	}
+	assignGenerations(before, after)
 	diff := &mapDiff{
 		services:  diffEntries(entryMap(before, true), entryMap(after, true)),
 		endpoints: diffEntries(entryMap(before, false), entryMap(after, false)),
 	}
 	diff.sources = diffPrefixes(prefixStrings(prev.ClusterSources), prefixStrings(d.ClusterSources))
 	return diff
+}
+
+// assignGenerations gives the endpoint sets of the new and changed Service
+// ports (after) their generation: the one HAProxy holds (in before) when
+// the set's entries did not change, the next one when they did, 0 for a
+// new set. So an endpoint change is a new generation's entries added to
+// the endpoints map, the set's services map entry switched to it, and
+// the old generation's entries deleted: the large endpoints map gets no
+// "set map", which HAProxy 2.6 does in time proportional to the map.
+func assignGenerations(before, after []*haproxycfg.ServicePort) {
+	type held struct {
+		set  *haproxycfg.EndpointSet
+		byID bool
+	}
+	var old map[string]held
+	for _, sp := range before {
+		for _, set := range [2]*haproxycfg.EndpointSet{sp.Cluster, sp.Local} {
+			if set != nil {
+				if old == nil {
+					old = make(map[string]held, 2*len(before))
+				}
+				old[set.Name] = held{set, sp.Affinity > 0}
+			}
+		}
+	}
+	for _, sp := range after {
+		for _, set := range [2]*haproxycfg.EndpointSet{sp.Cluster, sp.Local} {
+			if set == nil {
+				continue
+			}
+			h, ok := old[set.Name]
+			switch {
+			case !ok:
+				set.Generation = 0
+			case h.set == set:
+			case haproxycfg.SameEntries(h.set, set, h.byID, sp.Affinity > 0):
+				set.Generation = h.set.Generation
+			default:
+				set.Generation = h.set.Generation + 1
+			}
+		}
+	}
+}
+
+// adoptGenerations gives d's endpoint sets the generations HAProxy's
+// services map holds (read back whole), so that a full comparison finds
+// the entries HAProxy has rather than every one under another name.
+func adoptGenerations(d *haproxycfg.Dispatcher, services map[string]string) {
+	for _, sp := range d.ServicePorts {
+		for _, set := range [2]*haproxycfg.EndpointSet{sp.Cluster, sp.Local} {
+			if set == nil {
+				continue
+			}
+			v, ok := services[set.Name]
+			if !ok {
+				continue
+			}
+			_, gen, _ := strings.Cut(v, haproxycfg.FieldSeparator)
+			if g, err := strconv.ParseUint(gen, 10, 32); err == nil {
+				set.Generation = uint32(g)
+			}
+		}
+	}
 }
 
 // changedSorted returns the Service ports of prev that cur changed or
@@ -188,6 +253,7 @@ func (a *Applier) fullDiff(ctx context.Context, d *haproxycfg.Dispatcher) (*mapD
 	if err != nil {
 		return nil, err
 	}
+	adoptGenerations(d, services)
 	sources, err := a.opts.Runtime.ShowACL(ctx, d.ClusterSourcesACL())
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", d.ClusterSourcesACL(), err)
@@ -272,54 +338,54 @@ func diffPrefixes(have, want []string) prefixDiff {
 	return d
 }
 
-// isCount tells the count entry of an endpoint set ("<set>") from its
-// endpoint entries ("<set>/<i>", "<set>/ep<id>").
-func isCount(key string) bool { return !strings.Contains(key, "/") }
-
 // appendCommands adds the commands of diff to b in an order that keeps
 // every state in between consistent for a connection that looks the maps
 // up meanwhile:
 //
-//  1. new and changed endpoint entries, then the counts: a count never
-//     covers an index that does not exist yet;
+//  1. new and changed endpoint entries (a changed set's are those of its
+//     new generation);
 //  2. new cluster sources;
-//  3. new and changed services entries, then removed ones: a Service
-//     port never points at a set that is not there yet;
-//  4. removed counts, then removed endpoint entries: an index is gone
-//     only once no count covers it;
+//  3. new and changed set entries of the services map (count and
+//     generation), then new and changed listener entries, then removed
+//     listener entries, then removed set entries: a listener never points
+//     at a set that is not there, a set never at entries that are not;
+//  4. removed endpoint entries (an old generation's): no set points at
+//     them any more;
 //  5. removed cluster sources.
 //
 // A key held twice (only after a full read) is deleted and added again
 // at its step, the del right before the add.
 func appendCommands(b *runtimeapi.Batch, d *haproxycfg.Dispatcher, diff *mapDiff) {
 	services, endpoints, sources := d.ServicesMap(), d.EndpointsMap(), d.ClusterSourcesACL()
-	upsert := func(file string, e *entryDiff, counts bool) {
+	// pick selects the services map entries of listeners (true) or of
+	// sets (false); the endpoints map takes every entry.
+	upsert := func(file string, e *entryDiff, listeners bool) {
+		pick := func(key string) bool { return file != services || haproxycfg.IsListenerKey(key) == listeners }
 		for _, x := range e.readd {
-			if file != endpoints || isCount(x.Key) == counts {
+			if pick(x.Key) {
 				b.DelMap(file, x.Key)
 				b.AddMap(file, x.Key, x.Value)
 			}
 		}
 		for _, x := range e.add {
-			if file != endpoints || isCount(x.Key) == counts {
+			if pick(x.Key) {
 				b.AddMap(file, x.Key, x.Value)
 			}
 		}
 		for _, x := range e.set {
-			if file != endpoints || isCount(x.Key) == counts {
+			if pick(x.Key) {
 				b.SetMap(file, x.Key, x.Value)
 			}
 		}
 	}
-	remove := func(file string, e *entryDiff, counts bool) {
+	remove := func(file string, e *entryDiff, listeners bool) {
 		for _, k := range e.del {
-			if file != endpoints || isCount(k) == counts {
+			if file != services || haproxycfg.IsListenerKey(k) == listeners {
 				b.DelMap(file, k)
 			}
 		}
 	}
 	upsert(endpoints, &diff.endpoints, false)
-	upsert(endpoints, &diff.endpoints, true)
 	for _, p := range diff.sources.readd {
 		b.DelACL(sources, p)
 		b.AddACL(sources, p)
@@ -327,9 +393,10 @@ func appendCommands(b *runtimeapi.Batch, d *haproxycfg.Dispatcher, diff *mapDiff
 	for _, p := range diff.sources.add {
 		b.AddACL(sources, p)
 	}
+	upsert(services, &diff.services, false)
 	upsert(services, &diff.services, true)
 	remove(services, &diff.services, true)
-	remove(endpoints, &diff.endpoints, true)
+	remove(services, &diff.services, false)
 	remove(endpoints, &diff.endpoints, false)
 	for _, p := range diff.sources.del {
 		b.DelACL(sources, p)
@@ -409,11 +476,12 @@ func setMapEntries(d *haproxycfg.Dispatcher) {
 			if set == nil {
 				continue
 			}
+			services++
 			n := len(set.Endpoints)
 			if sp.Affinity > 0 {
 				n *= 2
 			}
-			endpoints += 1 + n
+			endpoints += n
 		}
 	}
 	mapEntries.WithLabelValues(familyLabel(d), "services").Set(float64(services))

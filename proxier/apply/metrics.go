@@ -74,7 +74,7 @@ var (
 		&metrics.GaugeOpts{
 			Subsystem:      "kubeproxy",
 			Name:           "haproxy_map_entries",
-			Help:           "Number of entries of the HAProxy maps, by IP family and map (services: one per Service port listener; endpoints: per endpoint set, its count and its endpoints)",
+			Help:           "Number of entries of the HAProxy maps, by IP family and map (services: one per Service port listener and one per endpoint set, its count and generation; endpoints: the endpoints of each set's current generation)",
 			StabilityLevel: metrics.ALPHA,
 		},
 		[]string{"ip_family", "map"},

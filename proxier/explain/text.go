@@ -72,7 +72,7 @@ func writePort(p func(string, ...any), f Family, port Port, now time.Time) {
 	for _, d := range port.Dispatch {
 		p("      %s\t%s\t%s", d.Kind, d.Key, d.Match)
 	}
-	p("    endpoint sets: counts in %s", f.EndpointsMap)
+	p("    endpoint sets: count|generation in %s, entries in %s", f.ServicesMap, f.EndpointsMap)
 	p("      POLICY\tSET\tENDPOINTS\tIN HAPROXY")
 	for _, s := range port.Sets {
 		inHAProxy := string(s.Match)

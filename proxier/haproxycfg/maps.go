@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,15 +22,24 @@ import (
 // where <on node> is 1 when the first set's endpoints all run on this
 // node (EndpointSet.OnNode), else 0, <proxy protocol> is the PROXY
 // protocol version sent to the endpoints, 0 for none, and <app protocol>
-// is 0 for TCP, 1 for HTTP/1.1 and 2 for HTTP/2 (AppProtocol).
+// is 0 for TCP, 1 for HTTP/1.1 and 2 for HTTP/2 (AppProtocol); then one
+// entry per endpoint set with n endpoints:
 //
-// endpoints-<family>.map: per endpoint set with n endpoints,
+//	<set> <n>|<generation>
 //
-//	<set> <n>
-//	<set>/<i> <address>|<port>|<id>[|1]      i in [0, n): a random i picks an endpoint
-//	<set>/ep<id> <address>|<port>|<id>[|1]   only for Service ports with affinity
+// (a listener key is an address and port, or "*:<port>", a set name never
+// is: see IsListenerKey).
+//
+// endpoints-<family>.map: per endpoint set with n endpoints, the entries
+// of its current generation (EndpointSet.Generation):
+//
+//	<set>/<generation>/<i> <address>|<port>|<id>[|1]      i in [0, n): a random i picks an endpoint
+//	<set>/<generation>/ep<id> <address>|<port>|<id>[|1]   only for Service ports with affinity
 //
 // where the "|1" of a Routed endpoint lets a pod client keep its address.
+// An endpoint change adds a generation and deletes the old one: the
+// endpoints map, the large one, only ever gets "add map" and "del map",
+// and the count entry that switches is in the services map.
 //
 // The id of an endpoint is stable as long as the endpoint exists (a hash
 // of its address, see EndpointIDs); the affinity table stores it, so a
@@ -131,12 +141,55 @@ func (sp *ServicePort) DispatchValue(l Listener) string {
 		FieldSeparator + onNode + FieldSeparator + strconv.Itoa(int(sp.ProxyProtocol)) + FieldSeparator + strconv.Itoa(int(sp.AppProtocol))
 }
 
-// AppendDispatchEntries appends the services map entries of sp.
+// AppendDispatchEntries appends the services map entries of sp: one per
+// listener, then one per endpoint set (SetValue).
 func (sp *ServicePort) AppendDispatchEntries(dst []MapEntry) []MapEntry {
 	for _, l := range sp.Listeners {
 		dst = append(dst, MapEntry{Key: l.Key(), Value: sp.DispatchValue(l)})
 	}
+	for _, set := range [2]*EndpointSet{sp.Cluster, sp.Local} {
+		if set != nil {
+			dst = append(dst, MapEntry{Key: set.Name, Value: set.SetValue()})
+		}
+	}
 	return dst
+}
+
+// SetValue is the services map value of set: "<n>|<generation>".
+func (set *EndpointSet) SetValue() string {
+	return strconv.Itoa(len(set.Endpoints)) + FieldSeparator + strconv.FormatUint(uint64(set.Generation), 10)
+}
+
+// EntryPrefix is what the keys of set's endpoint entries start with:
+// "<set>/<generation>/".
+func (set *EndpointSet) EntryPrefix() string {
+	return set.Name + "/" + strconv.FormatUint(uint64(set.Generation), 10) + "/"
+}
+
+// IsListenerKey tells a services map key of a listener ("10.96.0.10:80",
+// "[fd00::10]:80", "*:30080") from the name of an endpoint set, which is
+// never an address and port.
+func IsListenerKey(key string) bool {
+	if strings.HasPrefix(key, "*:") || strings.HasPrefix(key, "[") {
+		return true
+	}
+	_, err := netip.ParseAddrPort(key)
+	return err == nil
+}
+
+// SameEntries reports whether a and b, sets of the same name, have the
+// same endpoint entries (byID: the Service port has affinity), whatever
+// their generations: then b may keep a's generation.
+func SameEntries(a, b *EndpointSet, aByID, bByID bool) bool {
+	if aByID != bByID || !slices.Equal(a.Endpoints, b.Endpoints) {
+		return false
+	}
+	for _, ep := range a.Endpoints {
+		if a.Routed[ep] != b.Routed[ep] {
+			return false
+		}
+	}
+	return true
 }
 
 // Sets returns sp's endpoint sets that are not nil: Cluster, then Local.
@@ -160,7 +213,7 @@ func (sp *ServicePort) AppendEndpointEntries(dst []MapEntry) []MapEntry {
 }
 
 func (set *EndpointSet) appendEntries(dst []MapEntry, byID bool) []MapEntry {
-	dst = append(dst, MapEntry{Key: set.Name, Value: strconv.Itoa(len(set.Endpoints))})
+	prefix := set.EntryPrefix()
 	ids := EndpointIDs(set.Endpoints)
 	var buf []byte
 	for i, ep := range set.Endpoints {
@@ -169,9 +222,9 @@ func (set *EndpointSet) appendEntries(dst []MapEntry, byID bool) []MapEntry {
 			buf = append(buf, FieldSeparator+"1"...)
 		}
 		v := string(buf)
-		dst = append(dst, MapEntry{Key: set.Name + "/" + strconv.Itoa(i), Value: v})
+		dst = append(dst, MapEntry{Key: prefix + strconv.Itoa(i), Value: v})
 		if byID {
-			dst = append(dst, MapEntry{Key: set.Name + "/ep" + strconv.FormatUint(uint64(ids[i]), 10), Value: v})
+			dst = append(dst, MapEntry{Key: prefix + "ep" + strconv.FormatUint(uint64(ids[i]), 10), Value: v})
 		}
 	}
 	return dst

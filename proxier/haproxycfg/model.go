@@ -291,6 +291,14 @@ type EndpointSet struct {
 	// bridge): towards them, a pod client keeps its own address (with
 	// Dispatcher.KeepClientSource). Nil for most sets.
 	Routed map[netip.AddrPort]bool
+	// Generation names the entries of the set in the endpoints map
+	// ("<set>/<generation>/<i>"). The applier gives a set whose entries
+	// change a new generation: the new entries are added beside the old
+	// ones, one services map entry switches to them, and the old ones are
+	// deleted. HAProxy 2.6 changes ("set map") or deletes an entry in time
+	// proportional to the whole map, so the one entry that changes lives
+	// in the small services map. The translation leaves it 0.
+	Generation uint32
 }
 
 // internalSet and externalSet are the sets a listener's connections use:

@@ -76,10 +76,13 @@ func renderPrometheusExporter(b *bytes.Buffer, addr netip.AddrPort) {
 //     and the affinity timeout; an unknown destination is rejected;
 //  2. the set is the second field for a client in the cluster sources
 //     (externalTrafficPolicy Local's short-circuit), else the first;
-//  3. an empty set rejects or drops at once, before any byte is read;
+//  3. an empty set (its count is its services map entry) rejects or
+//     drops at once, before any byte is read;
 //
 // Steps 4 to 6 keep their state in txn variables: an HTTP connection runs
-// them again for every request, which picks its own endpoint.
+// them again for every request, which picks its own endpoint. Before
+// them the set's count and generation are read again, so that each pick
+// looks up the generation the set has now ("<set>/<generation>/").
 //
 //  4. with affinity, the client's endpoint id is looked up in the
 //     affinity table (key: set and client address) and kept if the
@@ -136,20 +139,27 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	rule("connection", "set-var(sess.set)", "var(sess.svc),field(1,"+FieldSeparator+")")
 	rule("connection", "set-var(sess.set)", "var(sess.svc),field(2,"+FieldSeparator+")", "if", "from-cluster")
 	// 3. Fail fast.
-	rule("connection", "set-var(sess.n)", "var(sess.set),map_str("+endpoints+",0)")
+	rule("connection", "set-var(sess.n)", "var(sess.set),map_str("+services+",0),field(1,"+FieldSeparator+")")
 	rule("connection", "reject", "if", "empty", "{", "var(sess.svc),field(3,"+FieldSeparator+")", "-m", "str", Rejected.mapWord(), "}")
 	rule("connection", "silent-drop", "if", "empty")
+	// The set's count and generation, read again by content rules: in
+	// HTTP mode they run for every request, which must see the set's
+	// current generation (the previous one is deleted after a change).
+	rule("content", "set-var(sess.cur)", "var(sess.set),map_str("+services+",0)")
+	rule("content", "set-var(sess.n)", "var(sess.cur),field(1,"+FieldSeparator+")")
+	rule("content", "set-var(sess.gen)", "var(sess.cur),field(2,"+FieldSeparator+")")
+	rule("content", "set-var(sess.pfx)", "var(sess.set),concat(/,sess.gen,/)")
 	// 4. Affinity: the endpoint this client had, if still there and recent.
 	rule("content", "set-var(sess.timeout)", "var(sess.svc),field(4,"+FieldSeparator+")", "if", "sticky")
 	rule("content", "set-var(sess.src)", "src", "if", "sticky")
 	rule("content", "track-sc0", "var(sess.set),concat("+FieldSeparator+",sess.src)", "table", table, "if", "sticky")
 	rule("content", "set-var(txn.id)", "sc_get_gpt(0,0)", "if", "sticky")
 	rule("content", "set-var(txn.expiry)", "sc_get_gpt(1,0),add(sess.timeout)", "if", "sticky")
-	rule("content", "set-var(txn.ep)", "var(sess.set),concat(/ep,txn.id),map_str("+endpoints+")",
+	rule("content", "set-var(txn.ep)", "var(sess.pfx),concat(ep,txn.id),map_str("+endpoints+")",
 		"if", "sticky", "{", "var(txn.id)", "-m", "int", "gt", "0", "}", "{", "date,sub(txn.expiry)", "-m", "int", "le", "0", "}")
 	// 5. Otherwise a random endpoint of the set.
 	rule("content", "set-var(txn.idx)", "rand,mod(sess.n)", "unless", "found")
-	rule("content", "set-var(txn.ep)", "var(sess.set),concat(/,txn.idx),map_str("+endpoints+")", "unless", "found")
+	rule("content", "set-var(txn.ep)", "var(sess.pfx),concat(,txn.idx),map_str("+endpoints+")", "unless", "found")
 	// A map changing under the connection must never send it to 0.0.0.0:0,
 	// which would connect back to its own Service address.
 	rule("content", "reject", "unless", "found")
@@ -283,7 +293,7 @@ const MaxConnectAttempts = 3
 // the connection to the same backend, which may redispatch it here again
 // up to MaxConnectAttempts endpoints in all.
 func renderRetry(b *bytes.Buffer, d *Dispatcher) {
-	endpoints, table := d.EndpointsMap(), d.TableName()
+	services, endpoints, table := d.ServicesMap(), d.EndpointsMap(), d.TableName()
 	sep := FieldSeparator
 	b.WriteString("\n# A connection whose endpoint failed, with its client address (PROXY protocol):\n")
 	b.WriteString("# another endpoint of the same set.\n")
@@ -299,17 +309,20 @@ func renderRetry(b *bytes.Buffer, d *Dispatcher) {
 	rule("set-var(sess.pp)", "fc_pp_unique_id,field(5,"+sep+")")
 	rule("set-var(sess.pod)", "fc_pp_unique_id,field(6,"+sep+")")
 	rule("reject", "if", "{", "var(sess.tried)", "-m", "int", "gt", strconv.Itoa(MaxConnectAttempts), "}")
-	rule("set-var(sess.n)", "var(sess.set),map_str("+endpoints+",0)")
+	rule("set-var(sess.cur)", "var(sess.set),map_str("+services+",0)")
+	rule("set-var(sess.n)", "var(sess.cur),field(1,"+sep+")")
 	rule("reject", "if", "{", "var(sess.n)", "-m", "int", "0", "}")
+	rule("set-var(sess.gen)", "var(sess.cur),field(2,"+sep+")")
+	rule("set-var(sess.pfx)", "var(sess.set),concat(/,sess.gen,/)")
 	// The endpoint that failed is the destination, as address|port.
 	rule("set-var(sess.dport)", "dst_port")
 	rule("set-var(sess.failed)", "dst,concat("+sep+",sess.dport)")
 	rule("set-var(sess.idx)", "rand,mod(sess.n)")
-	rule("set-var(sess.ep)", "var(sess.set),concat(/,sess.idx),map_str("+endpoints+")")
+	rule("set-var(sess.ep)", "var(sess.pfx),concat(,sess.idx),map_str("+endpoints+")")
 	rule("set-var(sess.port)", "var(sess.ep),field(2,"+sep+")")
 	rule("set-var(sess.idx)", "var(sess.idx),add(1),mod(sess.n)",
 		"if", "{", "var(sess.ep),field(1,"+sep+"),concat("+sep+",sess.port),strcmp(sess.failed)", "-m", "int", "eq", "0", "}")
-	rule("set-var(sess.ep)", "var(sess.set),concat(/,sess.idx),map_str("+endpoints+")")
+	rule("set-var(sess.ep)", "var(sess.pfx),concat(,sess.idx),map_str("+endpoints+")")
 	rule("reject", "unless", "{", "var(sess.ep)", "-m", "found", "}")
 	rule("set-var(sess.src)", "src", "if", "sticky")
 	rule("track-sc0", "var(sess.set),concat("+sep+",sess.src)", "table", table, "if", "sticky")

@@ -96,7 +96,9 @@ func trace(d *Dispatcher, services, endpoints map[string]string, serviceIPs map[
 	if containsAddr(d.ClusterSources, src) {
 		res.Set = fields[1]
 	}
-	n, _ := strconv.Atoi(endpoints[res.Set])
+	// The set's count and generation, in the services map.
+	count, gen, _ := strings.Cut(services[res.Set], FieldSeparator)
+	n, _ := strconv.Atoi(count)
 	if n == 0 {
 		if fields[2] == Rejected.mapWord() {
 			res.Verdict = Rejected
@@ -106,7 +108,7 @@ func trace(d *Dispatcher, services, endpoints map[string]string, serviceIPs map[
 		return res
 	}
 	for i := 0; i < n; i++ {
-		v, ok := endpoints[res.Set+"/"+strconv.Itoa(i)]
+		v, ok := endpoints[res.Set+"/"+gen+"/"+strconv.Itoa(i)]
 		if !ok {
 			res.Verdict = Rejected
 			return res

@@ -177,11 +177,22 @@ func checkMapFiles(t testing.TB, d *haproxycfg.Dispatcher) {
 
 	keys := map[string]bool{}
 	sets := map[string]bool{}
+	// counts and gens are each set's count and generation.
+	counts, gens := map[string]int{}, map[string]string{}
 	for _, e := range gotServices {
 		require.False(t, keys[e.Key], "services map key %q twice", e.Key)
 		keys[e.Key] = true
 		require.NotContains(t, e.Key, haproxycfg.FieldSeparator)
 		f := strings.Split(e.Value, haproxycfg.FieldSeparator)
+		if !haproxycfg.IsListenerKey(e.Key) {
+			require.Len(t, f, 2, "services map value of set %q: count|generation", e.Key)
+			n, err := strconv.Atoi(f[0])
+			require.NoError(t, err, "services map value %q", e.Value)
+			_, err = strconv.ParseUint(f[1], 10, 32)
+			require.NoError(t, err, "services map value %q", e.Value)
+			counts[e.Key], gens[e.Key] = n, f[1]
+			continue
+		}
 		require.Len(t, f, 7, "services map value %q", e.Value)
 		require.Contains(t, []string{"reject", "drop"}, f[2], "services map value %q", e.Value)
 		// On node: the first set is a Local set, whose endpoints are all here.
@@ -192,30 +203,27 @@ func checkMapFiles(t testing.TB, d *haproxycfg.Dispatcher) {
 		require.Contains(t, []string{"0", "1", "2"}, f[6], "services map value %q: app protocol", e.Value)
 		sets[f[0]], sets[f[1]] = true, true
 	}
-	counts := map[string]int{}
 	for _, e := range gotEndpoints {
 		require.False(t, keys[e.Key], "endpoints map key %q twice", e.Key)
 		keys[e.Key] = true
 		require.NotContains(t, e.Key, haproxycfg.FieldSeparator)
 		f := strings.Split(e.Value, haproxycfg.FieldSeparator)
-		if set, i, ok := strings.Cut(e.Key, "/"); ok {
-			require.True(t, len(f) == 3 || len(f) == 4 && f[3] == "1", "endpoints map value %q: address|port|id[|1]", e.Value)
-			_, err := netip.ParseAddr(f[0])
-			require.NoError(t, err)
-			if !strings.HasPrefix(i, "ep") {
-				n, err := strconv.Atoi(i)
-				require.NoError(t, err, "endpoints map key %q", e.Key)
-				require.Less(t, n, counts[set], "endpoints map key %q", e.Key)
-			}
-			continue
+		parts := strings.Split(e.Key, "/")
+		require.Len(t, parts, 3, "endpoints map key %q: <set>/<generation>/<index or id>", e.Key)
+		set, gen, i := parts[0], parts[1], parts[2]
+		require.Contains(t, gens, set, "endpoints map key %q: a set the services map lacks", e.Key)
+		require.Equal(t, gens[set], gen, "endpoints map key %q: the set's generation", e.Key)
+		require.True(t, len(f) == 3 || len(f) == 4 && f[3] == "1", "endpoints map value %q: address|port|id[|1]", e.Value)
+		_, err := netip.ParseAddr(f[0])
+		require.NoError(t, err)
+		if !strings.HasPrefix(i, "ep") {
+			n, err := strconv.Atoi(i)
+			require.NoError(t, err, "endpoints map key %q", e.Key)
+			require.Less(t, n, counts[set], "endpoints map key %q", e.Key)
 		}
-		require.Len(t, f, 1, "endpoints map value %q", e.Value)
-		n, err := strconv.Atoi(e.Value)
-		require.NoError(t, err, "endpoints map value %q", e.Value)
-		counts[e.Key] = n
 	}
 	for set := range sets {
-		require.Contains(t, counts, set, "the services map uses set %q the endpoints map lacks", set)
+		require.Contains(t, counts, set, "the services map uses set %q that has no count", set)
 	}
 	for _, ln := range strings.Split(string(sources), "\n") {
 		if ln == "" || ln[0] == '#' {
