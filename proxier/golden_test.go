@@ -142,7 +142,7 @@ var goldenConfigs = []struct {
 // translation, the family merge the Applier does) and compares what
 // HAProxy reads with testdata: haproxy.cfg in testdata/<name>.cfg and each
 // dispatcher's map files in testdata/<name>.<file> (services-ipv4.map,
-// endpoints-ipv4.map, cluster-sources-ipv4.acl, and the ipv6 ones). The
+// endpoint-sets-ipv4.map, cluster-sources-ipv4.acl, and the ipv6 ones). The
 // real haproxy then checks the configuration with its map files.
 // Regenerate with: go test ./proxier -run TestGolden -update
 func TestGolden(t *testing.T) {

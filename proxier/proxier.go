@@ -73,9 +73,13 @@ type Proxier struct {
 	// handler touches it.
 	serviceCIDRs []netip.Prefix
 
-	mu                   sync.Mutex // protects the following fields
-	svcPortMap           proxy.ServicePortMap
-	endpointsMap         proxy.EndpointsMap
+	mu           sync.Mutex // protects the following fields
+	svcPortMap   proxy.ServicePortMap
+	endpointsMap proxy.EndpointsMap
+	// healthCheckNodePorts are svcPortMap's, kept from the last sync in
+	// which a Service changed (nil before the first): listing them walks
+	// every Service port.
+	healthCheckNodePorts map[types.NamespacedName]uint16
 	translator           translate.Translator
 	topologyLabels       map[string]string
 	endpointSlicesSynced bool
@@ -530,13 +534,20 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 	// serviceHealthServer will just drop those endpoints. A load balancer
 	// outside the nodes serves no healthCheckNodePort: the port belongs to
 	// the nodes, and it has no local endpoints to count.
-	healthCheckNodePorts := p.svcPortMap.HealthCheckNodePorts()
-	if p.cfg.Scope != ScopeNode {
-		healthCheckNodePorts = nil
+	// They change only with a Service: an endpoint change does not walk
+	// every Service port for them.
+	if p.healthCheckNodePorts == nil || serviceUpdateResult.UpdatedServices.Len() > 0 {
+		p.healthCheckNodePorts = p.svcPortMap.HealthCheckNodePorts()
+		if p.cfg.Scope != ScopeNode {
+			p.healthCheckNodePorts = map[types.NamespacedName]uint16{}
+		}
+		if err := p.serviceHealthServer.SyncServices(p.healthCheckNodePorts); err != nil {
+			p.logger.Error(err, "Error syncing healthcheck services")
+			// Tried again at the next sync.
+			p.healthCheckNodePorts = nil
+		}
 	}
-	if err := p.serviceHealthServer.SyncServices(healthCheckNodePorts); err != nil {
-		p.logger.Error(err, "Error syncing healthcheck services")
-	}
+	healthCheckNodePorts := p.healthCheckNodePorts
 	// Counting the local ready endpoints walks every endpoint of every
 	// Service: at 10,000 Services it was nearly half of kube-proxy's CPU
 	// during endpoint changes. The health server counts only the

@@ -164,6 +164,8 @@ type Applier struct {
 	// family; flushTimer writes them.
 	pendingFiles map[bool]*pendingFiles
 	flushTimer   *time.Timer
+	// filesStopped: Stop was called; a failed write is not tried again.
+	filesStopped bool
 	// indexes validate each family's Service ports.
 	indexes map[bool]*portIndex
 	// rejectedKey/rejectedErr/retryAt/backoff remember the last rejected
@@ -207,6 +209,9 @@ func (a *Applier) Stop() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.stopped = true
+	a.filesMu.Lock()
+	a.filesStopped = true
+	a.filesMu.Unlock()
 	a.FlushMapFiles()
 }
 

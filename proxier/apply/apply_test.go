@@ -634,6 +634,13 @@ func TestServiceChangesWithoutReload(t *testing.T) {
 			assert.Equal(t, 0, h.proc.reloads, "no reload")
 			require.Equal(t, before+1, h.batches(), "one batch")
 			h.requireServes(c)
+			// The entry gauges follow each change without a recount.
+			services, endpoints, _ := wantEntries(c.Dispatchers[0])
+			for m, want := range map[string]int{"services": len(services), "endpoints": len(endpoints)} {
+				got, err := testutil.GetGaugeMetricValue(mapEntries.WithLabelValues("IPv4", m))
+				require.NoError(t, err)
+				assert.Equal(t, float64(want), got, "kubeproxy_haproxy_map_entries{map=%q}", m)
+			}
 			if st.check != nil {
 				st.check(t, c, h.lastBatch())
 			}

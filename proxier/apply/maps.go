@@ -145,8 +145,13 @@ func assignGenerations(before, after []*haproxycfg.ServicePort) {
 
 // adoptGenerations gives d's endpoint sets the generations HAProxy's
 // services map holds (read back whole), so that a full comparison finds
-// the entries HAProxy has rather than every one under another name.
-func adoptGenerations(d *haproxycfg.Dispatcher, services map[string]string) {
+// the entries HAProxy has rather than every one under another name. The
+// sets may be the very objects whose map files wait to be written, so a
+// generation changes (rarely: after a restart of kube-proxy or a change by
+// hand) only under filesMu.
+func (a *Applier) adoptGenerations(d *haproxycfg.Dispatcher, services map[string]string) {
+	a.filesMu.Lock()
+	defer a.filesMu.Unlock()
 	for _, sp := range d.ServicePorts {
 		for _, set := range [2]*haproxycfg.EndpointSet{sp.Cluster, sp.Local} {
 			if set == nil {
@@ -157,7 +162,7 @@ func adoptGenerations(d *haproxycfg.Dispatcher, services map[string]string) {
 				continue
 			}
 			_, gen, _ := strings.Cut(v, haproxycfg.FieldSeparator)
-			if g, err := strconv.ParseUint(gen, 10, 32); err == nil {
+			if g, err := strconv.ParseUint(gen, 10, 32); err == nil && set.Generation != uint32(g) {
 				set.Generation = uint32(g)
 			}
 		}
@@ -253,7 +258,7 @@ func (a *Applier) fullDiff(ctx context.Context, d *haproxycfg.Dispatcher) (*mapD
 	if err != nil {
 		return nil, err
 	}
-	adoptGenerations(d, services)
+	a.adoptGenerations(d, services)
 	sources, err := a.opts.Runtime.ShowACL(ctx, d.ClusterSourcesACL())
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", d.ClusterSourcesACL(), err)
@@ -448,12 +453,21 @@ func (a *Applier) runtimeUpdate(ctx context.Context, want *haproxycfg.Config, lo
 	full := false
 	for _, p := range parts {
 		// After a full read the files are written whole: whoever changed
-		// HAProxy's maps may have changed the files too.
-		if p.full || !p.diff.empty() {
-			a.queueMapFiles(p.d, p.full || !p.diff.services.empty(), p.full || !p.diff.endpoints.empty(), p.full || !p.diff.sources.empty())
+		// HAProxy's maps may have changed the files too. So they are
+		// after a failed reload (loadedOnly): its files were written from
+		// this model before the sets got their generations.
+		whole := p.full || loadedOnly
+		if whole || !p.diff.empty() {
+			a.queueMapFiles(p.d, whole || !p.diff.services.empty(), whole || !p.diff.endpoints.empty(), whole || !p.diff.sources.empty())
 		}
 		a.applied[p.d.IPv6] = p.d
-		setMapEntries(p.d)
+		if p.full {
+			setMapEntries(p.d)
+		} else {
+			// Counting every Service port's entries at every sync would
+			// cost in proportion to the Services, not to the change.
+			addMapEntries(p.d, p.diff)
+		}
 		full = full || p.full
 	}
 	if full && len(parts) == len(want.Dispatchers) {
@@ -486,6 +500,13 @@ func setMapEntries(d *haproxycfg.Dispatcher) {
 	}
 	mapEntries.WithLabelValues(familyLabel(d), "services").Set(float64(services))
 	mapEntries.WithLabelValues(familyLabel(d), "endpoints").Set(float64(endpoints))
+}
+
+// addMapEntries moves the entry gauges of d's maps by what diff adds and
+// deletes (an incremental diff holds no key twice).
+func addMapEntries(d *haproxycfg.Dispatcher, diff *mapDiff) {
+	mapEntries.WithLabelValues(familyLabel(d), "services").Add(float64(len(diff.services.add) - len(diff.services.del)))
+	mapEntries.WithLabelValues(familyLabel(d), "endpoints").Add(float64(len(diff.endpoints.add) - len(diff.endpoints.del)))
 }
 
 func familyLabel(d *haproxycfg.Dispatcher) string {
@@ -540,12 +561,19 @@ func (a *Applier) FlushMapFiles() {
 		a.flushTimer.Stop()
 		a.flushTimer = nil
 	}
-	for _, p := range a.pendingFiles {
+	for family, p := range a.pendingFiles {
 		if err := a.mapFilesOf(p.d).write(p.d, p.services, p.endpoints, p.sources, false); err != nil {
-			a.logger.Error(err, "Writing HAProxy's map files failed", "dir", p.d.MapDir)
+			// Kept, whole (the services and endpoints maps must agree on
+			// the generations), and tried again after the lag.
+			a.logger.Error(err, "Writing HAProxy's map files failed; trying again", "dir", p.d.MapDir, "after", a.opts.MapFilesLag)
+			p.services, p.endpoints, p.sources = true, true, true
+			continue
 		}
+		delete(a.pendingFiles, family)
 	}
-	clear(a.pendingFiles)
+	if len(a.pendingFiles) > 0 && !a.filesStopped {
+		a.flushTimer = time.AfterFunc(a.opts.MapFilesLag, a.FlushMapFiles)
+	}
 }
 
 // writeAllMaps writes every map file of want durably, before a reload

@@ -30,7 +30,7 @@ import (
 // (a listener key is an address and port, or "*:<port>", a set name never
 // is: see IsListenerKey).
 //
-// endpoints-<family>.map: per endpoint set with n endpoints, the entries
+// endpoint-sets-<family>.map: per endpoint set with n endpoints, the entries
 // of its current generation (EndpointSet.Generation):
 //
 //	<set>/<generation>/<i> <address>|<port>|<id>[|1]      i in [0, n): a random i picks an endpoint
@@ -60,8 +60,17 @@ func (d *Dispatcher) ServicesMap() string {
 	return filepath.Join(d.MapDir, "services-"+d.familyName()+".map")
 }
 
-// EndpointsMap is the path of the endpoints map.
+// EndpointsMap is the path of the endpoints map. Its name differs from
+// that of earlier versions, endpoints-<family>.map, whose entries had no
+// generation: an HAProxy still running an earlier haproxy.cfg (a reload
+// to this version failed) keeps reading its own file, never entries it
+// cannot understand, and the applier's runtime updates leave it alone.
 func (d *Dispatcher) EndpointsMap() string {
+	return filepath.Join(d.MapDir, "endpoint-sets-"+d.familyName()+".map")
+}
+
+// legacyEndpointsMap is the endpoints map of earlier versions.
+func (d *Dispatcher) legacyEndpointsMap() string {
 	return filepath.Join(d.MapDir, "endpoints-"+d.familyName()+".map")
 }
 
@@ -87,13 +96,14 @@ const RequestLogSocketName = "request-log.sock"
 
 // FileNames are the base names of every file a Dispatcher of either
 // family keeps in its MapDir: the map and ACL files the applier writes,
-// the retry socket HAProxy binds, and the request log socket.
+// the retry socket HAProxy binds, and the request log socket; and the
+// endpoints maps of earlier versions, which an upgrade leaves behind.
 func FileNames() []string {
 	out := []string{RequestLogSocketName}
 	for _, ipv6 := range []bool{false, true} {
 		d := Dispatcher{IPv6: ipv6}
 		out = append(out, filepath.Base(d.ServicesMap()), filepath.Base(d.EndpointsMap()), filepath.Base(d.ClusterSourcesACL()),
-			filepath.Base(d.RetrySocket()))
+			filepath.Base(d.RetrySocket()), filepath.Base(d.legacyEndpointsMap()))
 	}
 	return out
 }

@@ -82,7 +82,9 @@ func renderPrometheusExporter(b *bytes.Buffer, addr netip.AddrPort) {
 // Steps 4 to 6 keep their state in txn variables: an HTTP connection runs
 // them again for every request, which picks its own endpoint. Before
 // them the set's count and generation are read again, so that each pick
-// looks up the generation the set has now ("<set>/<generation>/").
+// looks up the generation the set has now ("<set>/<generation>/"), and
+// once more when the pick misses (the old generation was deleted
+// meanwhile).
 //
 //  4. with affinity, the client's endpoint id is looked up in the
 //     affinity table (key: set and client address) and kept if the
@@ -145,10 +147,17 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	// The set's count and generation, read again by content rules: in
 	// HTTP mode they run for every request, which must see the set's
 	// current generation (the previous one is deleted after a change).
-	rule("content", "set-var(sess.cur)", "var(sess.set),map_str("+services+",0)")
-	rule("content", "set-var(sess.n)", "var(sess.cur),field(1,"+FieldSeparator+")")
-	rule("content", "set-var(sess.gen)", "var(sess.cur),field(2,"+FieldSeparator+")")
-	rule("content", "set-var(sess.pfx)", "var(sess.set),concat(/,sess.gen,/)")
+	readSet := func(cond ...string) {
+		rule(append([]string{"content", "set-var(sess.cur)", "var(sess.set),map_str(" + services + ",0)"}, cond...)...)
+		rule(append([]string{"content", "set-var(sess.n)", "var(sess.cur),field(1," + FieldSeparator + ")"}, cond...)...)
+		rule(append([]string{"content", "set-var(sess.gen)", "var(sess.cur),field(2," + FieldSeparator + ")"}, cond...)...)
+		rule(append([]string{"content", "set-var(sess.pfx)", "var(sess.set),concat(/,sess.gen,/)"}, cond...)...)
+	}
+	pick := func() {
+		rule("content", "set-var(txn.idx)", "rand,mod(sess.n)", "unless", "found")
+		rule("content", "set-var(txn.ep)", "var(sess.pfx),concat(,txn.idx),map_str("+endpoints+")", "unless", "found")
+	}
+	readSet()
 	// 4. Affinity: the endpoint this client had, if still there and recent.
 	rule("content", "set-var(sess.timeout)", "var(sess.svc),field(4,"+FieldSeparator+")", "if", "sticky")
 	rule("content", "set-var(sess.src)", "src", "if", "sticky")
@@ -158,8 +167,12 @@ func renderDispatcher(b *bytes.Buffer, d *Dispatcher, peers bool) {
 	rule("content", "set-var(txn.ep)", "var(sess.pfx),concat(ep,txn.id),map_str("+endpoints+")",
 		"if", "sticky", "{", "var(txn.id)", "-m", "int", "gt", "0", "}", "{", "date,sub(txn.expiry)", "-m", "int", "le", "0", "}")
 	// 5. Otherwise a random endpoint of the set.
-	rule("content", "set-var(txn.idx)", "rand,mod(sess.n)", "unless", "found")
-	rule("content", "set-var(txn.ep)", "var(sess.pfx),concat(,txn.idx),map_str("+endpoints+")", "unless", "found")
+	pick()
+	// An endpoint change switches the set to its new generation, then
+	// deletes the old one: a connection that read the old generation just
+	// before may miss its entry. It reads the set once more.
+	readSet("unless", "found")
+	pick()
 	// A map changing under the connection must never send it to 0.0.0.0:0,
 	// which would connect back to its own Service address.
 	rule("content", "reject", "unless", "found")

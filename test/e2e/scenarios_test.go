@@ -461,7 +461,7 @@ func headlessIgnored(t *testing.T, e *env) string {
 			var state string
 			require.Eventually(t, func() bool {
 				state = ""
-				for _, f := range []string{"haproxy.cfg", "services-ipv4.map", "endpoints-ipv4.map"} {
+				for _, f := range []string{"haproxy.cfg", "services-ipv4.map", "endpoint-sets-ipv4.map"} {
 					b, err := os.ReadFile(filepath.Join(dir, f))
 					require.NoError(t, err)
 					state += string(b)

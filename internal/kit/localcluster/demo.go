@@ -204,7 +204,7 @@ func (c *Cluster) demoHelp(client *Pod) string {
 		fmt.Fprintf(&b, "  ip netns exec %s curl -s http://127.0.0.1:10402/metrics                        # HAProxy's own metrics (kube-proxy's: :10249/metrics)\n", haproxyNS)
 		fmt.Fprintf(&b, "  cat %s/%s/haproxy/haproxy.cfg                                # HAProxy's settings and its one listener\n", c.Opts.Dir, haproxyHost)
 		fmt.Fprintf(&b, "  cat %s/%s/haproxy/services-ipv4.map                          # every Service address it dispatches\n", c.Opts.Dir, haproxyHost)
-		fmt.Fprintf(&b, "  cat %s/%s/haproxy/endpoints-ipv4.map                         # and their endpoints\n", c.Opts.Dir, haproxyHost)
+		fmt.Fprintf(&b, "  cat %s/%s/haproxy/endpoint-sets-ipv4.map                     # and their endpoints\n", c.Opts.Dir, haproxyHost)
 	}
 	if c.Opts.Mode == ModeNFTables {
 		fmt.Fprintf(&b, "  ip netns exec %s nft list table ip kube-proxy\n", c.Nodes[0].NS.Name)
