@@ -1295,3 +1295,30 @@ func TestMapFilesFollowWithinTheLag(t *testing.T) {
 	assert.Contains(t, onDisk(c), "10.1.0.3|8080", "Stop writes what trails")
 	h.requireServes(c)
 }
+
+// A map file that cannot be written is tried again after the lag, whole
+// with the others of its family (they must agree on the generations),
+// until it is written: the files do not stay behind HAProxy.
+func TestMapFilesWriteFailureIsRetried(t *testing.T) {
+	h := newHarness(t)
+	h.a.opts.MapFilesLag = 100 * time.Millisecond
+	require.NoError(t, h.apply(h.config(port(1, "10.1.0.1:8080"))))
+	endpointsMap := h.config().Dispatchers[0].EndpointsMap()
+	// A directory where the file goes: replacing it fails.
+	require.NoError(t, os.Remove(endpointsMap))
+	require.NoError(t, os.Mkdir(endpointsMap, 0o755))
+
+	c := h.config(port(1, "10.1.0.2:8080"))
+	require.NoError(t, h.apply(c))
+	time.Sleep(5 * h.a.opts.MapFilesLag)
+	fi, err := os.Stat(endpointsMap)
+	require.NoError(t, err)
+	require.True(t, fi.IsDir(), "the write failed")
+
+	require.NoError(t, os.Remove(endpointsMap))
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(endpointsMap)
+		return err == nil && strings.Contains(string(b), "10.1.0.2|8080")
+	}, 5*time.Second, 20*time.Millisecond, "written by a later try, with no change from the proxier")
+	h.requireServes(c)
+}
