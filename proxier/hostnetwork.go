@@ -36,9 +36,10 @@ type hostNetworkApplier struct {
 	// its entry.
 	applied map[v1.IPFamily]hostApplied
 	// recheck is how long a host already fit for a model is trusted
-	// without being brought to it again (hostRecheckInterval).
-	recheck time.Duration
-	now     func() time.Time
+	// without being brought to it again (hostRecheckInterval), in a sync
+	// that carries no Service port change; recheckDeadline in any sync.
+	recheck, recheckDeadline time.Duration
+	now                      func() time.Time
 }
 
 // hostApplied is a model the host is fit for.
@@ -52,9 +53,15 @@ type hostApplied struct {
 // hand stays missing while only endpoints change: bringing the host to a
 // model lists its routes, its rules and builds the guard's sets from every
 // Service address, which at 10,000 Services was half of kube-proxy's CPU
-// for an endpoint change that needs none of it. The proxier's periodic
-// sync (syncPeriod) comes at least that often.
+// for an endpoint change that needs none of it. The recheck runs in the
+// first sync after it without a Service port change: the proxier's
+// periodic sync (syncPeriod) is one.
 const hostRecheckInterval = 10 * time.Second
+
+// hostRecheckDeadline bounds it when every sync carries a change: the
+// recheck waits for a sync without one (the periodic sync, at least every
+// syncPeriod), so that it does not delay a change, but not longer.
+const hostRecheckDeadline = 6 * hostRecheckInterval
 
 var (
 	_ Applier             = &hostNetworkApplier{}
@@ -64,13 +71,14 @@ var (
 // withHostNetwork wraps next with the host networking.
 func withHostNetwork(next Applier) *hostNetworkApplier {
 	return &hostNetworkApplier{
-		next:    next,
-		newHost: hostnet.New,
-		hosts:   map[v1.IPFamily]*hostnet.Host{},
-		cidrs:   map[v1.IPFamily][]netip.Prefix{},
-		applied: map[v1.IPFamily]hostApplied{},
-		recheck: hostRecheckInterval,
-		now:     time.Now,
+		next:            next,
+		newHost:         hostnet.New,
+		hosts:           map[v1.IPFamily]*hostnet.Host{},
+		cidrs:           map[v1.IPFamily][]netip.Prefix{},
+		applied:         map[v1.IPFamily]hostApplied{},
+		recheck:         hostRecheckInterval,
+		recheckDeadline: hostRecheckDeadline,
+		now:             time.Now,
 	}
 }
 
@@ -118,16 +126,20 @@ func (a *hostNetworkApplier) Apply(ctx context.Context, family v1.IPFamily, desi
 	last := a.applied[family]
 	delete(a.applied, family)
 	a.mu.Unlock()
-	if last.model != nil && slices.Equal(last.cidrs, cidrs) && sameHostNeeds(last.model, desired) {
+	if last.model == nil || !slices.Equal(last.cidrs, cidrs) {
+		last = hostApplied{}
+	}
+	if same, quiet := sameHostNeeds(last.model, desired); same {
 		// Only endpoints (or other map contents) changed: the host is
 		// already fit for the model, so HAProxy gets it first. Once in a
-		// while the host is brought to it again afterwards, off the path
-		// of the change, to repair what someone removed.
+		// while the host is brought to it again afterwards, to repair
+		// what someone removed: in a sync that carries no Service port
+		// change, so that it delays none, or once overdue.
 		if err := a.next.Apply(ctx, family, desired); err != nil {
 			return err
 		}
 		at := last.at
-		if a.now().Sub(at) >= a.recheck {
+		if since := a.now().Sub(at); since >= a.recheck && (quiet || since >= a.recheckDeadline) {
 			if err := h.Sync(ctx, hostDesired(cidrs, desired)); err != nil {
 				return fmt.Errorf("repairing the Service IPs' routes and rules: %w", err)
 			}
@@ -160,28 +172,34 @@ func (a *hostNetworkApplier) remember(family v1.IPFamily, model *haproxycfg.Conf
 
 // sameHostNeeds reports whether models a and b need the same host
 // networking (hostDesired): the same listeners, dispatch address, NodePort
-// addresses and source ranges. The proxier hands in the same
-// ServicePort object for a Service port that did not change, so most
-// ports compare by identity and the check costs a pointer comparison per
-// Service port.
-func sameHostNeeds(a, b *haproxycfg.Config) bool {
-	if len(a.Dispatchers) != len(b.Dispatchers) {
-		return false
+// addresses and source ranges; and quiet when b has the very Service
+// ports of a (a sync that carries no Service port change). The proxier
+// hands in the same ServicePort object for a Service port that did not
+// change, so most ports compare by identity and the check costs a
+// pointer comparison per Service port. A nil a needs something else.
+func sameHostNeeds(a, b *haproxycfg.Config) (same, quiet bool) {
+	if a == nil || len(a.Dispatchers) != len(b.Dispatchers) {
+		return false, false
 	}
+	quiet = true
 	for i, da := range a.Dispatchers {
 		db := b.Dispatchers[i]
 		if da.Listen != db.Listen || da.KeepClientSource != db.KeepClientSource ||
 			!slices.Equal(da.NodePortAddresses, db.NodePortAddresses) || len(da.ServicePorts) != len(db.ServicePorts) {
-			return false
+			return false, false
 		}
 		for j, pa := range da.ServicePorts {
 			pb := db.ServicePorts[j]
-			if pa != pb && (!slices.Equal(pa.Listeners, pb.Listeners) || !slices.Equal(pa.SourceRanges, pb.SourceRanges)) {
-				return false
+			if pa == pb {
+				continue
+			}
+			quiet = false
+			if !slices.Equal(pa.Listeners, pb.Listeners) || !slices.Equal(pa.SourceRanges, pb.SourceRanges) {
+				return false, false
 			}
 		}
 	}
-	return true
+	return true, quiet
 }
 
 // hostDesired is what the host needs for the family's model: each

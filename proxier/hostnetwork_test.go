@@ -291,7 +291,9 @@ func TestHostNetworkFromAProxier(t *testing.T) {
 // touching the host (at 10,000 Services, bringing the host to a model was
 // half the CPU of an endpoint change); after hostRecheckInterval the host
 // is brought to the model again, after HAProxy got it, which repairs a
-// route someone removed. A new listener always prepares the host first.
+// route someone removed: in a sync without a Service port change, or in
+// any once hostRecheckDeadline passed. A new listener always prepares
+// the host first.
 func TestHostNetworkIsLeftAloneWhenOnlyEndpointsChange(t *testing.T) {
 	ctx := context.Background()
 	var got []*haproxycfg.Config
@@ -325,9 +327,21 @@ func TestHostNetworkIsLeftAloneWhenOnlyEndpointsChange(t *testing.T) {
 	assert.Same(t, endpointsChanged, got[len(got)-1], "HAProxy got the model")
 	assert.Equal(t, []string{"10.96.0.10/32"}, s.ourRoutes(), "the host was not looked at")
 
+	// After the interval, a sync that carries a change still leaves the
+	// host alone: the recheck waits for one that carries none.
 	now = now.Add(hostRecheckInterval)
+	again := webModel("203.0.113.10")
+	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, again))
+	assert.Equal(t, []string{"10.96.0.10/32"}, s.ourRoutes(), "not during a change")
+	quiet := *again
+	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, &quiet))
+	assert.Equal(t, []string{"10.96.0.10/32", "203.0.113.10/32"}, s.ourRoutes(), "repaired by a sync without a change")
+
+	// Changes in every sync: repaired anyway once the deadline passed.
+	removeRoute("203.0.113.10/32")
+	now = now.Add(hostRecheckDeadline)
 	require.NoError(t, a.Apply(ctx, v1.IPv4Protocol, webModel("203.0.113.10")))
-	assert.Equal(t, []string{"10.96.0.10/32", "203.0.113.10/32"}, s.ourRoutes(), "repaired after the recheck interval")
+	assert.Equal(t, []string{"10.96.0.10/32", "203.0.113.10/32"}, s.ourRoutes(), "repaired after the deadline")
 
 	// A new LoadBalancer IP, right after: the host is prepared before
 	// HAProxy sees the model, as always.
