@@ -1255,6 +1255,11 @@ func (b *bench) profile(path string) func() {
 			b.t.Logf("CPU profile of kube-proxy: %s %v", resp.Status, err)
 			return
 		}
+		// BENCH_OUT may not exist yet: the report creates it at the end.
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			b.t.Logf("CPU profile of kube-proxy: %v", err)
+			return
+		}
 		if err := os.WriteFile(path, data, 0o644); err != nil {
 			b.t.Logf("CPU profile of kube-proxy: %v", err)
 			return
