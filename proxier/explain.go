@@ -239,11 +239,8 @@ func (p *Proxier) explainPort(pf portFacts, applied *appliedLog, l *live, checke
 		want := set.set.SetValue()
 		have, found := l.services[set.set.Name]
 		n := -1
-		if found {
-			count, _, _ := strings.Cut(have, haproxycfg.FieldSeparator)
-			if v, err := strconv.Atoi(count); err == nil {
-				n = v
-			}
+		if v, _, ok := haproxycfg.ParseSetValue(have); found && ok {
+			n = v
 		}
 		port.Sets = append(port.Sets, explain.Set{Name: set.set.Name, Policy: set.policy, Endpoints: len(set.set.Endpoints),
 			InHAProxy: n, Match: match(want, have, found, l.state.Read)})

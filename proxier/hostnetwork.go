@@ -126,7 +126,7 @@ func (a *hostNetworkApplier) Apply(ctx context.Context, family v1.IPFamily, desi
 	last := a.applied[family]
 	delete(a.applied, family)
 	a.mu.Unlock()
-	if last.model == nil || !slices.Equal(last.cidrs, cidrs) {
+	if !slices.Equal(last.cidrs, cidrs) {
 		last = hostApplied{}
 	}
 	if same, quiet := sameHostNeeds(last.model, desired); same {

@@ -537,9 +537,9 @@ func (p *Proxier) syncProxyRules() (retryError error) {
 	// They change only with a Service: an endpoint change does not walk
 	// every Service port for them.
 	if p.healthCheckNodePorts == nil || serviceUpdateResult.UpdatedServices.Len() > 0 {
-		p.healthCheckNodePorts = p.svcPortMap.HealthCheckNodePorts()
-		if p.cfg.Scope != ScopeNode {
-			p.healthCheckNodePorts = map[types.NamespacedName]uint16{}
+		p.healthCheckNodePorts = map[types.NamespacedName]uint16{}
+		if p.cfg.Scope == ScopeNode {
+			p.healthCheckNodePorts = p.svcPortMap.HealthCheckNodePorts()
 		}
 		if err := p.serviceHealthServer.SyncServices(p.healthCheckNodePorts); err != nil {
 			p.logger.Error(err, "Error syncing healthcheck services")

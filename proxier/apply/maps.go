@@ -7,8 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"kube-haproxy.io/kube-haproxy/proxier/haproxycfg"
@@ -157,13 +155,8 @@ func (a *Applier) adoptGenerations(d *haproxycfg.Dispatcher, services map[string
 			if set == nil {
 				continue
 			}
-			v, ok := services[set.Name]
-			if !ok {
-				continue
-			}
-			_, gen, _ := strings.Cut(v, haproxycfg.FieldSeparator)
-			if g, err := strconv.ParseUint(gen, 10, 32); err == nil && set.Generation != uint32(g) {
-				set.Generation = uint32(g)
+			if _, g, ok := haproxycfg.ParseSetValue(services[set.Name]); ok && set.Generation != g {
+				set.Generation = g
 			}
 		}
 	}
@@ -364,28 +357,30 @@ func appendCommands(b *runtimeapi.Batch, d *haproxycfg.Dispatcher, diff *mapDiff
 	services, endpoints, sources := d.ServicesMap(), d.EndpointsMap(), d.ClusterSourcesACL()
 	// pick selects the services map entries of listeners (true) or of
 	// sets (false); the endpoints map takes every entry.
+	pick := func(file, key string, listeners bool) bool {
+		return file != services || haproxycfg.IsListenerKey(key) == listeners
+	}
 	upsert := func(file string, e *entryDiff, listeners bool) {
-		pick := func(key string) bool { return file != services || haproxycfg.IsListenerKey(key) == listeners }
 		for _, x := range e.readd {
-			if pick(x.Key) {
+			if pick(file, x.Key, listeners) {
 				b.DelMap(file, x.Key)
 				b.AddMap(file, x.Key, x.Value)
 			}
 		}
 		for _, x := range e.add {
-			if pick(x.Key) {
+			if pick(file, x.Key, listeners) {
 				b.AddMap(file, x.Key, x.Value)
 			}
 		}
 		for _, x := range e.set {
-			if pick(x.Key) {
+			if pick(file, x.Key, listeners) {
 				b.SetMap(file, x.Key, x.Value)
 			}
 		}
 	}
 	remove := func(file string, e *entryDiff, listeners bool) {
 		for _, k := range e.del {
-			if file != services || haproxycfg.IsListenerKey(k) == listeners {
+			if pick(file, k, listeners) {
 				b.DelMap(file, k)
 			}
 		}

@@ -170,6 +170,21 @@ func (set *EndpointSet) SetValue() string {
 	return strconv.Itoa(len(set.Endpoints)) + FieldSeparator + strconv.FormatUint(uint64(set.Generation), 10)
 }
 
+// ParseSetValue reads a set's services map value (SetValue); ok is false
+// when it is not "<n>|<generation>".
+func ParseSetValue(v string) (n int, generation uint32, ok bool) {
+	count, gen, found := strings.Cut(v, FieldSeparator)
+	n, err := strconv.Atoi(count)
+	if !found || err != nil {
+		return 0, 0, false
+	}
+	g, err := strconv.ParseUint(gen, 10, 32)
+	if err != nil {
+		return 0, 0, false
+	}
+	return n, uint32(g), true
+}
+
 // EntryPrefix is what the keys of set's endpoint entries start with:
 // "<set>/<generation>/".
 func (set *EndpointSet) EntryPrefix() string {

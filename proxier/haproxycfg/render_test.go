@@ -235,3 +235,16 @@ func TestIsListenerKey(t *testing.T) {
 		assert.Equal(t, want, haproxycfg.IsListenerKey(key), key)
 	}
 }
+
+// ParseSetValue reads what SetValue writes, and nothing else.
+func TestParseSetValue(t *testing.T) {
+	set := &haproxycfg.EndpointSet{Name: "default.web:http:tcp", Endpoints: []netip.AddrPort{ep1, ep2}, Generation: 7}
+	n, gen, ok := haproxycfg.ParseSetValue(set.SetValue())
+	assert.True(t, ok)
+	assert.Equal(t, 2, n)
+	assert.Equal(t, uint32(7), gen)
+	for _, bad := range []string{"", "2", "2|", "x|1", "2|-1", "2|x"} {
+		_, _, ok := haproxycfg.ParseSetValue(bad)
+		assert.False(t, ok, "%q", bad)
+	}
+}

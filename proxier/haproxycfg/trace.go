@@ -97,8 +97,8 @@ func trace(d *Dispatcher, services, endpoints map[string]string, serviceIPs map[
 		res.Set = fields[1]
 	}
 	// The set's count and generation, in the services map.
-	count, gen, _ := strings.Cut(services[res.Set], FieldSeparator)
-	n, _ := strconv.Atoi(count)
+	n, gen, _ := ParseSetValue(services[res.Set])
+	prefix := (&EndpointSet{Name: res.Set, Generation: gen}).EntryPrefix()
 	if n == 0 {
 		if fields[2] == Rejected.mapWord() {
 			res.Verdict = Rejected
@@ -108,7 +108,7 @@ func trace(d *Dispatcher, services, endpoints map[string]string, serviceIPs map[
 		return res
 	}
 	for i := 0; i < n; i++ {
-		v, ok := endpoints[res.Set+"/"+gen+"/"+strconv.Itoa(i)]
+		v, ok := endpoints[prefix+strconv.Itoa(i)]
 		if !ok {
 			res.Verdict = Rejected
 			return res
